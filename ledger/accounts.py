@@ -1,0 +1,90 @@
+"""Account creation (idempotent by id) and the well-known accounts."""
+
+from __future__ import annotations
+
+import re
+
+import asyncpg
+
+from idlegrid.ledger.v1 import ledger_pb2 as pb
+from ledger.codes import BATCH_SIZE_MAX, DEBITS_MUST_NOT_EXCEED_CREDITS, LEDGER_CREDITS, MAX_ID, ZERO_ID
+from ledger.ids import well_known_account
+from ledger.store import U, U_opt
+from services.common.errors import InvalidArgument
+
+A = pb.CreateAccountResult
+_NAME = re.compile(r"^[\w.:@/+-]{1,128}$")
+
+# name -> (kind, flags)
+WELL_KNOWN = {
+    "external:deposits": (pb.ACCOUNT_KIND_EXTERNAL, 0),
+    "external:payouts": (pb.ACCOUNT_KIND_EXTERNAL, 0),
+    "escrow:jobs": (pb.ACCOUNT_KIND_ESCROW, DEBITS_MUST_NOT_EXCEED_CREDITS),
+    "platform:revenue": (pb.ACCOUNT_KIND_PLATFORM, DEBITS_MUST_NOT_EXCEED_CREDITS),
+}
+
+
+def _validate(a: pb.Account) -> int:
+    if len(a.id) != 16:
+        return A.CREATE_ACCOUNT_RESULT_ID_MUST_BE_16_BYTES
+    if a.id == ZERO_ID:
+        return A.CREATE_ACCOUNT_RESULT_ID_MUST_NOT_BE_ZERO
+    if a.id == MAX_ID:
+        return A.CREATE_ACCOUNT_RESULT_ID_MUST_NOT_BE_INT_MAX
+    if a.ledger == 0:
+        return A.CREATE_ACCOUNT_RESULT_LEDGER_MUST_NOT_BE_ZERO
+    if a.kind not in pb.AccountKind.values() or a.kind == pb.ACCOUNT_KIND_UNSPECIFIED:
+        return A.CREATE_ACCOUNT_RESULT_KIND_MUST_BE_SET
+    if a.flags & ~3:
+        return A.CREATE_ACCOUNT_RESULT_FLAGS_UNKNOWN
+    if a.flags == 3:
+        return A.CREATE_ACCOUNT_RESULT_FLAGS_ARE_MUTUALLY_EXCLUSIVE
+    if a.debits_pending or a.debits_posted or a.credits_pending or a.credits_posted:
+        return A.CREATE_ACCOUNT_RESULT_BALANCES_MUST_BE_ZERO
+    if len(a.user_data) not in (0, 16):
+        return A.CREATE_ACCOUNT_RESULT_USER_DATA_MUST_BE_16_BYTES
+    if a.name and not _NAME.match(a.name):
+        return A.CREATE_ACCOUNT_RESULT_NAME_INVALID
+    return A.CREATE_ACCOUNT_RESULT_OK
+
+
+async def create_accounts(pool: asyncpg.Pool, accounts: list[pb.Account]) -> list[int]:
+    if not 1 <= len(accounts) <= BATCH_SIZE_MAX:
+        raise InvalidArgument(f"accounts: between 1 and {BATCH_SIZE_MAX} items, got {len(accounts)}")
+    results = [_validate(a) for a in accounts]
+    todo = [i for i, r in enumerate(results) if r == A.CREATE_ACCOUNT_RESULT_OK]
+    if not todo:
+        return results
+    async with pool.acquire() as conn, conn.transaction():
+        for i in todo:
+            a = accounts[i]
+            row = await conn.fetchrow(
+                """INSERT INTO ledger.accounts (id, ledger, kind, flags, user_data, name)
+                   VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING id""",
+                U(a.id), a.ledger, a.kind, a.flags, U_opt(a.user_data), a.name or None)
+            if row is not None:
+                continue
+            old = await conn.fetchrow(
+                "SELECT ledger, kind, flags, user_data, name FROM ledger.accounts WHERE id = $1", U(a.id))
+            if old is None:
+                results[i] = A.CREATE_ACCOUNT_RESULT_NAME_TAKEN
+            elif (old["ledger"], old["kind"], old["flags"], old["user_data"], old["name"]) == (
+                a.ledger, a.kind, a.flags, U_opt(a.user_data), a.name or None
+            ):
+                results[i] = A.CREATE_ACCOUNT_RESULT_EXISTS
+            else:
+                results[i] = A.CREATE_ACCOUNT_RESULT_EXISTS_WITH_DIFFERENT_FIELDS
+    return results
+
+
+async def ensure_well_known(pool: asyncpg.Pool, ledger: int = LEDGER_CREDITS) -> dict[str, bytes]:
+    """Creates the platform's own accounts for ``ledger`` (idempotent)."""
+    ids = {name: well_known_account(name, ledger) for name in WELL_KNOWN}
+    results = await create_accounts(pool, [
+        pb.Account(id=ids[name], ledger=ledger, kind=kind, flags=flags, name=name)
+        for name, (kind, flags) in WELL_KNOWN.items()
+    ])
+    bad = [r for r in results if r not in (A.CREATE_ACCOUNT_RESULT_OK, A.CREATE_ACCOUNT_RESULT_EXISTS)]
+    if bad:
+        raise RuntimeError(f"well-known accounts conflict with existing ones: {bad}")
+    return ids

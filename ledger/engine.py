@@ -1,0 +1,378 @@
+"""The rules of the ledger, with no I/O: applies the transfers of one
+group-committed batch to the account state loaded (and locked) for it, and
+returns one result per transfer plus exactly what must be written.
+
+Semantics follow TigerBeetle: client-chosen ids are idempotency keys (same
+fields -> EXISTS, different -> EXISTS_WITH_DIFFERENT_FIELDS), business
+rejections burn the id, pending/post/void with timeouts, linked chains that
+succeed or fail together. One deliberate difference: inside a linked chain an
+EXISTS result does not break the chain, so retrying a whole chain answers
+EXISTS for every item instead of failing it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ledger.codes import (
+    AMOUNT_MAX,
+    BURNING,
+    CLIENT_FLAGS,
+    CREDITS_MUST_NOT_EXCEED_DEBITS,
+    DEBITS_MUST_NOT_EXCEED_CREDITS,
+    EXPIRED,
+    LINKED,
+    MAX_ID,
+    PENDING,
+    POST,
+    VOID,
+    ZERO_ID,
+    R,
+)
+
+OPEN, POSTED, VOIDED, EXPIRED_STATE = "open", "posted", "voided", "expired"
+
+
+class InvariantViolation(AssertionError):
+    """A ledger invariant broke: the batch must not commit."""
+
+
+@dataclass(slots=True)
+class Account:
+    ledger: int
+    flags: int
+    dp: int  # debits_pending
+    dpo: int  # debits_posted
+    cp: int  # credits_pending
+    cpo: int  # credits_posted
+    dirty: bool = False
+
+
+@dataclass(slots=True)
+class Stored:
+    """A transfer as stored (ids are 16 bytes; absent optional ids are b"")."""
+
+    id: bytes
+    debit_account_id: bytes
+    credit_account_id: bytes
+    amount: int
+    pending_id: bytes
+    user_data: bytes
+    timeout_s: int
+    ledger: int
+    code: int
+    flags: int
+    seq: int = 0
+    balances: tuple[int, ...] = ()  # dr dp,dpo,cp,cpo then cr dp,dpo,cp,cpo
+    expires_us: int | None = None  # pending with a timeout: when it expires
+
+
+@dataclass(slots=True)
+class Hold:
+    state: str  # OPEN, POSTED, VOIDED, EXPIRED_STATE
+    expires_us: int | None = None
+    in_db: bool = True  # the open_holds row exists in the database
+
+
+def _validate(t, internal: bool) -> int:
+    """Checks the fields alone (no state). OK or the first error."""
+    tid = t.id
+    if len(tid) != 16:
+        return R.ID_MUST_BE_16_BYTES
+    if tid == ZERO_ID:
+        return R.ID_MUST_NOT_BE_ZERO
+    if tid == MAX_ID:
+        return R.ID_MUST_NOT_BE_INT_MAX
+    flags = t.flags
+    allowed = CLIENT_FLAGS | (EXPIRED if internal else 0)
+    if flags & ~allowed:
+        return R.FLAGS_UNKNOWN
+    kind = flags & (PENDING | POST | VOID)
+    if kind not in (0, PENDING, POST, VOID):
+        return R.FLAGS_ARE_MUTUALLY_EXCLUSIVE
+    if len(t.user_data) not in (0, 16):
+        return R.USER_DATA_MUST_BE_16_BYTES
+    if t.amount > AMOUNT_MAX:
+        return R.AMOUNT_TOO_LARGE
+    dr, cr = t.debit_account_id, t.credit_account_id
+    if kind & (POST | VOID):
+        if len(t.pending_id) != 16 or t.pending_id == ZERO_ID:
+            return R.PENDING_ID_MUST_NOT_BE_ZERO
+        if t.pending_id == tid:
+            return R.PENDING_ID_MUST_BE_DIFFERENT
+        if t.timeout_s:
+            return R.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
+        if len(dr) not in (0, 16) or len(cr) not in (0, 16):
+            return R.ACCOUNT_ID_MUST_BE_16_BYTES
+        if kind == POST and t.amount == 0:
+            return R.AMOUNT_MUST_NOT_BE_ZERO
+        return R.OK
+    if t.pending_id:
+        return R.PENDING_ID_MUST_BE_ZERO
+    if t.timeout_s and kind != PENDING:
+        return R.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
+    if not dr or dr == ZERO_ID:
+        return R.DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
+    if not cr or cr == ZERO_ID:
+        return R.CREDIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
+    if len(dr) != 16 or len(cr) != 16:
+        return R.ACCOUNT_ID_MUST_BE_16_BYTES
+    if dr == cr:
+        return R.ACCOUNTS_MUST_BE_DIFFERENT
+    if t.amount == 0:
+        return R.AMOUNT_MUST_NOT_BE_ZERO
+    if t.ledger == 0:
+        return R.LEDGER_MUST_NOT_BE_ZERO
+    if t.code == 0:
+        return R.CODE_MUST_NOT_BE_ZERO
+    return R.OK
+
+
+def _same(t, s: Stored) -> bool:
+    """Whether a retried transfer carries the same fields as the stored one
+    (fields that post/void may leave empty are compared when given)."""
+    if t.flags != s.flags or t.user_data != s.user_data or t.timeout_s != s.timeout_s:
+        return False
+    if t.pending_id != s.pending_id:
+        return False
+    if t.flags & (POST | VOID):
+        return (
+            (not t.debit_account_id or t.debit_account_id == s.debit_account_id)
+            and (not t.credit_account_id or t.credit_account_id == s.credit_account_id)
+            and (not t.ledger or t.ledger == s.ledger)
+            and (not t.code or t.code == s.code)
+            and (t.amount == s.amount or (t.flags & VOID and t.amount == 0))
+        )
+    return (
+        t.debit_account_id == s.debit_account_id
+        and t.credit_account_id == s.credit_account_id
+        and t.amount == s.amount
+        and t.ledger == s.ledger
+        and t.code == s.code
+    )
+
+
+@dataclass(slots=True)
+class Batch:
+    """One group-committed batch. Load the state, call ``apply`` for each
+    request's transfers in order, then write what the fields describe."""
+
+    now_us: int
+    accounts: dict[bytes, Account]
+    stored: dict[bytes, Stored]  # existing transfers by id (batch ids and pendings)
+    failed: dict[bytes, int]  # burned ids
+    holds: dict[bytes, Hold]  # by pending id, for the pendings referenced
+    first_seq: int
+    created: list[Stored] = field(default_factory=list)
+    burned: dict[bytes, int] = field(default_factory=dict)
+    _undo: list = field(default_factory=list)
+
+    def apply(self, transfers, *, internal: bool = False) -> list[int]:
+        """Applies one request's transfers in order; returns one result per
+        item. A linked chain never spans two requests."""
+        results: list[int] = []
+        chain_start: int | None = None
+        chain_mark = (0, 0)
+        chain_failed = False
+        last = len(transfers) - 1
+        for i, t in enumerate(transfers):
+            linked = bool(t.flags & LINKED)
+            if chain_start is None and linked:
+                chain_start, chain_mark, chain_failed = i, (len(self.created), len(self._undo)), False
+            if chain_failed:
+                results.append(R.LINKED_EVENT_FAILED)
+            else:
+                r = _validate(t, internal)
+                if r == R.OK:
+                    r = self._apply_one(t, internal)
+                if linked and i == last and r in (R.OK, R.EXISTS):
+                    r = R.LINKED_EVENT_CHAIN_OPEN
+                results.append(r)
+                if chain_start is not None and r not in (R.OK, R.EXISTS):
+                    self._rollback(chain_mark)
+                    for j in range(chain_start, i):
+                        results[j] = R.LINKED_EVENT_FAILED
+                    chain_failed = True
+            if not linked:
+                chain_start, chain_failed = None, False
+        self._undo.clear()
+        return results
+
+    # -- one transfer ------------------------------------------------------
+
+    def _apply_one(self, t, internal: bool) -> int:
+        tid = t.id
+        existing = self.stored.get(tid)
+        if existing is not None:
+            return R.EXISTS if _same(t, existing) else R.EXISTS_WITH_DIFFERENT_FIELDS
+        if tid in self.failed or tid in self.burned:
+            return R.ID_ALREADY_FAILED
+        flags = t.flags
+        if flags & (POST | VOID):
+            r = self._resolve(t, internal)
+        else:
+            r = self._move(t)
+        if r in BURNING:
+            self.burned[tid] = r
+        return r
+
+    def _move(self, t) -> int:
+        dr = self.accounts.get(t.debit_account_id)
+        if dr is None:
+            return R.DEBIT_ACCOUNT_NOT_FOUND
+        cr = self.accounts.get(t.credit_account_id)
+        if cr is None:
+            return R.CREDIT_ACCOUNT_NOT_FOUND
+        if dr.ledger != cr.ledger:
+            return R.ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER
+        if t.ledger != dr.ledger:
+            return R.TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS
+        amount = t.amount
+        pending = bool(t.flags & PENDING)
+        if (dr.dp if pending else dr.dpo) + amount > AMOUNT_MAX or dr.dp + dr.dpo + amount > AMOUNT_MAX:
+            return R.OVERFLOWS_DEBITS
+        if (cr.cp if pending else cr.cpo) + amount > AMOUNT_MAX or cr.cp + cr.cpo + amount > AMOUNT_MAX:
+            return R.OVERFLOWS_CREDITS
+        if dr.flags & DEBITS_MUST_NOT_EXCEED_CREDITS and dr.dp + dr.dpo + amount > dr.cpo:
+            return R.EXCEEDS_CREDITS
+        if cr.flags & CREDITS_MUST_NOT_EXCEED_DEBITS and cr.cp + cr.cpo + amount > cr.dpo:
+            return R.EXCEEDS_DEBITS
+        self._save(dr)
+        self._save(cr)
+        expires_us = None
+        if pending:
+            dr.dp += amount
+            cr.cp += amount
+            if t.timeout_s:
+                expires_us = self.now_us + t.timeout_s * 1_000_000
+            self._set_hold(t.id, Hold(OPEN, expires_us, in_db=False))
+        else:
+            dr.dpo += amount
+            cr.cpo += amount
+        self._create(t, t.debit_account_id, t.credit_account_id, amount, t.ledger, t.code, dr, cr, expires_us)
+        return R.OK
+
+    def _resolve(self, t, internal: bool) -> int:
+        p = self.stored.get(t.pending_id)
+        if p is None:
+            return R.PENDING_TRANSFER_NOT_FOUND
+        if not p.flags & PENDING:
+            return R.PENDING_TRANSFER_NOT_PENDING
+        if t.debit_account_id and t.debit_account_id != p.debit_account_id:
+            return R.PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID
+        if t.credit_account_id and t.credit_account_id != p.credit_account_id:
+            return R.PENDING_TRANSFER_HAS_DIFFERENT_CREDIT_ACCOUNT_ID
+        if t.ledger and t.ledger != p.ledger:
+            return R.PENDING_TRANSFER_HAS_DIFFERENT_LEDGER
+        if t.code and t.code != p.code:
+            return R.PENDING_TRANSFER_HAS_DIFFERENT_CODE
+        hold = self.holds.get(t.pending_id)
+        if hold is None:  # loaded state is inconsistent: never guess
+            raise InvariantViolation(f"pending transfer {t.pending_id.hex()} has no hold state")
+        if hold.state == POSTED:
+            return R.PENDING_TRANSFER_ALREADY_POSTED
+        if hold.state == VOIDED:
+            return R.PENDING_TRANSFER_ALREADY_VOIDED
+        if hold.state == EXPIRED_STATE:
+            return R.PENDING_TRANSFER_EXPIRED
+        expired = hold.expires_us is not None and hold.expires_us <= self.now_us
+        if expired and not internal:
+            return R.PENDING_TRANSFER_EXPIRED
+        is_post = bool(t.flags & POST)
+        if is_post and t.amount > p.amount:
+            return R.EXCEEDS_PENDING_TRANSFER_AMOUNT
+        if not is_post and t.amount not in (0, p.amount):
+            return R.PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT
+        dr = self.accounts[p.debit_account_id]
+        cr = self.accounts[p.credit_account_id]
+        amount = t.amount if is_post else p.amount
+        self._save(dr)
+        self._save(cr)
+        dr.dp -= p.amount
+        cr.cp -= p.amount
+        if is_post:
+            dr.dpo += amount
+            cr.cpo += amount
+        if dr.dp < 0 or cr.cp < 0:
+            raise InvariantViolation(f"pending balance below zero resolving {t.pending_id.hex()}")
+        new_state = POSTED if is_post else (EXPIRED_STATE if t.flags & EXPIRED else VOIDED)
+        self._set_hold(t.pending_id, Hold(new_state, hold.expires_us, hold.in_db))
+        self._create(t, p.debit_account_id, p.credit_account_id, amount, p.ledger, p.code, dr, cr, None)
+        return R.OK
+
+    # -- state changes, undoable within a linked chain ----------------------
+
+    def _save(self, acct: Account) -> None:
+        self._undo.append((acct, acct.dp, acct.dpo, acct.cp, acct.cpo, acct.dirty))
+        acct.dirty = True
+
+    def _set_hold(self, pending_id: bytes, hold: Hold) -> None:
+        self._undo.append((pending_id, self.holds.get(pending_id)))
+        self.holds[pending_id] = hold
+
+    def _create(self, t, dr_id, cr_id, amount, ledger, code, dr: Account, cr: Account, expires_us) -> None:
+        s = Stored(
+            id=t.id, debit_account_id=dr_id, credit_account_id=cr_id, amount=amount,
+            pending_id=t.pending_id, user_data=t.user_data, timeout_s=t.timeout_s,
+            ledger=ledger, code=code, flags=t.flags, seq=self.first_seq + len(self.created),
+            balances=(dr.dp, dr.dpo, dr.cp, dr.cpo, cr.dp, cr.dpo, cr.cp, cr.cpo),
+            expires_us=expires_us,
+        )
+        self.created.append(s)
+        self.stored[t.id] = s
+        self._undo.append((t.id,))
+
+    def _rollback(self, mark: tuple[int, int]) -> None:
+        created_len, undo_len = mark
+        while len(self._undo) > undo_len:
+            entry = self._undo.pop()
+            if len(entry) == 6:
+                acct, acct.dp, acct.dpo, acct.cp, acct.cpo, acct.dirty = entry
+            elif len(entry) == 2:
+                pid, old = entry
+                if old is None:
+                    self.holds.pop(pid, None)
+                else:
+                    self.holds[pid] = old
+            else:
+                self.stored.pop(entry[0], None)
+        del self.created[created_len:]
+
+    # -- what to write -----------------------------------------------------
+
+    def dirty_accounts(self) -> list[tuple[bytes, Account]]:
+        return [(k, a) for k, a in self.accounts.items() if a.dirty]
+
+    def hold_changes(self) -> tuple[list[tuple[bytes, int | None]], list[bytes]]:
+        """(holds to insert, holds to delete) in the open_holds working set."""
+        opened, closed = [], []
+        for pid, h in self.holds.items():
+            if h.state == OPEN and not h.in_db:
+                opened.append((pid, h.expires_us))
+            elif h.state != OPEN and h.in_db:
+                closed.append(pid)
+        return opened, closed
+
+    def totals_delta(self) -> dict[int, list[int]]:
+        """Per ledger: [debits_pending, debits_posted, credits_pending, credits_posted]
+        moved by this batch. Raises if debits and credits differ."""
+        totals: dict[int, list[int]] = {}
+        for s in self.created:
+            d = totals.setdefault(s.ledger, [0, 0, 0, 0])
+            if s.flags & PENDING:
+                d[0] += s.amount
+                d[2] += s.amount
+            elif s.flags & (POST | VOID):
+                p = self.stored[s.pending_id]
+                d[0] -= p.amount
+                d[2] -= p.amount
+                if s.flags & POST:
+                    d[1] += s.amount
+                    d[3] += s.amount
+            else:
+                d[1] += s.amount
+                d[3] += s.amount
+        for ledger, (dp, dpo, cp, cpo) in totals.items():
+            if dp != cp or dpo != cpo:
+                raise InvariantViolation(f"ledger {ledger}: debits and credits differ in a batch")
+        return totals

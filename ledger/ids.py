@@ -1,0 +1,19 @@
+"""Deterministic 16-byte ids: well-known accounts and the transfers of the
+marketplace operations, so that every operation is idempotent by its key."""
+
+from __future__ import annotations
+
+import hashlib
+
+
+def derive(*parts: bytes | str | int) -> bytes:
+    h = hashlib.sha256(b"idlegrid")
+    for p in parts:
+        b = p if isinstance(p, bytes) else str(p).encode()
+        h.update(len(b).to_bytes(4, "big"))
+        h.update(b)
+    return h.digest()[:16]
+
+
+def well_known_account(name: str, ledger: int) -> bytes:
+    return derive("account", name, ledger)

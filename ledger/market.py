@@ -1,0 +1,182 @@
+"""Marketplace operations on the ledger primitives (see the money-flow table
+in ARCHITECTURE.md). Every transfer id is derived from the job id or the
+idempotency key, so a retried operation changes nothing.
+
+| operation | transfers (debit -> credit) |
+|---|---|
+| top-up  | external:deposits -> consumer |
+| reserve | pending consumer -> escrow:jobs, timeout |
+| settle  | linked: post the hold for the cost; escrow -> provider (cost - fee); escrow -> platform:revenue (fee) |
+| release | void the hold |
+| payout  | provider -> external:payouts |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from idlegrid.ledger.v1 import ledger_pb2 as pb
+from ledger.codes import (
+    AMOUNT_MAX, CODE_EARNING, CODE_FEE, CODE_PAYOUT, CODE_RESERVE, CODE_TOPUP,
+    LEDGER_CREDITS, LINKED, PENDING, POST, VOID, R,
+)
+from ledger.ids import derive, well_known_account
+from ledger.writer import Writer
+from services.common.errors import InvalidArgument, NotFound
+
+S = pb.OperationStatus
+TIMEOUT_S_MAX = 86_400
+KEY_LEN_MAX = 128
+FEE_BPS_MAX = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class T:
+    """A transfer built by an operation (the engine reads these attributes)."""
+
+    id: bytes
+    debit_account_id: bytes = b""
+    credit_account_id: bytes = b""
+    amount: int = 0
+    pending_id: bytes = b""
+    user_data: bytes = b""
+    timeout_s: int = 0
+    ledger: int = 0
+    code: int = 0
+    flags: int = 0
+
+
+def split_fee(cost: int, fee_bps: int) -> tuple[int, int]:
+    """(provider_amount, fee): the fee is floor-rounded, the provider gets the
+    rest, so the two always add up to the cost exactly."""
+    fee = cost * fee_bps // 10_000
+    return cost - fee, fee
+
+
+def reserve_id(job_id: bytes) -> bytes:
+    return derive("reserve", job_id)
+
+
+def _id16(b: bytes, what: str) -> bytes:
+    if len(b) != 16 or b == bytes(16):
+        raise InvalidArgument(f"{what} must be 16 non-zero bytes")
+    return b
+
+
+def _amount(a: int, what: str) -> int:
+    if not 0 < a <= AMOUNT_MAX:
+        raise InvalidArgument(f"{what} must be in [1, {AMOUNT_MAX}] micro-credits, got {a}")
+    return a
+
+
+def _key(k: str) -> str:
+    if not 1 <= len(k) <= KEY_LEN_MAX:
+        raise InvalidArgument(f"idempotency_key must be 1..{KEY_LEN_MAX} characters")
+    return k
+
+
+_NOT_FOUND = {
+    R.DEBIT_ACCOUNT_NOT_FOUND: "debit account not found",
+    R.CREDIT_ACCOUNT_NOT_FOUND: "credit account not found",
+}
+
+
+def _status(results: list[int], *, funds: bool = False) -> int:
+    """Maps the per-transfer results of one operation to its status."""
+    if all(r == R.OK for r in results):
+        return S.OPERATION_STATUS_OK
+    if all(r == R.EXISTS for r in results):
+        return S.OPERATION_STATUS_ALREADY_APPLIED
+    for r in results:
+        if r in _NOT_FOUND:
+            raise NotFound(_NOT_FOUND[r])
+        if r in (R.ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER, R.TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS):
+            raise InvalidArgument("accounts are on different ledgers")
+        if r in (R.EXCEEDS_CREDITS, R.ID_ALREADY_FAILED) and funds:
+            return S.OPERATION_STATUS_INSUFFICIENT_FUNDS
+        if r == R.EXCEEDS_CREDITS:
+            return S.OPERATION_STATUS_INSUFFICIENT_FUNDS
+        if r == R.EXISTS_WITH_DIFFERENT_FIELDS:
+            return S.OPERATION_STATUS_CONFLICT
+        if r == R.PENDING_TRANSFER_EXPIRED:
+            return S.OPERATION_STATUS_HOLD_EXPIRED
+        if r in (R.PENDING_TRANSFER_ALREADY_POSTED, R.PENDING_TRANSFER_ALREADY_VOIDED):
+            return S.OPERATION_STATUS_HOLD_ALREADY_RESOLVED
+        if r == R.PENDING_TRANSFER_NOT_FOUND:
+            return S.OPERATION_STATUS_HOLD_NOT_FOUND
+        if r == R.EXCEEDS_PENDING_TRANSFER_AMOUNT:
+            return S.OPERATION_STATUS_EXCEEDS_RESERVATION
+        if r in (R.OVERFLOWS_CREDITS, R.OVERFLOWS_DEBITS):
+            raise InvalidArgument("amount overflows a balance")
+    raise InvalidArgument(f"operation refused: {[pb.CreateTransferResult.Name(r) for r in results]}")
+
+
+class Market:
+    def __init__(self, writer: Writer) -> None:
+        self._writer = writer
+
+    async def _run(self, transfers: list[T], *, funds: bool = False, **extra) -> pb.OperationResponse:
+        results = await self._writer.submit(transfers)
+        return pb.OperationResponse(
+            status=_status(results, funds=funds), transfer_ids=[t.id for t in transfers],
+            results=results, **extra)
+
+    async def top_up(self, req: pb.TopUpRequest) -> pb.OperationResponse:
+        ledger = req.ledger or LEDGER_CREDITS
+        t = T(id=derive("topup", _key(req.idempotency_key)),
+              debit_account_id=well_known_account("external:deposits", ledger),
+              credit_account_id=_id16(req.account_id, "account_id"),
+              amount=_amount(req.amount, "amount"), ledger=ledger, code=CODE_TOPUP)
+        return await self._run([t], amount=req.amount)
+
+    async def reserve(self, req: pb.ReserveRequest) -> pb.OperationResponse:
+        ledger = req.ledger or LEDGER_CREDITS
+        job = _id16(req.job_id, "job_id")
+        if not 1 <= req.timeout_s <= TIMEOUT_S_MAX:
+            raise InvalidArgument(f"timeout_s must be in [1, {TIMEOUT_S_MAX}]")
+        t = T(id=reserve_id(job), debit_account_id=_id16(req.consumer_account_id, "consumer_account_id"),
+              credit_account_id=well_known_account("escrow:jobs", ledger),
+              amount=_amount(req.amount, "amount"), user_data=job, timeout_s=req.timeout_s,
+              ledger=ledger, code=CODE_RESERVE, flags=PENDING)
+        return await self._run([t], funds=True, amount=req.amount)
+
+    async def settle(self, req: pb.SettleRequest) -> pb.OperationResponse:
+        job = _id16(req.job_id, "job_id")
+        provider = _id16(req.provider_account_id, "provider_account_id")
+        if req.fee_bps > FEE_BPS_MAX:
+            raise InvalidArgument(f"fee_bps must be in [0, {FEE_BPS_MAX}]")
+        if req.cost == 0:
+            return await self.release(pb.ReleaseRequest(job_id=job))
+        cost = _amount(req.cost, "cost")
+        provider_amount, fee = split_fee(cost, req.fee_bps)
+        ledger = LEDGER_CREDITS
+        escrow = well_known_account("escrow:jobs", ledger)
+        chain = [T(id=derive("settle", job), pending_id=reserve_id(job), amount=cost, flags=POST | LINKED)]
+        if provider_amount:
+            chain.append(T(id=derive("earning", job), debit_account_id=escrow, credit_account_id=provider,
+                           amount=provider_amount, user_data=job, ledger=ledger, code=CODE_EARNING,
+                           flags=LINKED))
+        if fee:
+            chain.append(T(id=derive("fee", job), debit_account_id=escrow,
+                           credit_account_id=well_known_account("platform:revenue", ledger),
+                           amount=fee, user_data=job, ledger=ledger, code=CODE_FEE, flags=LINKED))
+        chain[-1] = replace(chain[-1], flags=chain[-1].flags & ~LINKED)
+        results = await self._writer.submit(chain)
+        # The chain fails as a whole: report the cause, not LINKED_EVENT_FAILED.
+        causes = [r for r in results if r != R.LINKED_EVENT_FAILED] or results
+        return pb.OperationResponse(
+            status=_status(causes), transfer_ids=[t.id for t in chain], results=results,
+            amount=cost, fee=fee, provider_amount=provider_amount)
+
+    async def release(self, req: pb.ReleaseRequest) -> pb.OperationResponse:
+        job = _id16(req.job_id, "job_id")
+        t = T(id=derive("release", job), pending_id=reserve_id(job), flags=VOID)
+        return await self._run([t])
+
+    async def payout(self, req: pb.PayoutRequest) -> pb.OperationResponse:
+        ledger = req.ledger or LEDGER_CREDITS
+        t = T(id=derive("payout", _key(req.idempotency_key)),
+              debit_account_id=_id16(req.provider_account_id, "provider_account_id"),
+              credit_account_id=well_known_account("external:payouts", ledger),
+              amount=_amount(req.amount, "amount"), ledger=ledger, code=CODE_PAYOUT)
+        return await self._run([t], funds=True, amount=req.amount)

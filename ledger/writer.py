@@ -1,0 +1,184 @@
+"""Group commit: concurrent requests wait in a bounded queue; one writer
+drains it into a single database transaction per batch (chain head locked
+first, then accounts in id order, so writers never deadlock), and answers
+every request when the batch has committed."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import deque
+from dataclasses import dataclass, field
+
+import asyncpg
+import structlog
+
+from ledger import store
+from ledger.chain import batch_hash, from_micros, micros, transfer_bytes
+from ledger.codes import BATCH_SIZE_MAX, EXPIRED, VOID, R
+from ledger.engine import Batch, InvariantViolation
+from services.common.errors import IdlegridError, ResourceExhausted, Unavailable
+
+log = structlog.get_logger("ledger.writer")
+
+QUEUE_REQUESTS_MAX = 16_384
+SWEEP_INTERVAL_S = 1.0
+
+
+@dataclass(slots=True)
+class _Request:
+    transfers: list
+    internal: bool
+    future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiryVoid:
+    """The void the expiry sweep creates for a pending transfer (deterministic id)."""
+
+    pending_id: bytes
+    id: bytes = b""
+    debit_account_id: bytes = b""
+    credit_account_id: bytes = b""
+    amount: int = 0
+    user_data: bytes = b""
+    timeout_s: int = 0
+    ledger: int = 0
+    code: int = 0
+    flags: int = VOID | EXPIRED
+
+    @classmethod
+    def of(cls, pending_id: bytes) -> ExpiryVoid:
+        return cls(pending_id=pending_id, id=hashlib.sha256(b"idlegrid/expire/" + pending_id).digest()[:16])
+
+
+class Writer:
+    def __init__(self, pool: asyncpg.Pool, *, batch_size_max: int = BATCH_SIZE_MAX,
+                 queue_requests_max: int = QUEUE_REQUESTS_MAX,
+                 sweep_interval_s: float = SWEEP_INTERVAL_S) -> None:
+        self._pool = pool
+        self._queue: asyncio.Queue[_Request] = asyncio.Queue(maxsize=queue_requests_max)
+        self._carry: deque[_Request] = deque()
+        self._batch_size_max = batch_size_max
+        self._sweep_interval_s = sweep_interval_s
+        self._tasks: list[asyncio.Task] = []
+        self.batches_committed = 0
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._run(), name="ledger-writer")]
+        if self._sweep_interval_s > 0:
+            self._tasks.append(asyncio.create_task(self._sweep(), name="ledger-expiry"))
+
+    async def stop(self) -> None:
+        """Finishes what is queued, then stops."""
+        while not self._queue.empty() or self._carry:
+            await asyncio.sleep(0.01)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def submit(self, transfers: list, *, internal: bool = False) -> list[int]:
+        """Applies ``transfers`` (one request: chains stay inside it) in the
+        next batch and returns one result per transfer once it is durable."""
+        req = _Request(transfers, internal)
+        try:
+            self._queue.put_nowait(req)
+        except asyncio.QueueFull:
+            raise ResourceExhausted("ledger write queue is full; retry with the same ids") from None
+        return await req.future
+
+    async def _run(self) -> None:
+        while True:
+            first = self._carry.popleft() if self._carry else await self._queue.get()
+            items, count = [first], len(first.transfers)
+            while not self._queue.empty():
+                nxt = self._queue.get_nowait()
+                if count + len(nxt.transfers) > self._batch_size_max:
+                    self._carry.append(nxt)
+                    break
+                items.append(nxt)
+                count += len(nxt.transfers)
+            try:
+                results = await self._commit(items)
+            except InvariantViolation as e:
+                log.critical("ledger.invariant_violated", error=str(e))
+                err: IdlegridError = IdlegridError(f"ledger invariant violated: {e}")
+                self._fail(items, err)
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as e:
+                log.error("ledger.batch_failed", error=str(e), requests=len(items))
+                self._fail(items, Unavailable("ledger write failed; retry with the same ids"))
+            except asyncio.CancelledError:
+                self._fail(items, Unavailable("ledger is shutting down; retry with the same ids"))
+                raise
+            else:
+                for it, res in zip(items, results, strict=True):
+                    if not it.future.done():
+                        it.future.set_result(res)
+
+    @staticmethod
+    def _fail(items: list[_Request], err: Exception) -> None:
+        for it in items:
+            if not it.future.done():
+                it.future.set_exception(err)
+
+    async def _commit(self, items: list[_Request]) -> list[list[int]]:
+        ids: set[bytes] = set()
+        pendings: set[bytes] = set()
+        account_ids: set[bytes] = set()
+        for it in items:
+            for t in it.transfers:
+                ids.add(t.id)
+                if len(t.pending_id) == 16:
+                    pendings.add(t.pending_id)
+                else:
+                    account_ids.add(t.debit_account_id)
+                    account_ids.add(t.credit_account_id)
+        ids = {i for i in ids if len(i) == 16}
+        account_ids = {a for a in account_ids if len(a) == 16}
+        async with self._pool.acquire() as conn, conn.transaction():
+            head_batch, last_seq, prev_hash, now = await store.lock_head(conn)
+            stored, failed, holds = await store.load(conn, ids | pendings, pendings, micros)
+            for p in pendings:
+                s = stored.get(p)
+                if s is not None:
+                    account_ids.add(s.debit_account_id)
+                    account_ids.add(s.credit_account_id)
+            accounts = await store.lock_accounts(conn, account_ids)
+            now_us = micros(now)
+            batch = Batch(now_us, accounts, stored, failed, holds, first_seq=last_seq + 1)
+            results = [batch.apply(it.transfers, internal=it.internal) for it in items]
+            totals = batch.totals_delta()
+            created = batch.created
+            if not created and not batch.burned:
+                return results
+            batch_no = head_batch + 1
+            hash_ = prev_hash
+            if created:
+                hash_ = batch_hash(prev_hash, batch_no, created[0].seq, created[-1].seq, now_us, [
+                    transfer_bytes(s.seq, s.id, s.debit_account_id, s.credit_account_id, s.amount,
+                                   s.pending_id, s.user_data, s.timeout_s, s.ledger, s.code, s.flags)
+                    for s in created])
+            opened, closed = batch.hold_changes()
+            await store.commit_batch(
+                conn, batch=batch_no, created=created, now=now, prev_hash=prev_hash, hash_=hash_,
+                accounts=batch.dirty_accounts(),
+                holds_opened=[(p, from_micros(e) if e is not None else None) for p, e in opened],
+                holds_closed=closed, burned=batch.burned, totals=totals)
+        if created:
+            self.batches_committed += 1
+        return results
+
+    async def _sweep(self) -> None:
+        """Voids expired holds, by the database clock, through the same batches."""
+        while True:
+            await asyncio.sleep(self._sweep_interval_s)
+            try:
+                async with self._pool.acquire() as conn:
+                    expired = await store.expired_holds(conn, BATCH_SIZE_MAX)
+                if expired:
+                    results = await self.submit([ExpiryVoid.of(p) for p in expired], internal=True)
+                    log.info("ledger.holds_expired", count=sum(r == R.OK for r in results))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the sweep retries next tick
+                log.warning("ledger.sweep_failed", error=str(e))

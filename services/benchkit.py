@@ -1,0 +1,52 @@
+"""Helpers shared by the benchmarks: free ports, child services, percentiles."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[i]
+
+
+def spawn(args: list[str], *, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Starts ``idlegrid ARGS`` as a child process, its output in ``log_path``."""
+    log = open(log_path, "ab")  # noqa: SIM115 - owned by the child
+    return subprocess.Popen([sys.executable, "-m", "services.cli", *args], env={**os.environ, **env},
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+async def wait_healthy(addr: str, *, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    """Waits until the gRPC health service at ``addr`` answers SERVING."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    async with grpc.aio.insecure_channel(addr) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while True:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"service exited with {proc.returncode} before it was healthy")
+            try:
+                r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if r.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{addr} not healthy after {timeout_s} s")
+            await asyncio.sleep(0.1)

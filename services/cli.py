@@ -1,0 +1,67 @@
+"""The ``idlegrid`` command: one CLI for every service and tool."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+
+from services.common import logs
+from services.common.config import Config
+from services.common.errors import IdlegridError
+
+
+def _run(coro_fn: Callable, args: argparse.Namespace, config: Config) -> int:
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+    try:
+        return runner(coro_fn(args, config)) or 0
+    except IdlegridError as e:
+        print(f"idlegrid: {e.message}", file=sys.stderr)  # noqa: T201 - CLI output
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ledger import cli as ledger_cli
+    from services import bench_cli
+
+    parser = argparse.ArgumentParser(prog="idlegrid", description="idlegrid: inference on contributed GPUs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ledger_cli.register(sub)
+    bench_cli.register(sub)
+    for extra in _optional_modules():
+        extra.register(sub)
+    args = parser.parse_args(argv)
+    try:
+        config = Config.from_env()
+    except IdlegridError as e:
+        print(f"idlegrid: {e.message}", file=sys.stderr)  # noqa: T201
+        return 2
+    logs.configure(fmt=config.log_format, level=getattr(args, "log_level", None) or config.log_level)
+    return _run(args.func, args, config)
+
+
+def _optional_modules() -> list:
+    """CLI parts of the other services, as they exist."""
+    import importlib
+
+    found = []
+    for name in ("services.registry.cli", "services.node.cli", "services.scheduler.cli",
+                 "services.metering.cli", "gateway.cli", "services.up"):
+        try:
+            found.append(importlib.import_module(name))
+        except ModuleNotFoundError as e:
+            if e.name and not name.startswith(e.name):
+                raise
+    return found
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Client channels to other idlegrid services: the service token on every
+call, TLS when a CA is configured, bounded message sizes and keepalive."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from services.common.auth import bearer
+from services.common.config import Config
+
+_OPTIONS = (
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+
+
+class _Metadata(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    """Adds the service token (and nothing else) to every call."""
+
+    def __init__(self, metadata: Sequence[tuple[str, str]]) -> None:
+        self._md = tuple(metadata)
+
+    def _details(self, d: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        md = self._md if not d.metadata else (*tuple(d.metadata), *self._md)
+        return grpc.aio.ClientCallDetails(d.method, d.timeout, md, d.credentials, d.wait_for_ready)
+
+    async def intercept_unary_unary(self, continuation, details, request):
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation, details, request):
+        return await continuation(self._details(details), request)
+
+
+def open_channel(addr: str, *, token: str | None, config: Config | None = None) -> grpc.aio.Channel:
+    """An aio channel to ``addr`` carrying ``token`` on every call."""
+    interceptors = [_Metadata(bearer(token))] if token else []
+    if config is not None and config.tls_ca is not None:
+        creds = grpc.ssl_channel_credentials(root_certificates=config.tls_ca.read_bytes())
+        return grpc.aio.secure_channel(addr, creds, options=_OPTIONS, interceptors=interceptors)
+    return grpc.aio.insecure_channel(addr, options=_OPTIONS, interceptors=interceptors)
