@@ -21,7 +21,7 @@ from idlegrid.ledger.v1 import ledger_pb2 as pb
 from idlegrid.ledger.v1 import ledger_pb2_grpc
 from ledger.codes import LEDGER_CREDITS, R
 from services.benchkit import free_port, spawn, wait_healthy
-from services.common.channel import open_channel
+from services.common.channel import open_channel, with_token
 
 BATCH = 1000
 CLIENTS = 64
@@ -117,8 +117,8 @@ async def run(args, config) -> int:
     try:
         addr = f"127.0.0.1:{port}"
         await wait_healthy(addr, proc=proc, timeout_s=120)
-        async with open_channel(addr, token="bench-token") as ch:
-            stub = ledger_pb2_grpc.LedgerServiceStub(ch)
+        async with open_channel(addr, token=None) as ch:
+            stub = with_token(ledger_pb2_grpc.LedgerServiceStub(ch), "bench-token")
             a50, a10, hot = _accounts(50), _accounts(10), os.urandom(16)
             await _create_accounts(stub, a50 + a10)
             await _create_accounts(stub, [hot], pb.ACCOUNT_KIND_PROVIDER)

@@ -29,7 +29,11 @@ def percentile(sorted_values: list[float], q: float) -> float:
 def spawn(args: list[str], *, env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """Starts ``idlegrid ARGS`` as a child process, its output in ``log_path``."""
     log = open(log_path, "ab")  # noqa: SIM115 - owned by the child
-    return subprocess.Popen([sys.executable, "-m", "services.cli", *args], env={**os.environ, **env},
+    prefix = [sys.executable]
+    profile_dir = os.environ.get("IDLEGRID_BENCH_PROFILE_DIR")  # profile the child with cProfile
+    if profile_dir:
+        prefix += ["-m", "cProfile", "-o", str(Path(profile_dir) / f"{args[0]}.prof")]
+    return subprocess.Popen([*prefix, "-m", "services.cli", *args], env={**os.environ, **env},
                             stdout=log, stderr=subprocess.STDOUT)
 
 

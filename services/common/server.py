@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.config import Config
-from services.common.interceptors import ServerInterceptor
+from services.common.interceptors import RpcPolicy
 
 log = structlog.get_logger("server")
 
@@ -76,8 +76,8 @@ async def start(
     """Starts a server for ``registrations`` on ``host:port`` (port 0 picks a
     free one) and returns it with the bound port."""
     registrations = list(registrations)
+    policy = RpcPolicy(token=token, open_methods=open_methods, quiet_methods=quiet_methods)
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor(token=token, open_methods=open_methods, quiet_methods=quiet_methods)],
         options=[
             ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
             ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
@@ -86,7 +86,7 @@ async def start(
         ],
     )
     for r in registrations:
-        r.add(r.servicer, server)
+        r.add(policy.wrap_servicer(r.servicer, r.full_name), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = tuple(r.full_name for r in registrations)
