@@ -42,6 +42,7 @@ class RunningServer:
     health: health.aio.HealthServicer
     services: tuple[str, ...]
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    parts: dict[str, object] = field(default_factory=dict)  # service internals, for tests and tools
 
     async def stop(self, grace_s: float = GRACE_S) -> None:
         """Stops taking calls (health NOT_SERVING first, so balancers drain us),

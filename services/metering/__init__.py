@@ -1,0 +1,1 @@
+"""Metering: usage records per job and the settlement outbox."""

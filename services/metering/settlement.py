@@ -1,0 +1,113 @@
+"""The settlement worker (outbox pattern). Every usage record is queued in the
+same write that stores it; this worker settles each on the ledger and marks it
+done. The ledger operations are idempotent by job id, so a crash anywhere
+(after the ledger applied a settlement but before it was marked) only leads to
+a retry that answers ALREADY_APPLIED: every job is settled exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import grpc
+import structlog
+
+from idlegrid.ledger.v1 import ledger_pb2 as lpb
+from idlegrid.metering.v1 import metering_pb2 as pb
+from services.metering import store
+
+log = structlog.get_logger("metering.settlement")
+
+CLAIM_MAX = 256
+POLL_S = 1.0
+LEDGER_TIMEOUT_S = 10.0
+BACKOFF_S_MAX = 60.0
+
+_S = lpb.OperationStatus
+# Ledger outcome -> (settlement state, error) for final answers.
+_FINAL = {
+    _S.OPERATION_STATUS_HOLD_EXPIRED: (pb.SETTLEMENT_STATE_EXPIRED, "the reservation expired before settlement"),
+    _S.OPERATION_STATUS_HOLD_NOT_FOUND: (pb.SETTLEMENT_STATE_REJECTED, "no reservation for this job"),
+    _S.OPERATION_STATUS_HOLD_ALREADY_RESOLVED: (pb.SETTLEMENT_STATE_REJECTED, "the reservation was resolved otherwise"),
+    _S.OPERATION_STATUS_CONFLICT: (pb.SETTLEMENT_STATE_REJECTED, "the job was settled with other amounts"),
+    _S.OPERATION_STATUS_EXCEEDS_RESERVATION: (pb.SETTLEMENT_STATE_REJECTED, "the cost exceeds the reservation"),
+}
+
+
+class SettlementWorker:
+    def __init__(self, pool: asyncpg.Pool, ledger, *, poll_s: float = POLL_S) -> None:
+        self._pool = pool
+        self._ledger = ledger  # LedgerServiceStub carrying the service token
+        self._poll_s = poll_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.settled = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="metering-settlement")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def wake(self) -> None:
+        """Settle now rather than at the next poll (called after a record)."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                busy = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - keep settling; the outbox keeps the work
+                log.warning("settlement.pass_failed", error=str(e))
+                busy = False
+            if not busy:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._poll_s)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+
+    async def run_once(self) -> bool:
+        """Settles what is due; returns whether there may be more."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await store.claim(conn, CLAIM_MAX)
+            if not rows:
+                return False
+            outcomes = await asyncio.gather(*(self._settle(r) for r in rows))
+            for r, (state, fee, provider, error, retry) in zip(rows, outcomes, strict=True):
+                if retry:
+                    delay = min(BACKOFF_S_MAX, 0.5 * 2 ** min(r["attempts"], 8))
+                    await store.retry_later(conn, r["job_id"], delay, error)
+                else:
+                    await store.finish(conn, r["job_id"], state, fee, provider, error)
+                    self.settled += 1
+        return len(rows) == CLAIM_MAX
+
+    async def _settle(self, r) -> tuple[int, int, int, str, bool]:
+        job = r["job_id"].bytes
+        try:
+            if r["cost_micros"] == 0:
+                res = await self._ledger.Release(lpb.ReleaseRequest(job_id=job), timeout=LEDGER_TIMEOUT_S)
+            else:
+                res = await self._ledger.Settle(lpb.SettleRequest(
+                    job_id=job, provider_account_id=r["provider_account_id"].bytes,
+                    cost=r["cost_micros"], fee_bps=r["fee_bps"]), timeout=LEDGER_TIMEOUT_S)
+        except grpc.aio.AioRpcError as e:
+            if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+                log.error("settlement.rejected", job_id=job.hex(), error=e.details())
+                return pb.SETTLEMENT_STATE_REJECTED, 0, 0, e.details() or "rejected", False
+            return 0, 0, 0, f"ledger unavailable: {e.code().name}", True
+        if res.status in (_S.OPERATION_STATUS_OK, _S.OPERATION_STATUS_ALREADY_APPLIED):
+            if r["cost_micros"] == 0:
+                return pb.SETTLEMENT_STATE_RELEASED, 0, 0, "", False
+            return pb.SETTLEMENT_STATE_SETTLED, res.fee, res.provider_amount, "", False
+        if r["cost_micros"] == 0 and res.status == _S.OPERATION_STATUS_HOLD_EXPIRED:
+            return pb.SETTLEMENT_STATE_RELEASED, 0, 0, "", False  # released by expiry: same effect
+        state, error = _FINAL.get(res.status, (pb.SETTLEMENT_STATE_REJECTED, "refused by the ledger"))
+        log.warning("settlement.final_without_charge", job_id=job.hex(),
+                    status=lpb.OperationStatus.Name(res.status))
+        return state, 0, 0, error, False

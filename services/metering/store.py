@@ -1,0 +1,92 @@
+"""Metering's SQL: records, queries, and the settlement outbox."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import asyncpg
+
+from services.metering.records import COLUMNS
+
+_INSERT = (
+    f"INSERT INTO metering.usage ({', '.join(COLUMNS)}, settlement) VALUES "
+    f"({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 1))}, ${len(COLUMNS) + 1}) "
+    "ON CONFLICT (job_id) DO NOTHING RETURNING *"
+)
+
+
+async def insert(pool: asyncpg.Pool, values: tuple, settlement: int):
+    """(row, created): the new row, or the existing one for the same job."""
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(_INSERT, *values, settlement)
+        if row is not None:
+            return row, True
+        return await conn.fetchrow("SELECT * FROM metering.usage WHERE job_id = $1", values[0]), False
+
+
+async def get(pool: asyncpg.Pool, job_id) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT * FROM metering.usage WHERE job_id = $1", job_id)
+
+
+def where(f: dict) -> tuple[str, list]:
+    """A WHERE clause for the filter dict (column -> value; since/until)."""
+    conds, args = [], []
+    for col in ("consumer_account_id", "provider_account_id", "node_id", "model"):
+        if f.get(col) is not None:
+            args.append(f[col])
+            conds.append(f"{col} = ${len(args)}")
+    if f.get("since") is not None:
+        args.append(f["since"])
+        conds.append(f"finished_at >= ${len(args)}")
+    if f.get("until") is not None:
+        args.append(f["until"])
+        conds.append(f"finished_at < ${len(args)}")
+    return (" WHERE " + " AND ".join(conds)) if conds else "", args
+
+
+async def page(pool, f: dict, limit: int, after: tuple | None) -> list:
+    clause, args = where(f)
+    if after is not None:
+        args.extend(after)
+        cursor = f"(finished_at, job_id) < (${len(args) - 1}, ${len(args)})"
+        clause = clause + (" AND " if clause else " WHERE ") + cursor
+    args.append(limit)
+    return await pool.fetch(
+        f"SELECT * FROM metering.usage{clause} ORDER BY finished_at DESC, job_id DESC LIMIT ${len(args)}", *args)
+
+
+async def buckets(pool, f: dict, bucket_s: int, group_col: str | None, rows_max: int) -> list:
+    clause, args = where(f)
+    args.append(timedelta(seconds=bucket_s))
+    key = group_col or "''"
+    args.append(rows_max)
+    return await pool.fetch(
+        f"""SELECT date_bin(${len(args) - 1}::interval, finished_at, 'epoch') AS start, {key} AS key,
+                   count(*) AS jobs, sum(prompt_tokens) AS prompt_tokens,
+                   sum(completion_tokens) AS completion_tokens, sum(requests) AS requests,
+                   sum(cost_micros) AS cost_micros, sum(fee_micros) AS fee_micros,
+                   sum(provider_micros) AS provider_micros,
+                   sum(cost_micros) FILTER (WHERE settlement = 2) AS settled_cost_micros
+              FROM metering.usage{clause} GROUP BY 1, 2 ORDER BY 1, 2 LIMIT ${len(args)}""", *args)
+
+
+async def claim(conn, limit: int) -> list:
+    """Pending settlements due now, locked for this worker (others skip them)."""
+    return await conn.fetch(
+        """SELECT job_id, provider_account_id, cost_micros, fee_bps, attempts FROM metering.usage
+            WHERE settlement = 1 AND next_attempt_at <= clock_timestamp()
+            ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED""", limit)
+
+
+async def finish(conn, job_id, settlement: int, fee: int, provider: int, error: str) -> None:
+    await conn.execute(
+        """UPDATE metering.usage SET settlement = $2, fee_micros = $3, provider_micros = $4,
+                  settlement_error = $5, settled_at = clock_timestamp(), attempts = attempts + 1
+            WHERE job_id = $1 AND settlement = 1""", job_id, settlement, fee, provider, error)
+
+
+async def retry_later(conn, job_id, delay_s: float, error: str) -> None:
+    await conn.execute(
+        """UPDATE metering.usage SET attempts = attempts + 1, settlement_error = $3,
+                  next_attempt_at = clock_timestamp() + make_interval(secs => $2)
+            WHERE job_id = $1 AND settlement = 1""", job_id, delay_s, error)
