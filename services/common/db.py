@@ -24,7 +24,9 @@ def embedded_url(home: Path) -> str:
     """Starts (or joins) the embedded PostgreSQL in ``home/pg`` and returns its
     URL. The server stops when the last process that joined it exits."""
     import logging as stdlib_logging
+    import warnings
 
+    warnings.filterwarnings("ignore", module="platformdirs")  # XDG_RUNTIME_DIR unset: harmless
     import pgserver
 
     stdlib_logging.getLogger("pgserver").setLevel(stdlib_logging.WARNING)
