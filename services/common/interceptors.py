@@ -58,8 +58,10 @@ class RpcPolicy:
         for m in service.methods:
             fn = getattr(servicer, m.name)
             method = f"/{full_name}/{m.name}"
-            if m.client_streaming:
-                setattr(wrapped, m.name, fn)  # none of ours; passed through
+            if m.client_streaming and m.server_streaming:
+                setattr(wrapped, m.name, self._wrap_stream(method, fn))  # bidi: same shape
+            elif m.client_streaming:
+                setattr(wrapped, m.name, self._wrap_unary(method, fn))  # request iterator in, one reply
             elif m.server_streaming:
                 setattr(wrapped, m.name, self._wrap_stream(method, fn))
             else:
@@ -132,7 +134,7 @@ class RpcPolicy:
         needs_auth, quiet = self._needs_auth(method), method in self._quiet
         begin, finish, fail = self._begin, self._finish, self._fail
 
-        async def stream(request, context):
+        async def stream(request, context):  # request: a message, or an iterator (bidi)
             start = time.perf_counter()
             exc = None
             try:

@@ -1,0 +1,34 @@
+"""The ``echo`` Triton model: a plain KServe v2 tensor model, no language.
+
+| | name | type | shape (per request, after the batch dimension) |
+|---|---|---|---|
+| input | INPUT0 | FP32 | [-1] |
+| output | OUTPUT0 | FP32 | [-1], equal to INPUT0 |
+
+max_batch_size is 64, so a client sends shape [batch, n], e.g. [1, 4].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pytriton.model_config import ModelConfig, Tensor
+from pytriton.proxy.types import Request
+
+from services.common.errors import Unavailable
+
+BATCH_SIZE_MAX = 64
+
+INPUTS = (Tensor(name="INPUT0", dtype=np.float32, shape=(-1,)),)
+OUTPUTS = (Tensor(name="OUTPUT0", dtype=np.float32, shape=(-1,)),)
+CONFIG = ModelConfig(batching=True, max_batch_size=BATCH_SIZE_MAX)
+
+
+class EchoModel:
+    def __init__(self, *, fail: bool = False) -> None:
+        self._fail = fail
+
+    def infer(self, requests: list[Request]) -> list[dict[str, np.ndarray]]:
+        """pytriton inference callable: one response per request."""
+        if self._fail:
+            raise Unavailable("demo node is in failing mode")
+        return [{"OUTPUT0": np.asarray(r["INPUT0"], dtype=np.float32)} for r in requests]
