@@ -15,6 +15,9 @@ _OPTIONS = (
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Spread calls over every address the name resolves to (replicas behind a
+    # headless Service), not just the first one.
+    ("grpc.lb_policy_name", "round_robin"),
 )
 
 

@@ -24,6 +24,7 @@ fails with its name. Nothing else in the code reads ``os.environ``.
 | IDLEGRID_TLS_CA | (unset) | PEM file: clients verify servers with it (TLS on when set) |
 | IDLEGRID_DB_POOL_MAX | 10 | connections per service pool |
 | IDLEGRID_PLATFORM_FEE_BPS | 1000 | platform fee in basis points (10%) |
+| IDLEGRID_SHUTDOWN_GRACE_S | 30 | on SIGTERM, how long in-flight calls may finish |
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class Config:
     tls_ca: Path | None = None
     db_pool_max: int = 10
     platform_fee_bps: int = 1000
+    shutdown_grace_s: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -107,6 +109,7 @@ class Config:
             tls_ca=Path(env["IDLEGRID_TLS_CA"]) if env.get("IDLEGRID_TLS_CA") else None,
             db_pool_max=_int(env, "IDLEGRID_DB_POOL_MAX", 10, lo=1, hi=1000),
             platform_fee_bps=_int(env, "IDLEGRID_PLATFORM_FEE_BPS", 1000, lo=0, hi=10_000),
+            shutdown_grace_s=float(_int(env, "IDLEGRID_SHUTDOWN_GRACE_S", 30, lo=0, hi=3600)),
         )
 
     def token(self) -> str:

@@ -22,6 +22,8 @@ log = structlog.get_logger("server")
 GRACE_S = 10.0
 MESSAGE_BYTES_MAX = 64 * 1024 * 1024
 STREAMS_MAX = 1000
+CONNECTION_AGE_MS = 300_000
+CONNECTION_AGE_GRACE_MS = 660_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +45,14 @@ class RunningServer:
     services: tuple[str, ...]
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     parts: dict[str, object] = field(default_factory=dict)  # service internals, for tests and tools
+    grace_s: float = GRACE_S
 
-    async def stop(self, grace_s: float = GRACE_S) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
         """Stops taking calls (health NOT_SERVING first, so balancers drain us),
         lets in-flight calls finish within ``grace_s``, then runs on_stop hooks."""
         for svc in ("", *self.services):
             await self.health.set(svc, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.stop(grace_s)
+        await self.server.stop(self.grace_s if grace_s is None else grace_s)
         for hook in reversed(self.on_stop):
             await hook()
         log.info("server.stopped", service=self.name)
@@ -84,6 +87,10 @@ async def start(
             ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
             ("grpc.max_concurrent_streams", STREAMS_MAX),
             ("grpc.so_reuseport", 0),
+            # Clients reconnect now and then, so new replicas get their share;
+            # streams in flight get a long grace (jobs, watches, heartbeats).
+            ("grpc.max_connection_age_ms", CONNECTION_AGE_MS),
+            ("grpc.max_connection_age_grace_ms", CONNECTION_AGE_GRACE_MS),
         ],
     )
     for r in registrations:
@@ -101,7 +108,8 @@ async def start(
     for svc in ("", *names):
         await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
     log.info("server.started", service=name, address=f"{host or config.bind_host}:{bound}", tls=creds is not None)
-    return RunningServer(name=name, server=server, port=bound, health=health_servicer, services=names)
+    return RunningServer(name=name, server=server, port=bound, health=health_servicer, services=names,
+                         grace_s=config.shutdown_grace_s)
 
 
 async def wait_for_signal() -> None:
