@@ -81,8 +81,10 @@ _NOT_FOUND = {
 }
 
 
-def _status(results: list[int], *, funds: bool = False) -> int:
-    """Maps the per-transfer results of one operation to its status."""
+def _status(results: list[int], *, funds: bool = False, expired: bool = False) -> int:
+    """Maps the per-transfer results of one operation to its status.
+    ``funds`` / ``expired``: an ID_ALREADY_FAILED (a retry of a refused
+    request) means INSUFFICIENT_FUNDS / HOLD_EXPIRED, as the first answer did."""
     if all(r == R.OK for r in results):
         return S.OPERATION_STATUS_OK
     if all(r == R.EXISTS for r in results):
@@ -96,6 +98,8 @@ def _status(results: list[int], *, funds: bool = False) -> int:
             return S.OPERATION_STATUS_INSUFFICIENT_FUNDS
         if r == R.EXCEEDS_CREDITS:
             return S.OPERATION_STATUS_INSUFFICIENT_FUNDS
+        if r == R.ID_ALREADY_FAILED and expired:
+            return S.OPERATION_STATUS_HOLD_EXPIRED
         if r == R.EXISTS_WITH_DIFFERENT_FIELDS:
             return S.OPERATION_STATUS_CONFLICT
         if r == R.PENDING_TRANSFER_EXPIRED:
@@ -115,10 +119,11 @@ class Market:
     def __init__(self, writer: Writer) -> None:
         self._writer = writer
 
-    async def _run(self, transfers: list[T], *, funds: bool = False, **extra) -> pb.OperationResponse:
+    async def _run(self, transfers: list[T], *, funds: bool = False, expired: bool = False,
+                   **extra) -> pb.OperationResponse:
         results = await self._writer.submit(transfers)
         return pb.OperationResponse(
-            status=_status(results, funds=funds), transfer_ids=[t.id for t in transfers],
+            status=_status(results, funds=funds, expired=expired), transfer_ids=[t.id for t in transfers],
             results=results, **extra)
 
     async def top_up(self, req: pb.TopUpRequest) -> pb.OperationResponse:
@@ -164,14 +169,16 @@ class Market:
         results = await self._writer.submit(chain)
         # The chain fails as a whole: report the cause, not LINKED_EVENT_FAILED.
         causes = [r for r in results if r != R.LINKED_EVENT_FAILED] or results
+        # The post's id is burned only by an expired hold: a retry is HOLD_EXPIRED again.
+        expired = results[0] == R.ID_ALREADY_FAILED
         return pb.OperationResponse(
-            status=_status(causes), transfer_ids=[t.id for t in chain], results=results,
+            status=_status(causes, expired=expired), transfer_ids=[t.id for t in chain], results=results,
             amount=cost, fee=fee, provider_amount=provider_amount)
 
     async def release(self, req: pb.ReleaseRequest) -> pb.OperationResponse:
         job = _id16(req.job_id, "job_id")
         t = T(id=derive("release", job), pending_id=reserve_id(job), flags=VOID)
-        return await self._run([t])
+        return await self._run([t], expired=True)  # a void's id is burned only by an expired hold
 
     async def payout(self, req: pb.PayoutRequest) -> pb.OperationResponse:
         ledger = req.ledger or LEDGER_CREDITS

@@ -14,6 +14,8 @@ _ACCOUNT_COLS = ("id, ledger, kind, flags, user_data, name, debits_pending, debi
                  "credits_pending, credits_posted, created_at")
 _TRANSFER_COLS = ("seq, id, debit_account_id, credit_account_id, amount, pending_id, user_data, "
                   "timeout_s, ledger, code, flags, created_at")
+SEQ_MAX = 2**63 - 1  # seq is a bigint
+LEDGER_MAX = 2**31 - 1  # ledger is an integer column
 
 
 def _ts(dt) -> Timestamp:
@@ -57,6 +59,12 @@ def _ids(ids, what: str) -> list:
     return [U(i) for i in ids]
 
 
+def _after(after_seq: int) -> int:
+    if after_seq > SEQ_MAX:
+        raise InvalidArgument(f"after_seq must be at most {SEQ_MAX}, got {after_seq}")
+    return after_seq
+
+
 def _limit(limit: int) -> int:
     if limit == 0:
         return PAGE_SIZE_DEFAULT
@@ -80,6 +88,8 @@ async def lookup_transfers(pool: asyncpg.Pool, ids) -> list[pb.Transfer]:
 
 
 async def account_by_name(pool: asyncpg.Pool, name: str, ledger: int) -> pb.Account:
+    if ledger > LEDGER_MAX:  # no account can be on it
+        raise NotFound(f"no account named {name!r} on ledger {ledger}")
     r = await pool.fetchrow(f"SELECT {_ACCOUNT_COLS} FROM ledger.accounts WHERE ledger = $1 AND name = $2",
                             ledger, name)
     if r is None:
@@ -98,6 +108,7 @@ async def account_transfers(pool: asyncpg.Pool, account_id: bytes, after_seq: in
                             reversed_: bool) -> tuple[list[pb.Transfer], int]:
     check_id(account_id, "account_id")
     limit = _limit(limit)
+    after_seq = _after(after_seq)
     # Two index range scans merged: debit side and credit side.
     sql = _page_sql(
         f"SELECT {_TRANSFER_COLS} FROM ledger.transfers WHERE (debit_account_id = $1 OR credit_account_id = $1)",
@@ -112,6 +123,7 @@ async def account_balances(pool: asyncpg.Pool, account_id: bytes, after_seq: int
                            reversed_: bool) -> tuple[list[pb.AccountBalance], int]:
     check_id(account_id, "account_id")
     limit = _limit(limit)
+    after_seq = _after(after_seq)
     sql = _page_sql(
         """SELECT seq, id, created_at, debit_account_id = $1 AS is_debit,
                   dr_debits_pending, dr_debits_posted, dr_credits_pending, dr_credits_posted,
