@@ -5,9 +5,15 @@ from __future__ import annotations
 import re
 
 import asyncpg
-
 from idlegrid.ledger.v1 import ledger_pb2 as pb
-from ledger.codes import BATCH_SIZE_MAX, DEBITS_MUST_NOT_EXCEED_CREDITS, LEDGER_CREDITS, MAX_ID, ZERO_ID
+
+from ledger.codes import (
+    BATCH_SIZE_MAX,
+    DEBITS_MUST_NOT_EXCEED_CREDITS,
+    LEDGER_CREDITS,
+    MAX_ID,
+    ZERO_ID,
+)
 from ledger.ids import well_known_account
 from ledger.store import U, U_opt
 from services.common.errors import InvalidArgument

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from idlegrid.ledger.v1 import ledger_pb2 as pb
 from idlegrid.ledger.v1 import ledger_pb2_grpc
+
 from ledger.codes import LEDGER_CREDITS, R
 from services.benchkit import free_port, spawn, wait_healthy
 from services.common.channel import open_channel, with_token

@@ -35,9 +35,9 @@ def out(line: str = "") -> None:
 
 
 async def _verify(args, config: Config) -> int:
-    from ledger.verify import verify
-
     import asyncpg
+
+    from ledger.verify import verify
 
     conn = await asyncpg.connect(await db.resolve_url(config))
     try:

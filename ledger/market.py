@@ -16,9 +16,20 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from idlegrid.ledger.v1 import ledger_pb2 as pb
+
 from ledger.codes import (
-    AMOUNT_MAX, CODE_EARNING, CODE_FEE, CODE_PAYOUT, CODE_RESERVE, CODE_TOPUP,
-    LEDGER_CREDITS, LINKED, PENDING, POST, VOID, R,
+    AMOUNT_MAX,
+    CODE_EARNING,
+    CODE_FEE,
+    CODE_PAYOUT,
+    CODE_RESERVE,
+    CODE_TOPUP,
+    LEDGER_CREDITS,
+    LINKED,
+    PENDING,
+    POST,
+    VOID,
+    R,
 )
 from ledger.ids import derive, well_known_account
 from ledger.writer import Writer

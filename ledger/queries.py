@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from idlegrid.ledger.v1 import ledger_pb2 as pb
+
 from ledger.codes import BATCH_SIZE_MAX, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
 from ledger.store import U
 from services.common.errors import InvalidArgument, NotFound
@@ -15,7 +15,7 @@ _ACCOUNT_COLS = ("id, ledger, kind, flags, user_data, name, debits_pending, debi
 _TRANSFER_COLS = ("seq, id, debit_account_id, credit_account_id, amount, pending_id, user_data, "
                   "timeout_s, ledger, code, flags, created_at")
 SEQ_MAX = 2**63 - 1  # seq is a bigint
-LEDGER_MAX = 2**31 - 1  # ledger is an integer column
+LEDGER_MAX = 2**32 - 1  # uint32 in the proto
 
 
 def _ts(dt) -> Timestamp:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from idlegrid.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+
 from ledger.accounts import ensure_well_known
 from ledger.servicer import LedgerServicer
 from ledger.writer import Writer

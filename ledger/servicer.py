@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncpg
-
 from idlegrid.ledger.v1 import ledger_pb2 as pb
 from idlegrid.ledger.v1 import ledger_pb2_grpc
+
 from ledger import accounts, queries
 from ledger.codes import BATCH_SIZE_MAX, LEDGER_CREDITS
 from ledger.market import Market

@@ -4,45 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-import asyncpg
 from asyncpg.pgproto import pgproto
 
-from ledger.engine import OPEN, POSTED, VOIDED, EXPIRED_STATE, Account, Hold, Stored
-from ledger.codes import EXPIRED, POST, VOID
-
-_TRANSFER_COLS = ("id, debit_account_id, credit_account_id, amount, pending_id, user_data, "
-                  "timeout_s, ledger, code, flags")
-
-
-# One round trip: the transfers with the batch's ids (and the pendings it
-# references), the transfers that resolved those pendings, their open holds,
-# and burned ids.
-_LOOKUP = f"""
-SELECT 0 AS k, {_TRANSFER_COLS}, NULL::timestamptz AS expires_at
-  FROM ledger.transfers WHERE id = ANY($1::uuid[])
-UNION ALL
-SELECT 1, {_TRANSFER_COLS}, NULL FROM ledger.transfers WHERE pending_id = ANY($2::uuid[])
-UNION ALL
-SELECT 2, pending_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, expires_at
-  FROM ledger.open_holds WHERE pending_id = ANY($2::uuid[])
-UNION ALL
-SELECT 3, id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, result, NULL, NULL
-  FROM ledger.failed_transfers WHERE id = ANY($1::uuid[])
-"""
-
-# The accounts named by the batch and by the pending transfers it resolves,
-# locked in one global order (by id): concurrent writers never deadlock.
-_LOCK_ACCOUNTS = """
-SELECT id, ledger, flags, debits_pending, debits_posted, credits_pending, credits_posted
-  FROM ledger.accounts
- WHERE id = ANY($1::uuid[])
-    OR id IN (SELECT debit_account_id FROM ledger.transfers WHERE id = ANY($2::uuid[])
-              UNION ALL
-              SELECT credit_account_id FROM ledger.transfers WHERE id = ANY($2::uuid[]))
- ORDER BY id FOR UPDATE
-"""
-
+from ledger.codes import EXPIRED, POST
+from ledger.engine import EXPIRED_STATE, OPEN, POSTED, VOIDED, Account, Hold, Stored
 
 # asyncpg's own UUID type: built from bytes ten times faster than uuid.UUID,
 # and encoded on a fast path.
@@ -59,59 +26,64 @@ def _b(u) -> bytes:
 
 def _stored(r) -> Stored:
     return Stored(
-        id=r["id"].bytes, debit_account_id=r["debit_account_id"].bytes,
-        credit_account_id=r["credit_account_id"].bytes, amount=r["amount"],
+        id=r["id"].bytes, debit_account_id=r["dr"].bytes, credit_account_id=r["cr"].bytes, amount=r["amount"],
         pending_id=_b(r["pending_id"]), user_data=_b(r["user_data"]), timeout_s=r["timeout_s"],
         ledger=r["ledger"], code=r["code"], flags=r["flags"],
     )
 
 
-async def lock_head(conn: asyncpg.Connection) -> tuple[int, int, bytes, object]:
-    """Locks the chain head: (batch, last_seq, hash, now)."""
-    r = await conn.fetchrow(
-        "SELECT batch, last_seq, hash, clock_timestamp() AS now FROM ledger.chain_head FOR UPDATE"
-    )
-    return r["batch"], r["last_seq"], bytes(r["hash"]), r["now"]
+@dataclass(slots=True)
+class Loaded:
+    """What a batch reads (and locks) before it applies its transfers."""
+
+    head_batch: int
+    last_seq: int
+    prev_hash: bytes
+    now: object
+    accounts: dict[bytes, Account]
+    stored: dict[bytes, Stored]
+    failed: dict[bytes, int]
+    holds: dict[bytes, Hold]
 
 
-async def load(conn, ids: Iterable[bytes], pending_ids: Iterable[bytes], micros) -> tuple[
-        dict[bytes, Stored], dict[bytes, int], dict[bytes, Hold]]:
-    pending_ids = list(pending_ids)
-    rows = await conn.fetch(_LOOKUP, [U(i) for i in ids], [U(p) for p in pending_ids])
+async def prepare(conn, ids: Iterable[bytes], pendings: Iterable[bytes], account_ids: Iterable[bytes],
+                  micros) -> Loaded:
+    """Locks the chain head and the accounts (in id order) and loads the
+    transfers, resolutions, open holds and burned ids the batch refers to:
+    one round trip (``ledger.prepare_batch``)."""
+    pendings = list(pendings)
+    rows = await conn.fetch("SELECT * FROM ledger.prepare_batch($1::uuid[], $2::uuid[], $3::uuid[])",
+                            [U(i) for i in ids], [U(p) for p in pendings], [U(a) for a in account_ids])
+    head = rows[0]
+    if head["k"] != -1:
+        raise RuntimeError("ledger.chain_head is missing")
+    accounts: dict[bytes, Account] = {}
     stored: dict[bytes, Stored] = {}
     failed: dict[bytes, int] = {}
     resolved: dict[bytes, str] = {}
     open_: dict[bytes, object] = {}
-    for r in rows:
+    for r in rows[1:]:
         k = r["k"]
-        if k == 0:
+        if k == 4:
+            accounts[r["id"].bytes] = Account(r["ledger"], r["flags"], r["x"], r["y"], r["z"], r["w"])
+        elif k == 0:
             s = _stored(r)
             stored[s.id] = s
         elif k == 1:
             f = r["flags"]
-            state = POSTED if f & POST else (EXPIRED_STATE if f & EXPIRED else VOIDED)
-            resolved[r["pending_id"].bytes] = state
+            resolved[r["pending_id"].bytes] = POSTED if f & POST else (EXPIRED_STATE if f & EXPIRED else VOIDED)
         elif k == 2:
-            open_[r["id"].bytes] = r["expires_at"]
+            open_[r["id"].bytes] = r["ts"]
         else:
             failed[r["id"].bytes] = r["code"]
     holds: dict[bytes, Hold] = {}
-    for p in pending_ids:
+    for p in pendings:
         if p in resolved:
             holds[p] = Hold(resolved[p], None, in_db=False)
         elif p in open_:
             exp = open_[p]
             holds[p] = Hold(OPEN, micros(exp) if exp is not None else None, in_db=True)
-    return stored, failed, holds
-
-
-async def lock_accounts(conn, ids: Iterable[bytes], pending_ids: Iterable[bytes]) -> dict[bytes, Account]:
-    rows = await conn.fetch(_LOCK_ACCOUNTS, [U(i) for i in ids], [U(p) for p in pending_ids])
-    return {
-        r["id"].bytes: Account(r["ledger"], r["flags"], r["debits_pending"], r["debits_posted"],
-                               r["credits_pending"], r["credits_posted"])
-        for r in rows
-    }
+    return Loaded(head["x"], head["y"], bytes(head["h"]), head["ts"], accounts, stored, failed, holds)
 
 
 _APPLY = "SELECT ledger.apply_batch(" + ", ".join(f"${i}" for i in range(1, 32)) + ")"

@@ -21,7 +21,12 @@ import asyncpg
 
 from ledger.chain import GENESIS, batch_hash, micros, transfer_bytes
 from ledger.codes import (
-    CREDITS_MUST_NOT_EXCEED_DEBITS, DEBITS_MUST_NOT_EXCEED_CREDITS, LEDGER_CREDITS, PENDING, POST, VOID,
+    CREDITS_MUST_NOT_EXCEED_DEBITS,
+    DEBITS_MUST_NOT_EXCEED_CREDITS,
+    LEDGER_CREDITS,
+    PENDING,
+    POST,
+    VOID,
 )
 from ledger.ids import well_known_account
 

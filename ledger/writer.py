@@ -72,9 +72,9 @@ class Writer:
             self._tasks.append(asyncio.create_task(self._sweep(), name="ledger-expiry"))
 
     async def stop(self) -> None:
-        """Finishes what is queued, then stops."""
-        while not self._queue.empty() or self._carry:
-            await asyncio.sleep(0.01)
+        """Finishes what is queued (while the writer runs), then stops."""
+        while (not self._queue.empty() or self._carry) and self._tasks and not self._tasks[0].done():
+            await asyncio.sleep(0.01)  # noqa: ASYNC110 - bounded: the writer drains the queue
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -123,6 +123,9 @@ class Writer:
             except asyncio.CancelledError:
                 self._fail(items, Unavailable("ledger is shutting down; retry with the same ids"))
                 raise
+            except Exception as e:  # a bug: fail this batch loudly, keep serving the next ones
+                log.critical("ledger.batch_crashed", error=repr(e), exc_info=e)
+                self._fail(items, IdlegridError("ledger internal error; nothing was written"))
             else:
                 for it, res in zip(items, results, strict=True):
                     if not it.future.done():
@@ -149,11 +152,11 @@ class Writer:
         ids = {i for i in ids if len(i) == 16}
         account_ids = {a for a in account_ids if len(a) == 16}
         async with self._pool.acquire() as conn, conn.transaction():
-            head_batch, last_seq, prev_hash, now = await store.lock_head(conn)
-            accounts = await store.lock_accounts(conn, account_ids, pendings)
-            stored, failed, holds = await store.load(conn, ids | pendings, pendings, micros)
+            loaded = await store.prepare(conn, ids | pendings, pendings, account_ids, micros)
+            head_batch, prev_hash, now = loaded.head_batch, loaded.prev_hash, loaded.now
             now_us = micros(now)
-            batch = Batch(now_us, accounts, stored, failed, holds, first_seq=last_seq + 1)
+            batch = Batch(now_us, loaded.accounts, loaded.stored, loaded.failed, loaded.holds,
+                          first_seq=loaded.last_seq + 1)
             results = [batch.apply(it.transfers, internal=it.internal) for it in items]
             totals = batch.totals_delta()
             created = batch.created
