@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--llm-delay-ms", type=int, default=0, help="extra delay per generated token")
     p.add_argument("--fail", action="store_true", help="every inference returns an error")
+    p.add_argument("--fail-after", type=int, default=-1,
+                   help="each model serves this many requests, then every inference errors")
     p.add_argument("--n-threads", type=int, default=N_THREADS_DEFAULT, help="llama.cpp threads")
     p.add_argument(
         "--workspace", type=Path, default=None, help="pytriton workspace (must not exist)"
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         models=tuple(m for m in args.models.split(",") if m),
         llm_delay_ms=args.llm_delay_ms,
         fail=args.fail,
+        fail_after=args.fail_after,
         n_threads=args.n_threads,
         workspace=args.workspace,
     )

@@ -24,11 +24,14 @@ CONFIG = ModelConfig(batching=True, max_batch_size=BATCH_SIZE_MAX)
 
 
 class EchoModel:
-    def __init__(self, *, fail: bool = False) -> None:
+    def __init__(self, *, fail: bool = False, fail_after: int = -1) -> None:
         self._fail = fail
+        self._fail_after = fail_after  # >= 0: serve this many requests, then fail
+        self._served = 0
 
     def infer(self, requests: list[Request]) -> list[dict[str, np.ndarray]]:
         """pytriton inference callable: one response per request."""
-        if self._fail:
+        if self._fail or 0 <= self._fail_after <= self._served:
             raise Unavailable("demo node is in failing mode")
+        self._served += len(requests)
         return [{"OUTPUT0": np.asarray(r["INPUT0"], dtype=np.float32)} for r in requests]

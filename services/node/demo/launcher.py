@@ -146,6 +146,7 @@ def start_demo_triton(
     models: tuple[str, ...] = MODEL_NAMES,
     llm_delay_ms: int = 0,
     fail: bool = False,
+    fail_after: int = -1,
     n_threads: int | None = None,
     startup_timeout_s: float = STARTUP_TIMEOUT_S,
 ) -> DemoTriton:
@@ -153,7 +154,9 @@ def start_demo_triton(
     are ready. Ports of 0 are replaced by free ones first.
 
     ``llm_delay_ms`` adds a delay per generated token (a slow node);
-    ``fail`` makes every inference return an error (a failing node).
+    ``fail`` makes every inference return an error (a failing node);
+    ``fail_after`` >= 0 lets each model serve that many requests first (a node
+    that passes the registry's canary, then fails).
     Raises DemoTritonError if the child exits or is not ready in time.
     """
     unknown = set(models) - set(MODEL_NAMES)
@@ -177,6 +180,8 @@ def start_demo_triton(
     ]  # fmt: skip
     if fail:
         cmd.append("--fail")
+    if fail_after >= 0:
+        cmd += ["--fail-after", str(fail_after)]
     if n_threads is not None:
         cmd += ["--n-threads", str(n_threads)]
     env = dict(os.environ)

@@ -105,7 +105,8 @@ class LlmModel:
     proxy's event loop; the loop only waits, so it stays free."""
 
     def __init__(
-        self, llm: llama_cpp.Llama, *, token_delay_ms: int = 0, fail: bool = False
+        self, llm: llama_cpp.Llama, *, token_delay_ms: int = 0, fail: bool = False,
+        fail_after: int = -1,
     ) -> None:
         if token_delay_ms < 0:
             raise ValueError(f"token_delay_ms must be >= 0, got {token_delay_ms}")
@@ -113,6 +114,8 @@ class LlmModel:
         self._prompts = PromptBuilder(llm)
         self._token_delay_s = token_delay_ms / 1000
         self._fail = fail
+        self._fail_after = fail_after  # >= 0: serve this many requests, then fail
+        self._served = 0
         self._worker = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="smollm2"
         )
@@ -143,8 +146,9 @@ class LlmModel:
         if len(requests) != 1:
             # max_batch_size is 0: Triton hands this model one request per call.
             raise RuntimeError(f"expected one request per call, got {len(requests)}")
-        if self._fail:
+        if self._fail or 0 <= self._fail_after <= self._served:
             raise Unavailable("demo node is in failing mode")
+        self._served += 1
         request = requests[0]
         text_input = _single_bytes(request, "text_input")
         if text_input is None:

@@ -45,6 +45,7 @@ class ServeOptions:
     models: tuple[str, ...] = MODEL_NAMES
     llm_delay_ms: int = 0
     fail: bool = False
+    fail_after: int = -1  # >= 0: each model serves this many requests, then fails
     n_threads: int = N_THREADS_DEFAULT
     workspace: Path | None = None
 
@@ -86,6 +87,7 @@ def serve(options: ServeOptions, stop: threading.Event) -> None:
             load_smollm2(n_threads=options.n_threads),
             token_delay_ms=options.llm_delay_ms,
             fail=options.fail,
+            fail_after=options.fail_after,
         )
     config = TritonConfig(
         http_address=options.host,
@@ -116,7 +118,7 @@ def serve(options: ServeOptions, stop: threading.Event) -> None:
         if ECHO_MODEL_NAME in options.models:
             triton.bind(
                 model_name=ECHO_MODEL_NAME,
-                infer_func=echo_model.EchoModel(fail=options.fail).infer,
+                infer_func=echo_model.EchoModel(fail=options.fail, fail_after=options.fail_after).infer,
                 inputs=echo_model.INPUTS,
                 outputs=echo_model.OUTPUTS,
                 config=echo_model.CONFIG,

@@ -1,0 +1,98 @@
+"""gRPC servicer of the registry: proto in, domain calls, proto out.
+
+CreateProvider, GetNode, ListNodes and WatchNodes sit behind the service
+token (checked by the shared interceptor). RegisterNode, Heartbeat, Drain and
+Deregister are open methods for the interceptor and authenticate here, with
+provider and node tokens.
+"""
+
+from __future__ import annotations
+
+import grpc
+from idlegrid.registry.v1 import registry_pb2 as pb
+from idlegrid.registry.v1 import registry_pb2_grpc
+
+from services.common.errors import PermissionDenied, Unauthenticated
+from services.registry import tokens, validate
+from services.registry.model import LiveNode
+from services.registry.registry import Registry
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RegistryService"].full_name
+# Methods that authenticate with provider and node tokens instead of the service token.
+NODE_METHODS = tuple(f"/{SERVICE_NAME}/{m}" for m in ("RegisterNode", "Heartbeat", "Drain", "Deregister"))
+
+
+def _token(context: grpc.aio.ServicerContext) -> str | None:
+    return tokens.from_metadata(context.invocation_metadata())
+
+
+def _beat_response(node: LiveNode, settings, received: int) -> pb.HeartbeatResponse:
+    return pb.HeartbeatResponse(state=node.state, state_reason=node.reason, state_detail=node.detail,
+                                heartbeat_interval_ms=node.heartbeat_interval_ms,
+                                lease_intervals=settings.lease_intervals, heartbeats_received=received)
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
+    def __init__(self, registry: Registry) -> None:
+        self._reg = registry
+
+    async def CreateProvider(self, request, context):
+        provider, token = await self._reg.create_provider(request)
+        return pb.CreateProviderResponse(provider=provider.to_proto(), provider_token=token)
+
+    async def RegisterNode(self, request, context):
+        who = self._reg.authenticate(_token(context))
+        node, token = await self._reg.register(who, request)
+        s = self._reg.settings
+        return pb.RegisterNodeResponse(node_id=node.id, node_token=token,
+                                       heartbeat_interval_ms=s.heartbeat_interval_ms,
+                                       lease_intervals=s.lease_intervals, state=node.state)
+
+    async def Heartbeat(self, request_iterator, context):
+        who = self._reg.authenticate(_token(context))
+        node = who.node
+        if node is None:
+            raise PermissionDenied("Heartbeat takes a node token, not a provider token")
+        reg, settings, check_load = self._reg, self._reg.settings, validate.load
+        received, told = 0, (-1, -1)
+        async for beat in request_iterator:
+            if node.token_digest is not who.digest:
+                raise Unauthenticated("the node token was revoked or replaced; register again")
+            if beat.node_id != node.id:
+                raise PermissionDenied("node_id is not the node of this token")
+            check_load(beat.load)
+            reg.heartbeat(node, beat.load)
+            received += 1
+            if (node.revision, node.heartbeat_interval_ms) != told:
+                told = (node.revision, node.heartbeat_interval_ms)
+                yield _beat_response(node, settings, received)
+        yield _beat_response(node, settings, received)
+
+    async def Drain(self, request, context):
+        who = self._reg.authenticate(_token(context))
+        node = await self._reg.drain(who, request.node_id)
+        return pb.DrainResponse(node=node.to_proto())
+
+    async def Deregister(self, request, context):
+        who = self._reg.authenticate(_token(context))
+        node = await self._reg.deregister(who, request.node_id)
+        return pb.DeregisterResponse(node=node.to_proto())
+
+    async def GetNode(self, request, context):
+        return pb.GetNodeResponse(node=self._reg.get(request.node_id).to_proto())
+
+    async def ListNodes(self, request, context):
+        page, next_token = self._reg.list(request)
+        return pb.ListNodesResponse(nodes=[n.to_proto() for n in page], next_page_token=next_token)
+
+    async def WatchNodes(self, request, context):
+        hub = self._reg.hub
+        watcher, first = hub.subscribe(resume_epoch=request.resume_epoch, resume_revision=request.resume_revision,
+                                       wants_load=not request.omit_load, snapshot=self._reg.snapshot)
+        try:
+            for message in first:
+                yield message
+            while True:
+                yield await watcher.next()
+        finally:
+            hub.unsubscribe(watcher)

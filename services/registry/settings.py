@@ -1,0 +1,62 @@
+"""The registry's own settings: intervals, deadlines and limits, with safe,
+named defaults. ``idlegrid registry serve`` sets a few from its flags; tests
+pass their own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistrySettings:
+    # Leases: the registry tells each agent the interval; a node that sends no
+    # heartbeat for lease_intervals intervals goes OFFLINE on its own.
+    heartbeat_interval_ms: int = 5_000
+    lease_intervals: int = 3
+    sweep_interval_ms: int = 250          # how often leases are checked
+    load_report_interval_ms: int = 1_000  # how often watchers get coalesced loads
+    # Verification deadlines: each readiness/metadata/config call, each canary
+    # inference, and the whole verification of one node.
+    verify_call_timeout_ms: int = 5_000
+    canary_timeout_ms: int = 30_000
+    verify_timeout_ms: int = 60_000
+    verifications_max: int = 16           # concurrent verifications (JOINING waits for a slot)
+    # Benchmarks and tests only: nodes become READY without the registry
+    # contacting their Triton (reason VERIFICATION_SKIPPED). Off by default; no
+    # request can turn it on.
+    skip_verification: bool = False
+    # Limits.
+    nodes_max: int = 200_000
+    watchers_max: int = 1_000
+    watch_buffer_max: int = 10_000        # changes kept for watchers that resume
+    watcher_queue_max: int = 10_000       # messages queued per watcher before it is dropped
+    offline_retention_s: int = 3_600      # OFFLINE nodes leave the live view after this
+    write_batch_max: int = 1_000          # state changes per database statement
+
+    def __post_init__(self) -> None:
+        bounds = {
+            "heartbeat_interval_ms": (50, 600_000),
+            "lease_intervals": (2, 100),
+            "sweep_interval_ms": (10, 60_000),
+            "load_report_interval_ms": (10, 60_000),
+            "verify_call_timeout_ms": (10, 600_000),
+            "canary_timeout_ms": (10, 600_000),
+            "verify_timeout_ms": (10, 3_600_000),
+            "verifications_max": (1, 1_000),
+            "nodes_max": (1, 10_000_000),
+            "watchers_max": (1, 100_000),
+            "watch_buffer_max": (1, 10_000_000),
+            "watcher_queue_max": (1, 10_000_000),
+            "offline_retention_s": (0, 365 * 86_400),
+            "write_batch_max": (1, 100_000),
+        }
+        for name, (lo, hi) in bounds.items():
+            value = getattr(self, name)
+            if not lo <= value <= hi:
+                raise ConfigError(f"registry setting {name} must be in [{lo}, {hi}], got {value}")
+
+    @property
+    def lease_s(self) -> float:
+        return self.heartbeat_interval_ms * self.lease_intervals / 1000.0
