@@ -55,7 +55,7 @@ def _optional_modules() -> list:
 
     found = []
     for name in ("services.registry.cli", "services.node.cli", "services.scheduler.cli",
-                 "services.metering.cli", "gateway.cli", "services.up", "services.migrate"):
+                 "services.metering.cli", "gateway.cli", "services.up", "services.migrate", "services.people_cli"):
         try:
             found.append(importlib.import_module(name))
         except ModuleNotFoundError as e:

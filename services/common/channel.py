@@ -21,21 +21,32 @@ _OPTIONS = (
 )
 
 
-class _Metadata(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+class _Metadata:
     """Adds the service token (and nothing else) to every call."""
 
     def __init__(self, metadata: Sequence[tuple[str, str]]) -> None:
         self._md = tuple(metadata)
 
-    def _details(self, d: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        md = self._md if not d.metadata else (*tuple(d.metadata), *self._md)
+    def details(self, d: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        md = grpc.aio.Metadata(*(tuple(d.metadata) if d.metadata else ()), *self._md)
         return grpc.aio.ClientCallDetails(d.method, d.timeout, md, d.credentials, d.wait_for_ready)
 
-    async def intercept_unary_unary(self, continuation, details, request):
-        return await continuation(self._details(details), request)
 
+# grpc.aio files an interceptor under one call type only (the first base that
+# matches), so each call type gets its own small class.
+class _UnaryUnary(_Metadata, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation, details, request):
+        return await continuation(self.details(details), request)
+
+
+class _UnaryStream(_Metadata, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, details, request):
-        return await continuation(self._details(details), request)
+        return await continuation(self.details(details), request)
+
+
+class _StreamStream(_Metadata, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation, details, request_iterator):
+        return await continuation(self.details(details), request_iterator)
 
 
 class _Call:
@@ -63,7 +74,8 @@ def with_token(stub, token: str):
 def open_channel(addr: str, *, token: str | None, config: Config | None = None) -> grpc.aio.Channel:
     """An aio channel to ``addr`` carrying ``token`` on every call (a client
     interceptor; pass token=None and use ``with_token`` on hot paths)."""
-    interceptors = [_Metadata(bearer(token))] if token else []
+    md = bearer(token) if token else ()
+    interceptors = [_UnaryUnary(md), _UnaryStream(md), _StreamStream(md)] if token else []
     if config is not None and config.tls_ca is not None:
         creds = grpc.ssl_channel_credentials(root_certificates=config.tls_ca.read_bytes())
         return grpc.aio.secure_channel(addr, creds, options=_OPTIONS, interceptors=interceptors)

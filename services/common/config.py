@@ -25,6 +25,8 @@ fails with its name. Nothing else in the code reads ``os.environ``.
 | IDLEGRID_DB_POOL_MAX | 10 | connections per service pool |
 | IDLEGRID_PLATFORM_FEE_BPS | 1000 | platform fee in basis points (10%) |
 | IDLEGRID_SHUTDOWN_GRACE_S | 30 | on SIGTERM, how long in-flight calls may finish |
+| IDLEGRID_GATEWAY_URL | (unset) | the CLI's gateway (default: the one in $IDLEGRID_HOME/demo.json) |
+| IDLEGRID_API_KEY | (unset) | the CLI's API key (default: the demo key for the command) |
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class Config:
     db_pool_max: int = 10
     platform_fee_bps: int = 1000
     shutdown_grace_s: float = 30.0
+    gateway_url: str | None = None
+    api_key: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -110,6 +114,8 @@ class Config:
             db_pool_max=_int(env, "IDLEGRID_DB_POOL_MAX", 10, lo=1, hi=1000),
             platform_fee_bps=_int(env, "IDLEGRID_PLATFORM_FEE_BPS", 1000, lo=0, hi=10_000),
             shutdown_grace_s=float(_int(env, "IDLEGRID_SHUTDOWN_GRACE_S", 30, lo=0, hi=3600)),
+            gateway_url=env.get("IDLEGRID_GATEWAY_URL") or None,
+            api_key=env.get("IDLEGRID_API_KEY") or None,
         )
 
     def token(self) -> str:

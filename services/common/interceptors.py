@@ -40,6 +40,12 @@ class _Denied(Exception):
     pass
 
 
+def _stray_cancel(e: BaseException) -> bool:
+    """A CancelledError that does not cancel this handler (an inner call was
+    cancelled): left alone it would end the RPC with no answer at all."""
+    return isinstance(e, asyncio.CancelledError) and not asyncio.current_task().cancelling()
+
+
 class RpcPolicy:
     def __init__(self, *, token: str | None, open_methods: Iterable[str] = (),
                  quiet_methods: Iterable[str] = ()) -> None:
@@ -121,7 +127,9 @@ class RpcPolicy:
                 return await fn(request, context)
             except _PASS_THROUGH as e:
                 exc = e
-                raise
+                if not _stray_cancel(e):
+                    raise
+                await fail(method, context, RuntimeError("a call inside the handler was cancelled"))
             except Exception as e:  # noqa: BLE001 - mapped, never leaked
                 exc = e
                 await fail(method, context, e)
@@ -143,7 +151,9 @@ class RpcPolicy:
                     yield item
             except _PASS_THROUGH as e:
                 exc = e
-                raise
+                if not _stray_cancel(e):
+                    raise
+                await fail(method, context, RuntimeError("a call inside the handler was cancelled"))
             except Exception as e:  # noqa: BLE001 - mapped, never leaked
                 exc = e
                 await fail(method, context, e)

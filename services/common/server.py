@@ -91,6 +91,9 @@ async def start(
             # streams in flight get a long grace (jobs, watches, heartbeats).
             ("grpc.max_connection_age_ms", CONNECTION_AGE_MS),
             ("grpc.max_connection_age_grace_ms", CONNECTION_AGE_GRACE_MS),
+            # Accept the clients' keepalive pings (every 30 s, also when idle).
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ],
     )
     for r in registrations:

@@ -6,8 +6,8 @@ from datetime import UTC as _UTC
 
 from asyncpg.pgproto import pgproto
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from idlegrid.metering.v1 import metering_pb2 as pb
+
 from services.common.errors import InvalidArgument
 
 NAME_LEN_MAX = 128

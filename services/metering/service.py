@@ -6,6 +6,7 @@ from pathlib import Path
 
 from idlegrid.ledger.v1 import ledger_pb2_grpc
 from idlegrid.metering.v1 import metering_pb2, metering_pb2_grpc
+
 from services.common import db, server
 from services.common.channel import open_channel, with_token
 from services.common.config import Config

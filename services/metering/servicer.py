@@ -7,9 +7,9 @@ import struct
 
 import asyncpg
 from asyncpg.pgproto import pgproto
-
 from idlegrid.metering.v1 import metering_pb2 as pb
 from idlegrid.metering.v1 import metering_pb2_grpc
+
 from services.common.errors import Conflict, InvalidArgument, NotFound
 from services.metering import records, store
 from services.metering.settlement import SettlementWorker

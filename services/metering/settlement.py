@@ -11,9 +11,9 @@ import asyncio
 import asyncpg
 import grpc
 import structlog
-
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
 from idlegrid.metering.v1 import metering_pb2 as pb
+
 from services.metering import store
 
 log = structlog.get_logger("metering.settlement")

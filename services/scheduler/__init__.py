@@ -1,0 +1,1 @@
+"""The scheduler: routes each job to a node, reserves, dispatches, meters."""

@@ -1,0 +1,54 @@
+"""Runs the scheduler: the registry watch, channels to the ledger and
+metering, the Triton client pool, and the gRPC server. Stateless: run as many
+as the load needs."""
+
+from __future__ import annotations
+
+from idlegrid.ledger.v1 import ledger_pb2_grpc
+from idlegrid.metering.v1 import metering_pb2_grpc
+from idlegrid.registry.v1 import registry_pb2_grpc
+from idlegrid.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+from services.common import server
+from services.common.channel import open_channel, with_token
+from services.common.config import Config
+from services.scheduler.jobs import Jobs
+from services.scheduler.nodes import NodeTable, Watcher
+from services.scheduler.servicer import SchedulerServicer
+from services.scheduler.triton import TritonPool
+
+SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name
+
+
+async def start(config: Config, *, port: int | None = None, ledger_addr: str | None = None,
+                metering_addr: str | None = None, registry_addr: str | None = None) -> server.RunningServer:
+    token = config.token()
+    channels = [open_channel(a, token=None, config=config) for a in (
+        ledger_addr or config.addrs["ledger"], metering_addr or config.addrs["metering"],
+        registry_addr or config.addrs["registry"])]
+    ledger = with_token(ledger_pb2_grpc.LedgerServiceStub(channels[0]), token)
+    metering = with_token(metering_pb2_grpc.MeteringServiceStub(channels[1]), token)
+    registry = with_token(registry_pb2_grpc.RegistryServiceStub(channels[2]), token)
+    table = NodeTable()
+    watcher = Watcher(table, registry)
+    watcher.start()
+    triton = TritonPool()
+    jobs = Jobs(table, triton, ledger, metering)
+    running = await server.start(
+        "scheduler",
+        [server.Registration(scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
+                             SchedulerServicer(jobs), SERVICE_NAME)],
+        config=config, port=config.ports["scheduler"] if port is None else port, token=token,
+    )
+
+    async def close_channels() -> None:
+        for ch in channels:
+            await ch.close()
+
+    running.on_stop.extend([close_channels, triton.close, watcher.stop, jobs.drain])
+    running.parts.update(table=table, jobs=jobs)
+    return running
+
+
+async def serve(config: Config) -> None:
+    await server.serve_until_signal(await start(config))

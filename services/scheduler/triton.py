@@ -1,0 +1,163 @@
+"""Dispatch to a node's Triton with ``tritonclient.grpc.aio`` over one
+persistent channel per endpoint.
+
+Language models follow the tensor conventions of Triton's vLLM backend and
+are called through the streaming API (they are decoupled): one request per
+stream, whose end Triton signals by closing the stream once the request's last
+response is sent. Other models are plain KServe v2 infer calls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.grpc.aio as tc
+from idlegrid.scheduler.v1 import scheduler_pb2 as spb
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+
+CLIENTS_MAX = 4096
+
+
+class NodeError(Exception):
+    """The node failed the request (connection, error response, bad output)."""
+
+
+@dataclass(slots=True)
+class Piece:
+    text: str
+    input_tokens: int  # the node's count of prompt tokens (0 = not reported)
+    output_tokens: int  # tokens in this piece, as the node reports them
+    finish_reason: str | None
+
+
+class TritonPool:
+    def __init__(self) -> None:
+        self._clients: dict[str, tc.InferenceServerClient] = {}
+
+    def client(self, endpoint: str) -> tc.InferenceServerClient:
+        c = self._clients.get(endpoint)
+        if c is None:
+            if len(self._clients) >= CLIENTS_MAX:
+                raise NodeError("too many node connections")
+            c = tc.InferenceServerClient(url=endpoint)
+            self._clients[endpoint] = c
+        return c
+
+    async def close(self) -> None:
+        for c in self._clients.values():
+            await c.close()
+        self._clients.clear()
+
+    async def generate(self, endpoint: str, model: str, version: str, text_input: str,
+                       params: dict, *, stream: bool, request_id: str,
+                       timeout_s: float) -> AsyncIterator[Piece]:
+        """Yields the generated text piece by piece (one piece when not streaming)."""
+        inputs = [_bytes("text_input", text_input.encode()), _bytes("sampling_parameters", json.dumps(params).encode()),
+                  _bool("stream", stream), _bool("exclude_input_in_output", True)]
+        for flag in ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens"):
+            inputs.append(_bool(flag, True))
+
+        async def requests():
+            yield {"model_name": model, "model_version": version, "inputs": inputs, "request_id": request_id}
+
+        it = self.client(endpoint).stream_infer(requests(), stream_timeout=timeout_s)
+        try:
+            async for result, error in it:
+                if error is not None:
+                    raise NodeError(str(error))
+                if result.get_response().outputs:
+                    yield _piece(result)
+        except InferenceServerException as e:
+            raise NodeError(str(e)) from e
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise  # we are being cancelled (the client left): pass it on
+            raise NodeError("the node's stream was cancelled") from None  # the call itself died
+        except Exception as e:
+            if type(e).__name__ == "AioRpcError":
+                raise NodeError(f"{e.code().name}: {e.details()}") from e
+            raise
+        finally:
+            it.cancel()  # a no-op when done; cancels the node's request otherwise
+
+    async def infer(self, endpoint: str, model: str, version: str, req: spb.TensorInput, *,
+                    request_id: str, timeout_s: float) -> list[spb.Tensor]:
+        inputs = [to_infer_input(t) for t in req.inputs]
+        outputs = [InferRequestedOutput(n) for n in req.outputs] or None
+        try:
+            result = await self.client(endpoint).infer(model, inputs, model_version=version, outputs=outputs,
+                                                       request_id=request_id, client_timeout=timeout_s)
+        except InferenceServerException as e:
+            raise NodeError(str(e)) from e
+        resp = result.get_response()
+        out = []
+        for i, o in enumerate(resp.outputs):
+            contents = resp.raw_output_contents[i] if i < len(resp.raw_output_contents) else b""
+            out.append(spb.Tensor(name=o.name, datatype=o.datatype, shape=list(o.shape), contents=contents))
+        return out
+
+
+def to_numpy(t: spb.Tensor) -> np.ndarray:
+    """The tensor's contents as an array; InvalidArgument when they do not fit
+    its datatype and shape."""
+    from tritonclient.utils import deserialize_bytes_tensor
+
+    from services.common.errors import InvalidArgument
+
+    dtype = triton_to_np_dtype(t.datatype)
+    if dtype is None:
+        raise InvalidArgument(f"tensor {t.name!r}: unknown datatype {t.datatype!r}")
+    if any(d < 0 for d in t.shape):
+        raise InvalidArgument(f"tensor {t.name!r}: negative dimension")
+    try:
+        if t.datatype == "BYTES":
+            arr = deserialize_bytes_tensor(t.contents)
+        else:
+            arr = np.frombuffer(t.contents, dtype=np.dtype(dtype).newbyteorder("<"))
+        return arr.reshape(list(t.shape))
+    except (ValueError, TypeError) as e:
+        raise InvalidArgument(f"tensor {t.name!r}: contents do not match shape {list(t.shape)}") from e
+
+
+def to_infer_input(t: spb.Tensor) -> InferInput:
+    i = InferInput(t.name, list(t.shape), t.datatype)
+    i.set_data_from_numpy(to_numpy(t))
+    return i
+
+
+def _bytes(name: str, value: bytes) -> InferInput:
+    i = InferInput(name, [1], "BYTES")
+    i.set_data_from_numpy(np.array([value], dtype=np.object_))
+    return i
+
+
+def _bool(name: str, value: bool) -> InferInput:
+    i = InferInput(name, [1], "BOOL")
+    i.set_data_from_numpy(np.array([value], dtype=np.bool_))
+    return i
+
+
+def _scalar(result, name: str) -> int:
+    a = result.as_numpy(name)
+    return int(a.reshape(-1)[0]) if a is not None and a.size else 0
+
+
+def _piece(result) -> Piece:
+    text = result.as_numpy("text_output")
+    if text is None:
+        raise NodeError("the node's response has no text_output")
+    s = b"".join(x if isinstance(x, bytes) else str(x).encode() for x in text.reshape(-1)).decode("utf-8", "replace")
+    fr = result.as_numpy("finish_reason")
+    reason = None
+    if fr is not None and fr.size:
+        v = fr.reshape(-1)[0]
+        v = v.decode() if isinstance(v, bytes) else str(v)
+        reason = None if v in ("", "None") else v
+    return Piece(s, _scalar(result, "num_input_tokens"), _scalar(result, "num_output_tokens"), reason)
+
+
+__all__ = ["NodeError", "Piece", "TritonPool", "triton_to_np_dtype"]
