@@ -73,8 +73,9 @@ class Writer:
 
     async def stop(self) -> None:
         """Finishes what is queued (while the writer runs), then stops."""
-        while (not self._queue.empty() or self._carry) and self._tasks and not self._tasks[0].done():
-            await asyncio.sleep(0.01)  # noqa: ASYNC110 - bounded: the writer drains the queue
+        # Bounded: the running writer drains the queue.
+        while (not self._queue.empty() or self._carry) and self._tasks and not self._tasks[0].done():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

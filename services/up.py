@@ -59,12 +59,20 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
-async def _demo_accounts(gateway, path: Path) -> dict:
-    """The demo accounts and keys: reused from demo.json, else created."""
-    if path.exists():
-        demo = json.loads(path.read_text())
-        if all(demo.get(k) for k in ("consumer_key", "provider_key", "admin_key", "provider_token")):
-            return demo
+def _read_demo(path: Path) -> dict | None:
+    """The demo accounts and keys of an earlier run, if complete."""
+    if not path.exists():
+        return None
+    demo = json.loads(path.read_text())
+    if all(demo.get(k) for k in ("consumer_key", "provider_key", "admin_key", "provider_token")):
+        return demo
+    return None
+
+
+async def _demo_accounts(gateway, existing: dict | None) -> dict:
+    """The demo accounts and keys: reused from the last run, else created."""
+    if existing is not None:
+        return existing
     suffix = secrets.token_hex(3)
     partner = await gateway.create_account(kind="consumer", name=f"demo-partner-{suffix}")
     await gateway.top_up(partner.account_id, DEMO_CREDITS_MICROS, f"demo-initial-credits-{suffix}")
@@ -151,7 +159,7 @@ async def _up(args, config: Config) -> int:
             gw = await gateway_service.start(config, database_url=url)
             stops.append(gw.stop)
         with _Step(7, total, "demo accounts and keys"):
-            demo = await _demo_accounts(gw, demo_path)
+            demo = await _demo_accounts(gw, _read_demo(demo_path))
             demo["gateway_url"] = f"http://127.0.0.1:{gw.port}"
             _write_private(demo_path, json.dumps(demo, indent=2) + "\n")
         with _Step(8, total, "demo provider node (a real Triton on the CPU; the first start loads the model)"):

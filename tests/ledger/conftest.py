@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from idlegrid.ledger.v1 import ledger_pb2_grpc
+
 from ledger import service
 from services.common.channel import open_channel
 from tests.conftest import TOKEN

@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 
 import asyncpg
-
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
 from idlegrid.ledger.v1 import ledger_pb2_grpc
 from idlegrid.metering.v1 import metering_pb2 as mpb
@@ -19,6 +18,7 @@ from idlegrid.metering.v1 import metering_pb2_grpc
 from idlegrid.registry.v1 import registry_pb2 as rpb
 from idlegrid.registry.v1 import registry_pb2_grpc
 from idlegrid.scheduler.v1 import scheduler_pb2_grpc
+
 from ledger import service as ledger_service
 from ledger.ids import well_known_account
 from ledger.verify import verify
