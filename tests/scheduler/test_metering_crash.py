@@ -41,6 +41,7 @@ async def stack(config, db_url, tmp_path_factory):
 async def test_usage_recorded_before_a_metering_crash_is_settled_once_after_restart(stack):
     consumer = await stack.consumer(10**6)
     jobs = [await stack.scheduler.Infer(echo(consumer)) for _ in range(5)]
+    await stack.scheduler_srv.parts["jobs"].drain()  # usage is recorded off the response path
     conn = await asyncpg.connect(stack.db_url)
     try:
         pending = await conn.fetchval("SELECT count(*) FROM metering.usage WHERE settlement = 1")
