@@ -5,6 +5,7 @@ and marked unverified."""
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ def _smollm2() -> Counter | None:
     except ImportError:
         return None
     llm = llama_cpp.Llama(model_path=str(gguf_path()), vocab_only=True, verbose=False)
+    atexit.register(llm.close)  # before the interpreter tears llama_cpp down
     builder = PromptBuilder(llm)
     return Counter(
         prompt=lambda text_input: len(builder.build(text_input.encode()).tokens),
