@@ -226,7 +226,7 @@ async def run(args, config) -> int:
     sizes = QUICK if args.quick else FULL
     home = Path(tempfile.mkdtemp(prefix="idlegrid-bench-registry-"))
     port = free_port()
-    env = {"IDLEGRID_HOME": str(home), "IDLEGRID_REGISTRY_PORT": str(port), "IDLEGRID_LOG_LEVEL": "info",
+    env = {"IDLEGRID_HOME": str(home), "IDLEGRID_REGISTRY_PORT": str(port), "IDLEGRID_LOG_LEVEL": "warning",
            "IDLEGRID_LOG_FORMAT": "json", "IDLEGRID_SERVICE_TOKEN": TOKEN}
     os.environ.pop("IDLEGRID_DATABASE_URL", None)
     # A long lease: the nodes kept for the fan-out measurement send no heartbeats.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -56,13 +57,19 @@ class Watcher:
 
 
 class WatchHub:
-    def __init__(self, *, buffer_max: int, watcher_queue_max: int, watchers_max: int) -> None:
+    def __init__(self, *, buffer_max: int, watcher_queue_max: int, watchers_max: int,
+                 snapshot_reuse_s: float = 0.0) -> None:
+        """``snapshot_reuse_s``: watchers that subscribe within this long of one
+        another, with no change in between, share one snapshot (its loads are
+        that old at most): many schedulers reconnecting at once cost one build."""
         self.epoch = os.urandom(16)
         self.revision = 0
         self._ring: deque[tuple[int, pb.WatchNodesResponse]] = deque(maxlen=buffer_max)
         self._watchers: set[Watcher] = set()
         self._queue_max = watcher_queue_max
         self._watchers_max = watchers_max
+        self._snapshot_reuse_s = snapshot_reuse_s
+        self._snapshot: tuple[int, float, list[pb.WatchNodesResponse]] | None = None
 
     @property
     def watchers(self) -> int:
@@ -99,13 +106,22 @@ class WatchHub:
             raise ResourceExhausted(f"too many watchers (at most {self._watchers_max})")
         first = self._replay(resume_epoch, resume_revision)
         if first is None:
-            nodes = snapshot()
-            chunks = [nodes[i:i + SNAPSHOT_CHUNK_MAX] for i in range(0, len(nodes), SNAPSHOT_CHUNK_MAX)] or [[]]
-            first = [pb.WatchNodesResponse(epoch=self.epoch, snapshot=pb.Snapshot(
-                revision=self.revision, nodes=chunk, last=i == len(chunks) - 1)) for i, chunk in enumerate(chunks)]
+            first = self._snapshot_messages(snapshot)
         w = Watcher(queue_max=self._queue_max, wants_load=wants_load)
         self._watchers.add(w)
         return w, first
+
+    def _snapshot_messages(self, snapshot: Callable[[], list[pb.Node]]) -> list[pb.WatchNodesResponse]:
+        now = time.monotonic()
+        cached = self._snapshot
+        if cached is not None and cached[0] == self.revision and now - cached[1] <= self._snapshot_reuse_s:
+            return cached[2]
+        nodes = snapshot()
+        chunks = [nodes[i:i + SNAPSHOT_CHUNK_MAX] for i in range(0, len(nodes), SNAPSHOT_CHUNK_MAX)] or [[]]
+        messages = [pb.WatchNodesResponse(epoch=self.epoch, snapshot=pb.Snapshot(
+            revision=self.revision, nodes=chunk, last=i == len(chunks) - 1)) for i, chunk in enumerate(chunks)]
+        self._snapshot = (self.revision, now, messages)
+        return messages
 
     def unsubscribe(self, w: Watcher) -> None:
         self._watchers.discard(w)

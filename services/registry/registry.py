@@ -63,7 +63,8 @@ class Registry:
         self._verifier = verifier
         self._writer = Writer(pool, batch_max=settings.write_batch_max, pending_max=4 * settings.nodes_max)
         self.hub = WatchHub(buffer_max=settings.watch_buffer_max, watcher_queue_max=settings.watcher_queue_max,
-                            watchers_max=settings.watchers_max)
+                            watchers_max=settings.watchers_max,
+                            snapshot_reuse_s=settings.load_report_interval_ms / 1000)
         self.providers: dict[bytes, Provider] = {}
         self.nodes: dict[bytes, LiveNode] = {}
         self._live: set[LiveNode] = set()          # not OFFLINE: their leases are checked

@@ -4,6 +4,8 @@ when they are still buffered, otherwise a fresh snapshot."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from idlegrid.registry.v1 import registry_pb2 as pb
@@ -43,7 +45,10 @@ async def test_a_watcher_gets_a_snapshot_then_ordered_deltas(fast):
 
 async def test_a_snapshot_of_many_nodes_comes_in_chunks(fast):
     p = await fast.provider()
-    ids = {(await fast.register(p, registration())).node_id for _ in range(1_005)}
+    ids: set[bytes] = set()
+    for _ in range(0, 1_005, 67):  # 15 concurrent batches of 67
+        nodes = await asyncio.gather(*(fast.register(p, registration()) for _ in range(67)))
+        ids.update(n.node_id for n in nodes)
     watch = fast.admin.WatchNodes(pb.WatchNodesRequest(omit_load=True))
     chunks = []
     while not chunks or not chunks[-1].last:
@@ -175,3 +180,21 @@ async def test_watchers_are_limited(make_registry):
     second = h.admin.WatchNodes(pb.WatchNodesRequest())
     await expect_status(second.read(), grpc.StatusCode.RESOURCE_EXHAUSTED)
     first.cancel()
+
+
+def test_watchers_subscribing_together_share_one_snapshot_until_something_changes():
+    from services.registry.hub import WatchHub
+
+    builds = []
+
+    def snapshot():
+        builds.append(1)
+        return [pb.Node(node_id=b"\x01" * 16)]
+
+    hub = WatchHub(buffer_max=10, watcher_queue_max=10, watchers_max=10, snapshot_reuse_s=3600)
+    _, a = hub.subscribe(resume_epoch=b"", resume_revision=0, wants_load=False, snapshot=snapshot)
+    _, b = hub.subscribe(resume_epoch=b"", resume_revision=0, wants_load=False, snapshot=snapshot)
+    assert a is b and len(builds) == 1
+    hub.publish(hub.next_revision(), pb.DELTA_KIND_UPSERTED, pb.Node(node_id=b"\x01" * 16))
+    _, c = hub.subscribe(resume_epoch=b"", resume_revision=0, wants_load=False, snapshot=snapshot)
+    assert len(builds) == 2 and c[0].snapshot.revision == 1
