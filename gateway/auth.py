@@ -1,0 +1,145 @@
+"""Authentication of API keys, with an in-memory cache of verified keys that
+never outlives a revocation.
+
+The cache is used only while this replica listens on the database channel
+``idlegrid_gateway_keys``, which a trigger notifies on every change to a key
+when it commits: the entry is dropped at once, here and on every other
+replica. If the listening connection is lost (or stops answering its
+keepalive), the cache is emptied and bypassed until it is back. A lookup that
+raced with a notification is not cached (a generation counter tells).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from collections import OrderedDict
+
+import asyncpg
+import structlog
+
+from gateway import keys
+from gateway.errors import ApiError
+from gateway.keys import KeyRecord
+
+log = structlog.get_logger("gateway.auth")
+
+CHANNEL = "idlegrid_gateway_keys"
+KEEPALIVE_S = 2.0
+KEEPALIVE_TIMEOUT_S = 2.0
+RECONNECT_S_MAX = 5.0
+
+
+def _unauthorized(message: str, code: str = "invalid_api_key") -> ApiError:
+    return ApiError(401, message, code=code, headers={"WWW-Authenticate": 'Bearer realm="idlegrid"'})
+
+
+class Authenticator:
+    def __init__(self, pool: asyncpg.Pool, database_url: str, *, cache_max: int) -> None:
+        self._pool = pool
+        self._url = database_url
+        self._cache_max = cache_max
+        self._cache: OrderedDict[str, KeyRecord] = OrderedDict()
+        self._generation = 0
+        self._listening = False
+        self._task: asyncio.Task | None = None
+        self.listening_event = asyncio.Event()  # set while the cache is in use (tests wait on it)
+
+    # -- the revocation channel ---------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen_forever(), name="gateway-keys-listener")
+        with contextlib.suppress(TimeoutError):  # without it, every request reads the database
+            await asyncio.wait_for(self.listening_event.wait(), 5.0)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def evict(self, key_id: str) -> None:
+        self._generation += 1
+        self._cache.pop(key_id, None)
+
+    def _drop_all(self) -> None:
+        self._listening = False
+        self.listening_event.clear()
+        self._generation += 1
+        self._cache.clear()
+
+    def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
+        self.evict(payload)
+
+    async def _listen_forever(self) -> None:
+        backoff = 0.1
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self._url, server_settings={"application_name": "idlegrid-gateway-keys"})
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(CHANNEL, self._on_notify)
+                self._generation += 1
+                self._cache.clear()
+                self._listening = True
+                self.listening_event.set()
+                backoff = 0.1
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), KEEPALIVE_S)
+                    if not lost.is_set():
+                        await conn.fetchval("SELECT 1", timeout=KEEPALIVE_TIMEOUT_S)
+                log.warning("auth.listener_lost")
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+                log.warning("auth.listener_failed", error=type(e).__name__)
+            finally:
+                self._drop_all()
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.terminate()
+            await asyncio.sleep(backoff)
+            backoff = min(RECONNECT_S_MAX, backoff * 2)
+
+    # -- requests -------------------------------------------------------------
+
+    async def authenticate(self, authorization: str | None) -> KeyRecord:
+        """The key record for an ``Authorization: Bearer <key>`` header; 401
+        when it is missing, malformed, unknown or revoked."""
+        if not authorization:
+            raise _unauthorized("no API key: send the header 'Authorization: Bearer <key>'", "missing_api_key")
+        scheme, _, key = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not key:
+            raise _unauthorized("the Authorization header must be 'Bearer <key>'")
+        parsed = keys.parse(key.strip())
+        if parsed is None:
+            raise _unauthorized("malformed API key")
+        key_id, secret = parsed
+        rec = self._cache.get(key_id) if self._listening else None
+        if rec is None:
+            generation = self._generation
+            try:
+                async with self._pool.acquire() as conn:
+                    rec = await keys.load_key(conn, key_id)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                log.warning("auth.lookup_failed", error=type(e).__name__)
+                raise ApiError(503, "cannot verify API keys right now; try again", code="keys_unavailable",
+                               headers={"Retry-After": "1"}) from None
+            if rec is not None and self._listening and generation == self._generation and self._cache_max:
+                self._cache[key_id] = rec
+                if len(self._cache) > self._cache_max:
+                    self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key_id)
+        if rec is None or not hmac.compare_digest(keys.digest(secret), rec.secret_sha256):
+            raise _unauthorized("invalid or revoked API key")
+        return rec
+
+
+def require(rec: KeyRecord, *scopes: str) -> None:
+    """403 unless the key has one of ``scopes``."""
+    if rec.scope not in scopes:
+        raise ApiError(403, f"this route needs a {' or '.join(scopes)} key; this key's scope is {rec.scope}",
+                       code="wrong_scope")

@@ -1,0 +1,55 @@
+"""What every route handler reaches through ``request.app.state.gw``: the
+settings, the database pool, the backends, key checks and rate limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+from starlette.requests import Request
+
+from gateway.auth import Authenticator, require
+from gateway.backends import Backends
+from gateway.keys import KeyRecord
+from gateway.metrics import Metrics
+from gateway.middleware import note, request_id
+from gateway.node_metadata import NodeMetadata
+from gateway.ratelimit import RateLimiter
+from gateway.settings import GatewaySettings
+from services.common.config import Config
+
+
+@dataclass(slots=True)
+class Gateway:
+    config: Config
+    settings: GatewaySettings
+    pool: asyncpg.Pool
+    backends: Backends
+    auth: Authenticator
+    limiter: RateLimiter
+    metrics: Metrics
+    node_metadata: NodeMetadata
+
+    @property
+    def rpc_timeout_s(self) -> float:
+        return self.settings.rpc_timeout_s
+
+
+def gw(request: Request) -> Gateway:
+    return request.app.state.gw
+
+
+async def caller(request: Request, *scopes: str) -> KeyRecord:
+    """The authenticated key of this request (401), within its rate limit
+    (429), with one of ``scopes`` (403)."""
+    g = gw(request)
+    rec = await g.auth.authenticate(request.headers.get("authorization"))
+    note(request.scope, key_id=rec.key_id, key_scope=rec.scope)
+    await g.limiter.take(rec)
+    require(rec, *scopes)
+    return rec
+
+
+def metadata(request: Request) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata for backend calls: this request's id, for correlation."""
+    return (("x-request-id", request_id(request.scope)),)

@@ -1,0 +1,39 @@
+"""Prometheus metrics of one gateway (its own registry, so that several
+gateways can run in one process): requests by route and status, latency,
+requests in flight. Served at GET /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("idlegrid_gateway_requests", "HTTP requests answered, by route and status",
+                                ("method", "route", "status"), registry=self.registry)
+        self.latency = Histogram("idlegrid_gateway_request_duration_seconds",
+                                 "Time from request to the end of the response (streams included)",
+                                 ("method", "route"), buckets=LATENCY_BUCKETS_S, registry=self.registry)
+        self.in_flight = Gauge("idlegrid_gateway_requests_in_flight", "Requests being answered now",
+                               registry=self.registry)
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    metrics: Metrics = request.app.state.gw.metrics
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

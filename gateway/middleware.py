@@ -1,0 +1,100 @@
+"""The outermost layer of every request: a request id, a bound on requests in
+flight, metrics, one canonical log line, and a last-resort 500 that names the
+request id and nothing else. Never logs headers or bodies (keys live there).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import ApiError
+from gateway.metrics import Metrics
+
+log = structlog.get_logger("gateway.http")
+
+REQUEST_ID_HEADER = "x-request-id"
+NOTES_KEY = "idlegrid.notes"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def note(scope: Scope, **fields) -> None:
+    """Adds fields (key_id, job_id, model, cost...) to the request's log line.
+    Never pass a key or a body."""
+    scope.setdefault(NOTES_KEY, {}).update(fields)
+
+
+def request_id(scope: Scope) -> str:
+    return scope.get(NOTES_KEY, {}).get("request_id", "")
+
+
+class GatewayMiddleware:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, concurrency_max: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.concurrency_max = concurrency_max
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        rid = None
+        for k, v in scope["headers"]:
+            if k == b"x-request-id":
+                candidate = v.decode("latin-1")
+                rid = candidate if _REQUEST_ID.match(candidate) else None
+        rid = rid or uuid.uuid4().hex
+        notes = scope.setdefault(NOTES_KEY, {})
+        notes["request_id"] = rid
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=rid)
+        status = 0
+        rid_header = (REQUEST_ID_HEADER.encode(), rid.encode())
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), rid_header]
+            await send(message)
+
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            if self.in_flight > self.concurrency_max:
+                await self._error(send_wrapper, scope, ApiError(
+                    503, "the gateway is at its limit of requests in flight; try again", code="overloaded",
+                    headers={"Retry-After": "1"}))
+            else:
+                await self.app(scope, receive, send_wrapper)
+        except Exception:  # noqa: BLE001 - a bug: logged here, never shown to the client
+            log.error("http.unhandled", exc_info=True, path=scope.get("path"))
+            if status == 0:
+                await self._error(send_wrapper, scope, ApiError(
+                    500, f"internal error (request id {rid})", code="internal_error"))
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
+            elapsed = time.perf_counter() - start
+            route = scope.get("route")
+            route_path = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe(scope["method"], route_path, status or 500, elapsed)
+            fields = {k: v for k, v in notes.items() if k != "request_id"}
+            level = log.info if status < 500 else log.warning
+            level("http", method=scope["method"], route=route_path, status=status or 500,
+                  duration_ms=round(elapsed * 1000, 3), **fields)
+
+    @staticmethod
+    async def _error(send: Send, scope: Scope, err: ApiError) -> None:
+        kserve = scope.get("path", "").startswith("/v2")
+        body = err.kserve_bytes() if kserve else err.json_bytes()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
+        await send({"type": "http.response.start", "status": err.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,177 @@
+"""The OpenAPI 3.1 document of the gateway (GET /openapi.json), written by
+hand next to the routes, and GET /docs: Swagger UI reading it. A test checks
+that every route of the app is described here."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+VERSION = "0.1.0"
+_ERRORS = {
+    400: "invalid request", 401: "missing, malformed, unknown or revoked API key", 402: "not enough credits",
+    403: "the key's scope does not allow this", 404: "unknown model, account or key", 409: "conflict",
+    413: "request too large", 429: "rate limited (see Retry-After)", 503: "no node available or a backend is down",
+    504: "deadline exceeded",
+}
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_OBJ = {"type": "object"}
+_STR = {"type": "string"}
+_INT = {"type": "integer"}
+
+
+def _json(schema: dict) -> dict:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _op(summary: str, tag: str, *, errors: tuple[int, ...] = (401, 403, 429), body: dict | None = None,
+        ok: dict | None = None, ok_status: int = 200, query: tuple[tuple[str, dict, str], ...] = (),
+        path: tuple[str, ...] = (), secure: bool = True, stream: bool = False, description: str = "") -> dict:
+    responses: dict = {str(ok_status): {"description": "OK", **_json(ok or _OBJ)}}
+    if stream:
+        responses[str(ok_status)]["content"]["text/event-stream"] = {"schema": _STR}
+    for code in errors:
+        responses[str(code)] = {"description": _ERRORS[code], **_json(_ERROR)}
+    op: dict = {"summary": summary, "tags": [tag], "responses": responses}
+    if description:
+        op["description"] = description
+    if secure:
+        op["security"] = [{"apiKey": []}]
+    parameters = [{"name": n, "in": "path", "required": True, "schema": _STR} for n in path]
+    parameters += [{"name": n, "in": "query", "required": False, "schema": s, "description": d} for n, s, d in query]
+    if parameters:
+        op["parameters"] = parameters
+    if body is not None:
+        op["requestBody"] = {"required": True, **_json(body)}
+    return op
+
+
+_ACCOUNT_Q = (("account_id", _STR, "admin keys: the account to read"),)
+_WINDOW_Q = (("since", _STR, "RFC 3339 time or unix seconds (inclusive)"),
+             ("until", _STR, "RFC 3339 time or unix seconds (exclusive)"))
+_PAGE_Q = (("limit", _INT, "page size, 1..1000 (default 100)"), ("cursor", _STR, "next_cursor of the previous page"))
+_TEXT_ERRORS = (400, 401, 402, 403, 404, 409, 413, 429, 503, 504)
+_CHAT = {"type": "object", "required": ["model", "messages"], "properties": {
+    "model": _STR, "messages": {"type": "array", "items": {"type": "object", "required": ["role", "content"],
+                                                           "properties": {"role": {"enum": ["system", "developer",
+                                                                                            "user", "assistant"]},
+                                                                          "content": _STR}}},
+    "max_tokens": _INT, "max_completion_tokens": _INT, "temperature": {"type": "number"},
+    "top_p": {"type": "number"}, "stop": {}, "seed": _INT, "n": {"const": 1}, "stream": {"type": "boolean"},
+    "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}}}}
+_COMPLETION = {"type": "object", "required": ["model", "prompt"], "properties": {
+    **{k: v for k, v in _CHAT["properties"].items() if k not in ("messages", "max_completion_tokens")},
+    "prompt": _STR}}
+_MONEY = {"type": "object", "required": ["amount_micros", "idempotency_key"],
+          "properties": {"amount_micros": _INT, "idempotency_key": _STR}}
+_MODEL = ("model",)
+_MODEL_V = ("model", "version")
+_KSERVE_INFER = {"type": "object", "required": ["inputs"], "properties": {
+    "id": _STR, "parameters": _OBJ, "inputs": {"type": "array", "items": _OBJ}, "outputs": {"type": "array",
+                                                                                         "items": _OBJ}}}
+
+
+def document() -> dict:
+    v1 = "OpenAI-compatible"
+    paths = {
+        "/v1/models": {"get": _op("Models served by ready nodes, with price ranges", v1, errors=(401, 429, 503))},
+        "/v1/models/{model}": {"get": _op("One model", v1, path=_MODEL, errors=(401, 404, 429, 503))},
+        "/v1/chat/completions": {"post": _op(
+            "Chat completion (stream with SSE)", v1, body=_CHAT, errors=_TEXT_ERRORS, stream=True,
+            description="Headers: x-idlegrid-job-id, x-idlegrid-node, x-idlegrid-cost-micros (not on streams: "
+                        "the last chunk carries usage.cost_micros). Idempotency-Key makes a retry safe.")},
+        "/v1/completions": {"post": _op("Text completion (stream with SSE)", v1, body=_COMPLETION,
+                                        errors=_TEXT_ERRORS, stream=True)},
+        "/v1/embeddings": {"post": _op("Embeddings (where a node serves an embedding model)", v1,
+                                       body={"type": "object", "required": ["model", "input"]},
+                                       errors=(400, 401, 403, 404, 413, 429))},
+        "/v1/account": {"get": _op("The account's balances", "Partners", query=_ACCOUNT_Q, errors=(400, 401, 403,
+                                                                                                   404, 429))},
+        "/v1/account/usage": {"get": _op(
+            "Usage: aggregates per time bucket and per-job line items", "Partners",
+            query=(*_ACCOUNT_Q, *_WINDOW_Q, ("bucket", _STR, "minute, hour, day, week or seconds"),
+                   ("group_by", {"enum": ["none", "model", "node"]}, "grouping of the buckets"), *_PAGE_Q),
+            errors=(400, 401, 403, 429))},
+        "/v1/account/transactions": {"get": _op("Ledger transfers of the account, newest first", "Partners",
+                                                query=(*_ACCOUNT_Q, *_PAGE_Q), errors=(400, 401, 403, 429))},
+        "/v1/provider/earnings": {"get": _op(
+            "Earnings: settled, paid out, pending; by node and model; per-job line items", "Providers",
+            query=(*_ACCOUNT_Q, *_WINDOW_Q, *_PAGE_Q), errors=(400, 401, 403, 404, 429))},
+        "/v1/provider/nodes": {"get": _op("The provider's nodes", "Providers", query=(*_ACCOUNT_Q, *_PAGE_Q),
+                                          errors=(400, 401, 403, 404, 429))},
+        "/v1/admin/accounts": {"post": _op(
+            "Create a consumer or provider account (a provider also gets its registry token, shown once)",
+            "Admins", ok_status=201, errors=(400, 401, 403, 409, 429),
+            body={"type": "object", "required": ["kind", "name"],
+                  "properties": {"kind": {"enum": ["consumer", "provider"]}, "name": _STR}})},
+        "/v1/admin/keys": {"post": _op(
+            "Create an API key (shown once)", "Admins", ok_status=201, errors=(400, 401, 403, 404, 429),
+            body={"type": "object", "required": ["scope"], "properties": {
+                "scope": {"enum": ["consumer", "provider", "admin"]}, "account_id": _STR,
+                "rate_per_s": _INT, "burst": _INT}})},
+        "/v1/admin/keys/{key_id}": {"delete": _op("Revoke an API key, at once", "Admins", path=("key_id",),
+                                                  errors=(401, 403, 404, 429))},
+        "/v1/admin/accounts/{account_id}/topup": {"post": _op(
+            "Add credits to a consumer account (idempotent by key)", "Admins", path=("account_id",), body=_MONEY,
+            errors=(400, 401, 403, 404, 409, 429))},
+        "/v1/admin/accounts/{account_id}/payout": {"post": _op(
+            "Pay a provider out (idempotent by key)", "Admins", path=("account_id",), body=_MONEY,
+            errors=(400, 401, 402, 403, 404, 409, 429))},
+        "/v2": {"get": _op("KServe v2 server metadata", "KServe v2", secure=False, errors=())},
+        "/v2/health/live": {"get": _op("Live", "KServe v2", secure=False, errors=())},
+        "/v2/health/ready": {"get": _op("Ready", "KServe v2", secure=False, errors=(503,))},
+        "/v2/models/{model}": {"get": _op("Model metadata", "KServe v2", path=_MODEL, errors=(401, 404, 503))},
+        "/v2/models/{model}/ready": {"get": _op("Model ready", "KServe v2", path=_MODEL, errors=(401, 404))},
+        "/v2/models/{model}/infer": {"post": _op(
+            "Inference (JSON tensors, or Triton's binary tensor data extension)", "KServe v2", path=_MODEL,
+            body=_KSERVE_INFER, errors=_TEXT_ERRORS)},
+        "/v2/models/{model}/versions/{version}": {"get": _op("Model metadata", "KServe v2", path=_MODEL_V,
+                                                             errors=(401, 404, 503))},
+        "/v2/models/{model}/versions/{version}/ready": {"get": _op("Model ready", "KServe v2", path=_MODEL_V,
+                                                                   errors=(401, 404))},
+        "/v2/models/{model}/versions/{version}/infer": {"post": _op("Inference", "KServe v2", path=_MODEL_V,
+                                                                    body=_KSERVE_INFER, errors=_TEXT_ERRORS)},
+        "/healthz": {"get": _op("The process is alive", "Operations", secure=False, errors=())},
+        "/readyz": {"get": _op("Database and backend services answer", "Operations", secure=False, errors=(503,))},
+        "/metrics": {"get": _op("Prometheus metrics", "Operations", secure=False, errors=(),
+                                ok={"type": "string"})},
+        "/openapi.json": {"get": _op("This document", "Operations", secure=False, errors=())},
+        "/docs": {"get": _op("Interactive documentation", "Operations", secure=False, errors=(),
+                             ok={"type": "string"})},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "idlegrid gateway", "version": VERSION,
+                 "description": "Inference on contributed GPUs: OpenAI-compatible and KServe v2 APIs, "
+                                "partner accounts, provider earnings, admin. Amounts are integer micro-credits."},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer",
+                                           "description": "Authorization: Bearer ig_<key id>_<secret>"}},
+            "schemas": {"Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                "type": "object", "properties": {"message": _STR, "type": _STR, "param": {"type": ["string", "null"]},
+                                                 "code": {"type": ["string", "null"]}}}}}},
+        },
+    }
+
+
+_DOCS = """<!doctype html>
+<html><head><meta charset="utf-8"><title>idlegrid gateway API</title>
+<link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css"></head>
+<body><div id="ui"></div>
+<script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
+</body></html>"""
+
+
+async def openapi_json(request: Request) -> Response:
+    return JSONResponse(request.app.state.openapi)
+
+
+async def docs(request: Request) -> Response:
+    return HTMLResponse(_DOCS)
+
+
+def routes() -> list[Route]:
+    return [Route("/openapi.json", openapi_json, methods=["GET"]), Route("/docs", docs, methods=["GET"])]

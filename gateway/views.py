@@ -1,0 +1,107 @@
+"""JSON views of ledger accounts and transfers, usage records and buckets,
+and registry nodes: ids as UUID strings (nodes: hex, as metering records
+them), times as RFC 3339, amounts as integer micro-credits."""
+
+from __future__ import annotations
+
+import uuid
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from idlegrid.ledger.v1 import ledger_pb2 as lpb
+from idlegrid.metering.v1 import metering_pb2 as mpb
+from idlegrid.registry.v1 import registry_pb2 as rpb
+
+_KINDS = {lpb.ACCOUNT_KIND_CONSUMER: "consumer", lpb.ACCOUNT_KIND_PROVIDER: "provider",
+          lpb.ACCOUNT_KIND_ESCROW: "escrow", lpb.ACCOUNT_KIND_PLATFORM: "platform",
+          lpb.ACCOUNT_KIND_EXTERNAL: "external"}
+_CODES = {1: "topup", 2: "reserve", 3: "earning", 4: "fee", 5: "payout", 6: "expiry"}
+_OUTCOMES = {mpb.OUTCOME_COMPLETED: "completed", mpb.OUTCOME_PARTIAL: "partial", mpb.OUTCOME_FAILED: "failed"}
+_SETTLEMENTS = {mpb.SETTLEMENT_STATE_PENDING: "pending", mpb.SETTLEMENT_STATE_SETTLED: "settled",
+                mpb.SETTLEMENT_STATE_RELEASED: "released", mpb.SETTLEMENT_STATE_EXPIRED: "expired",
+                mpb.SETTLEMENT_STATE_REJECTED: "rejected"}
+_STATES = {rpb.NODE_STATE_JOINING: "joining", rpb.NODE_STATE_VERIFYING: "verifying", rpb.NODE_STATE_READY: "ready",
+           rpb.NODE_STATE_DRAINING: "draining", rpb.NODE_STATE_OFFLINE: "offline"}
+
+
+def uid(b: bytes) -> str | None:
+    return str(uuid.UUID(bytes=b)) if len(b) == 16 else None
+
+
+def when(ts: Timestamp, present: bool = True) -> str | None:
+    if not present:
+        return None
+    return ts.ToDatetime().isoformat(timespec="microseconds") + "Z"
+
+
+def kind(a: lpb.Account) -> str:
+    return _KINDS.get(a.kind, "unknown")
+
+
+def available(a: lpb.Account) -> int:
+    return a.credits_posted - a.debits_posted - a.debits_pending
+
+
+def account(a: lpb.Account) -> dict:
+    return {"object": "account", "account_id": uid(a.id), "kind": kind(a), "name": a.name or None,
+            "available_micros": available(a), "held_micros": a.debits_pending,
+            "spent_micros": a.debits_posted, "credited_micros": a.credits_posted,
+            "created_at": when(a.created_at, a.HasField("created_at"))}
+
+
+def transfer(t: lpb.Transfer, account_id: bytes) -> dict:
+    if t.flags & lpb.TRANSFER_FLAG_EXPIRED:
+        what = "expiry"
+    elif t.flags & lpb.TRANSFER_FLAG_POST_PENDING_TRANSFER:
+        what = "settle"
+    elif t.flags & lpb.TRANSFER_FLAG_VOID_PENDING_TRANSFER:
+        what = "release"
+    else:
+        what = _CODES.get(t.code, f"code_{t.code}")
+    debit = t.debit_account_id == account_id
+    return {"id": uid(t.id), "seq": t.seq, "created_at": when(t.created_at, t.HasField("created_at")),
+            "type": what, "direction": "debit" if debit else "credit", "amount_micros": t.amount,
+            "pending": bool(t.flags & lpb.TRANSFER_FLAG_PENDING),
+            "counterparty_account_id": uid(t.credit_account_id if debit else t.debit_account_id),
+            "job_id": uid(t.user_data) if len(t.user_data) == 16 else None}
+
+
+def line_item(r: mpb.UsageRecord, *, provider: bool) -> dict:
+    item = {"job_id": uid(r.job_id), "model": r.model, "node_id": r.node_id or None,
+            "outcome": _OUTCOMES.get(r.outcome, "unknown"), "settlement": _SETTLEMENTS.get(r.settlement, "unknown"),
+            "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens, "requests": r.requests,
+            "cost_micros": r.cost_micros, "duration_ms": r.duration_ms,
+            "started_at": when(r.started_at, r.HasField("started_at")),
+            "finished_at": when(r.finished_at, r.HasField("finished_at"))}
+    if provider:
+        item.update(fee_micros=r.fee_micros, provider_micros=r.provider_micros,
+                    settled_at=when(r.settled_at, r.HasField("settled_at")))
+    return item
+
+
+def bucket(b: mpb.UsageBucket) -> dict:
+    return {"start": when(b.start), "key": b.key or None, "jobs": b.jobs, "prompt_tokens": b.prompt_tokens,
+            "completion_tokens": b.completion_tokens, "requests": b.requests, "cost_micros": b.cost_micros,
+            "settled_cost_micros": b.settled_cost_micros}
+
+
+def node(n: rpb.Node) -> dict:
+    kinds = {rpb.MODEL_KIND_LLM: "llm", rpb.MODEL_KIND_TENSOR: "tensor"}
+    return {
+        "node_id": n.node_id.hex(), "endpoint": n.endpoint, "state": _STATES.get(n.state, "unknown"),
+        "state_reason": rpb.StateReason.Name(n.state_reason).removeprefix("STATE_REASON_").lower(),
+        "state_detail": n.state_detail, "region": n.region, "labels": dict(n.labels),
+        "hardware": {"gpus": [{"name": g.name, "memory_bytes": g.memory_bytes, "count": g.count}
+                              for g in n.hardware.gpus],
+                     "cpu_cores": n.hardware.cpu_cores, "memory_bytes": n.hardware.memory_bytes},
+        "models": [{"name": m.offer.name, "version": m.offer.version, "kind": kinds.get(m.offer.kind, "unknown"),
+                    "verified": m.verified, "context_length": m.offer.context_length,
+                    "canary_latency_us": m.canary_latency_us,
+                    "price": {"per_million_input_tokens": m.offer.price.per_million_input_tokens,
+                              "per_million_output_tokens": m.offer.price.per_million_output_tokens,
+                              "per_request": m.offer.price.per_request}} for m in n.models],
+        "load": {"in_flight": n.load.in_flight, "queue_depth": n.load.queue_depth,
+                 "recent_latency_us": n.load.recent_latency_us} if n.HasField("load") else None,
+        "registered_at": when(n.registered_at, n.HasField("registered_at")),
+        "state_changed_at": when(n.state_changed_at, n.HasField("state_changed_at")),
+        "agent_version": n.agent_version,
+    }
