@@ -271,7 +271,7 @@ class Jobs:
         record = mpb.UsageRecord(
             job_id=req.job_id, consumer_account_id=req.consumer_account_id, model=req.model,
             started_at=started, duration_ms=int((time.monotonic() - t0) * 1000))
-        if choice is not None and out.delivered:
+        if choice is not None and (out.delivered or out.complete):  # an empty completion still read the prompt
             info, offer = choice.info, choice.model.offer
             record.provider_account_id = info.node.provider_account_id
             record.provider_id = info.node.provider_id.hex()
