@@ -32,10 +32,13 @@ def pg_home() -> Path:
 
 @pytest.fixture(scope="session")
 def pg_admin_url(pg_home: Path) -> str:
-    """The embedded PostgreSQL server of this test session."""
-    from services.common.db import embedded_url
+    """The embedded PostgreSQL server of this test session, stopped and
+    deleted at the end of the session."""
+    from services.common.db import embedded_server
 
-    return embedded_url(pg_home)
+    server = embedded_server(pg_home, cleanup_mode="delete")
+    yield server.get_uri()
+    server.cleanup()
 
 
 async def new_database(admin_url: str) -> str:

@@ -20,9 +20,9 @@ COMMAND_TIMEOUT_S = 30.0
 _MIGRATION_NAME = re.compile(r"^(\d{3,})_[a-z0-9_]+\.sql$")
 
 
-def embedded_url(home: Path) -> str:
-    """Starts (or joins) the embedded PostgreSQL in ``home/pg`` and returns its
-    URL. The server stops when the last process that joined it exits."""
+def embedded_server(home: Path, *, cleanup_mode: str = "stop"):
+    """Starts (or joins) the embedded PostgreSQL in ``home/pg``. With "stop",
+    the server stops when the last process that joined it exits."""
     import logging as stdlib_logging
     import warnings
 
@@ -31,8 +31,12 @@ def embedded_url(home: Path) -> str:
 
     stdlib_logging.getLogger("pgserver").setLevel(stdlib_logging.WARNING)
     home.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(home / "pg", cleanup_mode="stop")
-    return server.get_uri()
+    return pgserver.get_server(home / "pg", cleanup_mode=cleanup_mode)
+
+
+def embedded_url(home: Path) -> str:
+    """The URL of the embedded PostgreSQL in ``home/pg`` (started if needed)."""
+    return embedded_server(home).get_uri()
 
 
 async def resolve_url(config: Config) -> str:
