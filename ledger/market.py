@@ -39,6 +39,7 @@ S = pb.OperationStatus
 TIMEOUT_S_MAX = 86_400
 KEY_LEN_MAX = 128
 FEE_BPS_MAX = 10_000
+SETTLE_BATCH_MAX = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,13 +157,16 @@ class Market:
               ledger=ledger, code=CODE_RESERVE, flags=PENDING)
         return await self._run([t], funds=True, amount=req.amount)
 
-    async def settle(self, req: pb.SettleRequest) -> pb.OperationResponse:
+    @staticmethod
+    def _settle_plan(req: pb.SettleRequest) -> tuple[list[T], int, int, int]:
+        """The transfers that settle one job: (chain, cost, fee, provider_amount).
+        Cost 0 is a release (one void)."""
         job = _id16(req.job_id, "job_id")
-        provider = _id16(req.provider_account_id, "provider_account_id")
         if req.fee_bps > FEE_BPS_MAX:
             raise InvalidArgument(f"fee_bps must be in [0, {FEE_BPS_MAX}]")
         if req.cost == 0:
-            return await self.release(pb.ReleaseRequest(job_id=job))
+            return [T(id=derive("release", job), pending_id=reserve_id(job), flags=VOID)], 0, 0, 0
+        provider = _id16(req.provider_account_id, "provider_account_id")
         cost = _amount(req.cost, "cost")
         provider_amount, fee = split_fee(cost, req.fee_bps)
         ledger = LEDGER_CREDITS
@@ -177,14 +181,36 @@ class Market:
                            credit_account_id=well_known_account("platform:revenue", ledger),
                            amount=fee, user_data=job, ledger=ledger, code=CODE_FEE, flags=LINKED))
         chain[-1] = replace(chain[-1], flags=chain[-1].flags & ~LINKED)
-        results = await self._writer.submit(chain)
+        return chain, cost, fee, provider_amount
+
+    @staticmethod
+    def _settle_answer(chain: list[T], results: list[int], cost: int, fee: int,
+                       provider_amount: int) -> pb.OperationResponse:
         # The chain fails as a whole: report the cause, not LINKED_EVENT_FAILED.
         causes = [r for r in results if r != R.LINKED_EVENT_FAILED] or results
-        # The post's id is burned only by an expired hold: a retry is HOLD_EXPIRED again.
+        # A post's or void's id is burned only by an expired hold: a retry is HOLD_EXPIRED again.
         expired = results[0] == R.ID_ALREADY_FAILED
         return pb.OperationResponse(
             status=_status(causes, expired=expired), transfer_ids=[t.id for t in chain], results=results,
             amount=cost, fee=fee, provider_amount=provider_amount)
+
+    async def settle(self, req: pb.SettleRequest) -> pb.OperationResponse:
+        plan = self._settle_plan(req)
+        return self._settle_answer(plan[0], await self._writer.submit(plan[0]), *plan[1:])
+
+    async def settle_batch(self, req: pb.SettleBatchRequest) -> pb.SettleBatchResponse:
+        """Many jobs' settlements in one writer request (one group commit)."""
+        if not 1 <= len(req.settles) <= SETTLE_BATCH_MAX:
+            raise InvalidArgument(f"settles: between 1 and {SETTLE_BATCH_MAX} items")
+        if len({s.job_id for s in req.settles}) != len(req.settles):
+            raise InvalidArgument("a job appears twice in one batch")
+        plans = [self._settle_plan(s) for s in req.settles]
+        results = await self._writer.submit([t for chain, *_ in plans for t in chain])
+        out, i = [], 0
+        for chain, cost, fee, provider_amount in plans:
+            out.append(self._settle_answer(chain, results[i:i + len(chain)], cost, fee, provider_amount))
+            i += len(chain)
+        return pb.SettleBatchResponse(results=out)
 
     async def release(self, req: pb.ReleaseRequest) -> pb.OperationResponse:
         job = _id16(req.job_id, "job_id")

@@ -33,7 +33,7 @@ async def start(config: Config, *, port: int | None = None, database_url: str | 
         config=config, port=config.ports["ledger"] if port is None else port,
         token=config.token(),
         quiet_methods=(f"/{SERVICE_NAME}/CreateTransfers", f"/{SERVICE_NAME}/Reserve",
-                       f"/{SERVICE_NAME}/Settle"),
+                       f"/{SERVICE_NAME}/Settle", f"/{SERVICE_NAME}/SettleBatch"),
     )
     running.on_stop.append(pool.close)
     running.on_stop.append(writer.stop)

@@ -56,6 +56,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def Settle(self, request, context):
         return await self._market.settle(request)
 
+    async def SettleBatch(self, request, context):
+        return await self._market.settle_batch(request)
+
     async def Release(self, request, context):
         return await self._market.release(request)
 

@@ -77,7 +77,7 @@ class SettlementWorker:
             rows = await store.claim(conn, CLAIM_MAX)
             if not rows:
                 return False
-            outcomes = await asyncio.gather(*(self._settle(r) for r in rows))
+            outcomes = await self._settle_batch(rows)
             for r, (state, fee, provider, error, retry) in zip(rows, outcomes, strict=True):
                 if retry:
                     delay = min(BACKOFF_S_MAX, 0.5 * 2 ** min(r["attempts"], 8))
@@ -87,20 +87,39 @@ class SettlementWorker:
                     self.settled += 1
         return len(rows) == CLAIM_MAX
 
+    @staticmethod
+    def _request(r) -> lpb.SettleRequest:
+        """Cost 0 settles as a release of the job's hold."""
+        provider = r["provider_account_id"]
+        return lpb.SettleRequest(job_id=r["job_id"].bytes, provider_account_id=provider.bytes if provider else b"",
+                                 cost=r["cost_micros"], fee_bps=r["fee_bps"])
+
+    async def _settle_batch(self, rows) -> list[tuple[int, int, int, str, bool]]:
+        """One ledger call for every row (one group commit); rows are settled
+        one by one only if the batch is refused as a whole."""
+        try:
+            res = await self._ledger.SettleBatch(lpb.SettleBatchRequest(settles=[self._request(r) for r in rows]),
+                                                 timeout=LEDGER_TIMEOUT_S)
+        except grpc.aio.AioRpcError as e:
+            if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+                return list(await asyncio.gather(*(self._settle(r) for r in rows)))  # find the bad one
+            return [(0, 0, 0, f"ledger unavailable: {e.code().name}", True)] * len(rows)
+        return [self._outcome(r, x) for r, x in zip(rows, res.results, strict=True)]
+
     async def _settle(self, r) -> tuple[int, int, int, str, bool]:
         job = r["job_id"].bytes
         try:
-            if r["cost_micros"] == 0:
-                res = await self._ledger.Release(lpb.ReleaseRequest(job_id=job), timeout=LEDGER_TIMEOUT_S)
-            else:
-                res = await self._ledger.Settle(lpb.SettleRequest(
-                    job_id=job, provider_account_id=r["provider_account_id"].bytes,
-                    cost=r["cost_micros"], fee_bps=r["fee_bps"]), timeout=LEDGER_TIMEOUT_S)
+            res = await self._ledger.Settle(self._request(r), timeout=LEDGER_TIMEOUT_S)
         except grpc.aio.AioRpcError as e:
             if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
                 log.error("settlement.rejected", job_id=job.hex(), error=e.details())
                 return pb.SETTLEMENT_STATE_REJECTED, 0, 0, e.details() or "rejected", False
             return 0, 0, 0, f"ledger unavailable: {e.code().name}", True
+        return self._outcome(r, res)
+
+    @staticmethod
+    def _outcome(r, res: lpb.OperationResponse) -> tuple[int, int, int, str, bool]:
+        job = r["job_id"].bytes
         if res.status in (_S.OPERATION_STATUS_OK, _S.OPERATION_STATUS_ALREADY_APPLIED):
             if r["cost_micros"] == 0:
                 return pb.SETTLEMENT_STATE_RELEASED, 0, 0, "", False

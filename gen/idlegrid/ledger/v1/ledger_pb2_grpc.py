@@ -79,6 +79,11 @@ class LedgerServiceStub:
                 request_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.SettleRequest.SerializeToString,
                 response_deserializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.OperationResponse.FromString,
                 _registered_method=True)
+        self.SettleBatch = channel.unary_unary(
+                '/idlegrid.ledger.v1.LedgerService/SettleBatch',
+                request_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.SettleBatchRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.SettleBatchResponse.FromString,
+                _registered_method=True)
         self.Release = channel.unary_unary(
                 '/idlegrid.ledger.v1.LedgerService/Release',
                 request_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseRequest.SerializeToString,
@@ -162,6 +167,15 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SettleBatch(self, request, context):
+        """Many settlements (or releases, cost 0) in one call and one group commit:
+        each job's chain still succeeds or fails on its own. INVALID_ARGUMENT for
+        the whole call if any item is malformed or a job appears twice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Release(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -230,6 +244,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.Settle,
                     request_deserializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.SettleRequest.FromString,
                     response_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.OperationResponse.SerializeToString,
+            ),
+            'SettleBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SettleBatch,
+                    request_deserializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.SettleBatchRequest.FromString,
+                    response_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.SettleBatchResponse.SerializeToString,
             ),
             'Release': grpc.unary_unary_rpc_method_handler(
                     servicer.Release,
@@ -490,6 +509,33 @@ class LedgerService:
             '/idlegrid.ledger.v1.LedgerService/Settle',
             idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.SettleRequest.SerializeToString,
             idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.OperationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SettleBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.ledger.v1.LedgerService/SettleBatch',
+            idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.SettleBatchRequest.SerializeToString,
+            idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.SettleBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,6 +64,11 @@ class LedgerServiceStub:
     """
     Reserve: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ReserveRequest, _ledger_pb2.OperationResponse]
     Settle: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.SettleRequest, _ledger_pb2.OperationResponse]
+    SettleBatch: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.SettleBatchRequest, _ledger_pb2.SettleBatchResponse]
+    """Many settlements (or releases, cost 0) in one call and one group commit:
+    each job's chain still succeeds or fails on its own. INVALID_ARGUMENT for
+    the whole call if any item is malformed or a job appears twice.
+    """
     Release: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ReleaseRequest, _ledger_pb2.OperationResponse]
     Payout: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.PayoutRequest, _ledger_pb2.OperationResponse]
     ResolveAccount: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ResolveAccountRequest, _ledger_pb2.ResolveAccountResponse]
@@ -96,6 +101,11 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     """
     Reserve: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ReserveRequest, _ledger_pb2.OperationResponse]  # type: ignore[assignment]
     Settle: _aio.UnaryUnaryMultiCallable[_ledger_pb2.SettleRequest, _ledger_pb2.OperationResponse]  # type: ignore[assignment]
+    SettleBatch: _aio.UnaryUnaryMultiCallable[_ledger_pb2.SettleBatchRequest, _ledger_pb2.SettleBatchResponse]  # type: ignore[assignment]
+    """Many settlements (or releases, cost 0) in one call and one group commit:
+    each job's chain still succeeds or fails on its own. INVALID_ARGUMENT for
+    the whole call if any item is malformed or a job appears twice.
+    """
     Release: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ReleaseRequest, _ledger_pb2.OperationResponse]  # type: ignore[assignment]
     Payout: _aio.UnaryUnaryMultiCallable[_ledger_pb2.PayoutRequest, _ledger_pb2.OperationResponse]  # type: ignore[assignment]
     ResolveAccount: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ResolveAccountRequest, _ledger_pb2.ResolveAccountResponse]  # type: ignore[assignment]
@@ -179,6 +189,17 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.SettleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.OperationResponse, _abc.Awaitable[_ledger_pb2.OperationResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SettleBatch(
+        self,
+        request: _ledger_pb2.SettleBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.SettleBatchResponse, _abc.Awaitable[_ledger_pb2.SettleBatchResponse]]:
+        """Many settlements (or releases, cost 0) in one call and one group commit:
+        each job's chain still succeeds or fails on its own. INVALID_ARGUMENT for
+        the whole call if any item is malformed or a job appears twice.
+        """
 
     @_abc_1.abstractmethod
     def Release(
