@@ -25,7 +25,6 @@ QUEUE_REQUESTS_MAX = 16_384
 SWEEP_INTERVAL_S = 1.0
 LINGER_S = 0.0005
 LINGER_BELOW_TRANSFERS = 256
-LINGER_AFTER_REQUESTS = 4
 
 
 @dataclass(slots=True)
@@ -107,13 +106,13 @@ class Writer:
             first = self._carry.popleft() if self._carry else await self._queue.get()
             items = [first]
             count = self._drain(items, len(first.transfers))
-            # Under real concurrency (the last batch grouped several requests),
-            # linger a moment so that the batch fills: fewer, larger commits
-            # leave the CPU to the callers. Light traffic never waits.
+            # Under concurrency (the last batch grouped requests), linger a
+            # moment so that the batch fills: fewer, larger commits leave the
+            # CPU to the callers. A lone caller never waits.
             if concurrent and count < LINGER_BELOW_TRANSFERS and not self._carry:
                 await asyncio.sleep(LINGER_S)
                 count = self._drain(items, count)
-            concurrent = len(items) >= LINGER_AFTER_REQUESTS
+            concurrent = len(items) > 1
             try:
                 results = await self._commit(items)
             except InvariantViolation as e:
