@@ -17,22 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from services.common.config import env_int as _int
 from services.common.errors import ConfigError
 
 MIB = 1 << 20
-
-
-def _int(env: Mapping[str, str], name: str, default: int, *, lo: int, hi: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise ConfigError(f"{name} must be in [{lo}, {hi}], got {value}")
-    return value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

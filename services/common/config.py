@@ -42,7 +42,8 @@ _LOG_FORMATS = ("auto", "json", "console")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, lo: int, hi: int) -> int:
+def env_int(env: Mapping[str, str], name: str, default: int, *, lo: int, hi: int) -> int:
+    """An integer setting within [lo, hi]; ``default`` when unset."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -86,11 +87,11 @@ class Config:
         env = os.environ if env is None else env
         home = Path(env.get("IDLEGRID_HOME") or ".idlegrid").absolute()
         ports = {
-            "ledger": _int(env, "IDLEGRID_LEDGER_PORT", 50051, lo=0, hi=65535),
-            "registry": _int(env, "IDLEGRID_REGISTRY_PORT", 50052, lo=0, hi=65535),
-            "scheduler": _int(env, "IDLEGRID_SCHEDULER_PORT", 50053, lo=0, hi=65535),
-            "metering": _int(env, "IDLEGRID_METERING_PORT", 50054, lo=0, hi=65535),
-            "gateway": _int(env, "IDLEGRID_GATEWAY_PORT", 8080, lo=0, hi=65535),
+            "ledger": env_int(env, "IDLEGRID_LEDGER_PORT", 50051, lo=0, hi=65535),
+            "registry": env_int(env, "IDLEGRID_REGISTRY_PORT", 50052, lo=0, hi=65535),
+            "scheduler": env_int(env, "IDLEGRID_SCHEDULER_PORT", 50053, lo=0, hi=65535),
+            "metering": env_int(env, "IDLEGRID_METERING_PORT", 50054, lo=0, hi=65535),
+            "gateway": env_int(env, "IDLEGRID_GATEWAY_PORT", 8080, lo=0, hi=65535),
         }
         addrs = {
             name: env.get(f"IDLEGRID_{name.upper()}_ADDR") or f"127.0.0.1:{port}"
@@ -111,9 +112,9 @@ class Config:
             tls_cert=Path(tls_cert) if tls_cert else None,
             tls_key=Path(tls_key) if tls_key else None,
             tls_ca=Path(env["IDLEGRID_TLS_CA"]) if env.get("IDLEGRID_TLS_CA") else None,
-            db_pool_max=_int(env, "IDLEGRID_DB_POOL_MAX", 10, lo=1, hi=1000),
-            platform_fee_bps=_int(env, "IDLEGRID_PLATFORM_FEE_BPS", 1000, lo=0, hi=10_000),
-            shutdown_grace_s=float(_int(env, "IDLEGRID_SHUTDOWN_GRACE_S", 30, lo=0, hi=3600)),
+            db_pool_max=env_int(env, "IDLEGRID_DB_POOL_MAX", 10, lo=1, hi=1000),
+            platform_fee_bps=env_int(env, "IDLEGRID_PLATFORM_FEE_BPS", 1000, lo=0, hi=10_000),
+            shutdown_grace_s=float(env_int(env, "IDLEGRID_SHUTDOWN_GRACE_S", 30, lo=0, hi=3600)),
             gateway_url=env.get("IDLEGRID_GATEWAY_URL") or None,
             api_key=env.get("IDLEGRID_API_KEY") or None,
         )
