@@ -64,6 +64,8 @@ class Outcome:
     node_in: int = 0
     node_out: int = 0
     finish_reason: str = ""
+    prompt_counter: tokens.Counter | None = None  # the tokenizer that counted prompt_tokens
+    prompt_tokens: int = 0
     delivered: bool = False  # the consumer received output
     complete: bool = False
 
@@ -93,7 +95,12 @@ class Jobs:
         llm = plan[0].model.offer.kind == rpb.MODEL_KIND_LLM
         text_in = tokens.text_input(req.text.prompt, [(m.role, m.content) for m in req.text.messages]) if llm else ""
         max_tokens = req.text.max_tokens or DEFAULT_MAX_TOKENS
-        prompt_est = self._prompt_estimate(plan[0].model, text_in) if llm else 0
+        # Count the prompt once, with the platform's tokenizer where it has one;
+        # billing reuses the count when the job runs on the same weights.
+        counter = tokens.counter_for(plan[0].model) if llm else None
+        # Without a tokenizer, an upper bound: a token is at least a byte.
+        prompt_est = counter.prompt(text_in) if counter else (len(text_in.encode()) + 32 if llm else 0)
+        out = Outcome(prompt_counter=counter, prompt_tokens=prompt_est if counter else 0)
         if llm:
             for c in plan:
                 ctx = c.model.offer.context_length
@@ -106,7 +113,6 @@ class Jobs:
             for c in plan))
         timeout_s = (req.timeout_ms or 120_000) / 1000
         await self._reserve(req, hold, int(timeout_s) + HOLD_MARGIN_S)
-        out = Outcome()
         try:
             async with asyncio.timeout(timeout_s):
                 await self._dispatch(req, plan, llm, text_in, max_tokens, out, emit)
@@ -150,13 +156,6 @@ class Jobs:
             plan.append(routing.Choice(c.info, c.model, c.reason, len(cands)))
             pool = [x for x in pool if x[0] is not c.info]
         return plan
-
-    @staticmethod
-    def _prompt_estimate(model: rpb.Model, text_in: str) -> int:
-        counter = tokens.counter_for(model)
-        if counter is not None:
-            return counter.prompt(text_in)
-        return len(text_in.encode()) + 32  # an upper bound: a token is at least a byte
 
     async def _reserve(self, req: spb.InferRequest, amount: int, timeout_s: int) -> None:
         try:
@@ -280,7 +279,8 @@ class Jobs:
                 counter = tokens.counter_for(choice.model)
                 text = "".join(out.text)
                 if counter is not None:
-                    prompt_tokens, completion = counter.prompt(text_in), counter.text(text)
+                    prompt_tokens = out.prompt_tokens if counter is out.prompt_counter else counter.prompt(text_in)
+                    completion = counter.text(text)
                     usage.tokens_verified = True
                     if tokens.disagrees(prompt_tokens, out.node_in) or tokens.disagrees(completion, out.node_out):
                         info.mismatches += 1
