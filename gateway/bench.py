@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import tempfile
 import time
 import uuid
@@ -34,39 +33,21 @@ from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 from idlegrid.scheduler.v1 import scheduler_pb2_grpc
 from tritonclient.grpc import InferInput
 
-from services.benchkit import free_port, percentile, spawn, wait_healthy
+from services.benchkit import (
+    free_port,
+    latencies_ms,
+    p50_p99_ms,
+    report,
+    spawn,
+    throughput,
+    wait_healthy,
+)
 from services.common.channel import open_channel
 
 CONCURRENCY = 32
 TOKEN = "bench-token"
 SHAPE = [1, 16]
 CREDITS = 10**15
-
-
-def _figures(latencies_s: list[float]) -> tuple[float, float]:
-    xs = sorted(latencies_s)
-    return percentile(xs, 0.50) * 1000, percentile(xs, 0.99) * 1000
-
-
-async def _latency(call, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        await call()
-        out.append(time.perf_counter() - t)
-    return out
-
-
-async def _throughput(call, n: int) -> float:
-    left = iter(range(n))
-
-    async def worker():
-        for _ in left:
-            await call()
-
-    t = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    return n / (time.perf_counter() - t)
 
 
 async def _wait_http(url: str, proc, timeout_s: float = 60) -> None:
@@ -145,17 +126,17 @@ async def _measure(url: str, key: str, triton_url: str, scheduler, account: byte
 
     try:
         for call in (via_triton, via_scheduler, via_gateway):  # warm up connections and caches
-            await _latency(call, 50)
-        d_lat = await _latency(via_triton, n_latency)
-        s_lat = await _latency(via_scheduler, n_latency)
-        g_lat = await _latency(via_gateway, n_latency)
-        d_rps = await _throughput(via_triton, n_rps)
-        s_rps = await _throughput(via_scheduler, n_rps)
-        g_rps = await _throughput(via_gateway, n_rps)
+            await latencies_ms(call, 50)
+        d_lat = await latencies_ms(via_triton, n_latency)
+        s_lat = await latencies_ms(via_scheduler, n_latency)
+        g_lat = await latencies_ms(via_gateway, n_latency)
+        d_rps = await throughput(via_triton, n_rps, concurrency=CONCURRENCY)
+        s_rps = await throughput(via_scheduler, n_rps, concurrency=CONCURRENCY)
+        g_rps = await throughput(via_gateway, n_rps, concurrency=CONCURRENCY)
     finally:
         await session.close()
         await direct.close()
-    (d50, d99), (s50, s99), (g50, g99) = _figures(d_lat), _figures(s_lat), _figures(g_lat)
+    (d50, d99), (s50, s99), (g50, g99) = p50_p99_ms(d_lat), p50_p99_ms(s_lat), p50_p99_ms(g_lat)
     return {
         "added_p50_ms": round(g50 - d50, 3), "added_p99_ms": round(g99 - d99, 3),
         "rps_ratio": round(g_rps / d_rps, 4),
@@ -227,10 +208,6 @@ async def run(args, config) -> int:
             await asyncio.to_thread(triton.stop)
         if pool is not None:
             await pool.close()
-    if args.json:
-        sys.stdout.write(json.dumps(result) + "\n")
-    else:
-        sys.stdout.write("gateway bench: REST /v2 echo through the whole stack vs tritonclient.grpc direct\n")
-        for k, v in result.items():
-            sys.stdout.write(f"  {k:24} {v:>12}\n")
+    report("gateway bench: REST /v2 echo through the whole stack vs tritonclient.grpc direct", result,
+           as_json=args.json)
     return 0

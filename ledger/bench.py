@@ -9,10 +9,8 @@ accounts (contention) and one hot credit account; plus reserve+settle pairs/s.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +19,7 @@ from idlegrid.ledger.v1 import ledger_pb2 as pb
 from idlegrid.ledger.v1 import ledger_pb2_grpc
 
 from ledger.codes import LEDGER_CREDITS, R
-from services.benchkit import free_port, spawn, wait_healthy
+from services.benchkit import free_port, report, spawn, wait_healthy
 from services.common.channel import open_channel, with_token
 
 BATCH = 1000
@@ -146,10 +144,5 @@ async def run(args, config) -> int:
         "reserve_settle_pairs_per_s": round(figures["pairs"]),
         "batch_size": BATCH, "single_clients": CLIENTS, "cpu_count": os.cpu_count(),
     }
-    if args.json:
-        sys.stdout.write(json.dumps(result) + "\n")
-    else:
-        sys.stdout.write("ledger bench (service + client + embedded PostgreSQL on this machine)\n")
-        for k, v in result.items():
-            sys.stdout.write(f"  {k:40} {v:>10}\n")
+    report("ledger bench (service + client + embedded PostgreSQL on this machine)", result, as_json=args.json)
     return 0

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -54,3 +56,42 @@ async def wait_healthy(addr: str, *, timeout_s: float = 60.0, proc: subprocess.P
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"{addr} not healthy after {timeout_s} s")
             await asyncio.sleep(0.1)
+
+
+def p50_p99_ms(latencies_ms: list[float]) -> tuple[float, float]:
+    s = sorted(latencies_ms)
+    return percentile(s, 0.5), percentile(s, 0.99)
+
+
+async def latencies_ms(call, n: int) -> list[float]:
+    """``call()`` n times one after the other; each one's wall time in ms."""
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        await call()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+async def throughput(call, n: int, *, concurrency: int) -> float:
+    """Calls/s for n calls of ``call()`` from ``concurrency`` concurrent callers."""
+    left = iter(range(n))
+
+    async def worker():
+        for _ in left:
+            await call()
+
+    t = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return n / (time.perf_counter() - t)
+
+
+def report(title: str, result: dict, *, as_json: bool) -> None:
+    """One JSON object (``--json``), or a titled table."""
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    sys.stdout.write(title + "\n")
+    width = max(len(k) for k in result)
+    for k, v in result.items():
+        sys.stdout.write(f"  {k:{width}} {v:>12}\n")

@@ -9,11 +9,8 @@ registry and scheduler each in its own process, a demo Triton serving the
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,37 +23,19 @@ from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 from idlegrid.scheduler.v1 import scheduler_pb2_grpc
 from tritonclient.grpc import InferInput
 
-from services.benchkit import free_port, percentile, spawn, wait_healthy
+from services.benchkit import (
+    free_port,
+    latencies_ms,
+    p50_p99_ms,
+    report,
+    spawn,
+    throughput,
+    wait_healthy,
+)
 from services.common.channel import open_channel, with_token
 
 CONCURRENCY = 32
 TOKEN = "bench-token"
-
-
-def _summary(lat_ms: list[float]) -> tuple[float, float]:
-    s = sorted(lat_ms)
-    return percentile(s, 0.5), percentile(s, 0.99)
-
-
-async def _timed(fn, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        await fn()
-        out.append((time.perf_counter() - t) * 1000)
-    return out
-
-
-async def _rps(fn, n: int) -> float:
-    it = iter(range(n))
-
-    async def worker():
-        for _ in it:
-            await fn()
-
-    t = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    return n / (time.perf_counter() - t)
 
 
 async def start_services(home: Path, names: list[str]) -> tuple[dict[str, str], list]:
@@ -142,11 +121,11 @@ async def run(args, config) -> int:
                     tensors=spb.TensorInput(inputs=[tensor])))
 
             for fn in (call_direct, call_scheduler):  # warm-up: connections, caches
-                await _timed(fn, 50)
-            d_lat = await _timed(call_direct, n_lat)
-            s_lat = await _timed(call_scheduler, n_lat)
-            d_rps = await _rps(call_direct, n_rps)
-            s_rps = await _rps(call_scheduler, n_rps)
+                await latencies_ms(fn, 50)
+            d_lat = await latencies_ms(call_direct, n_lat)
+            s_lat = await latencies_ms(call_scheduler, n_lat)
+            d_rps = await throughput(call_direct, n_rps, concurrency=CONCURRENCY)
+            s_rps = await throughput(call_scheduler, n_rps, concurrency=CONCURRENCY)
         await direct.close()
     finally:
         if agent is not None:
@@ -156,7 +135,7 @@ async def run(args, config) -> int:
         for p in procs:
             p.wait(30)
         await asyncio.to_thread(triton.stop)
-    (dp50, dp99), (sp50, sp99) = _summary(d_lat), _summary(s_lat)
+    (dp50, dp99), (sp50, sp99) = p50_p99_ms(d_lat), p50_p99_ms(s_lat)
     result = {
         "added_p50_ms": round(sp50 - dp50, 3), "added_p99_ms": round(sp99 - dp99, 3),
         "rps_ratio": round(s_rps / d_rps, 3),
@@ -165,10 +144,6 @@ async def run(args, config) -> int:
         "direct_rps": round(d_rps), "scheduler_rps": round(s_rps), "concurrency": CONCURRENCY,
         "requests_latency": n_lat, "requests_throughput": n_rps, "model": "echo",
     }
-    if args.json:
-        sys.stdout.write(json.dumps(result) + "\n")
-    else:
-        sys.stdout.write("dispatch bench (scheduler path with reservation and settlement vs direct tritonclient)\n")
-        for k, v in result.items():
-            sys.stdout.write(f"  {k:24} {v:>10}\n")
+    report("dispatch bench (scheduler path with reservation and settlement vs direct tritonclient)", result,
+           as_json=args.json)
     return 0
