@@ -26,22 +26,34 @@ test: install proto-check
 test-fast: install
 	$(BIN)/python -m pytest -q -x -m "not slow"
 
-# Regenerates the committed Python code from proto/ (never edit gen/ by hand).
+# The generated gRPC API of each service lives in its package, as
+# idlegrid.<service>.v1: proto/idlegrid/ledger/v1 -> ledger/v1,
+# proto/idlegrid/<service>/v1 -> services/<service>/v1. Never edit it by hand.
+API_SERVICES := $(sort $(patsubst proto/idlegrid/%/v1,%,$(shell find proto/idlegrid -mindepth 2 -maxdepth 2 -type d -name v1)))
+
+# Regenerates the committed Python code from proto/.
 proto: install
-	rm -rf gen/idlegrid
-	$(MAKE) --no-print-directory gen-into OUT=gen
+	@tmp=$$(mktemp -d) && $(MAKE) --no-print-directory -s gen-into OUT=$$tmp >/dev/null && \
+	for s in $(API_SERVICES); do \
+	  case $$s in ledger) d=ledger/v1;; *) d=services/$$s/v1;; esac; \
+	  rm -rf $$d && mkdir -p $$d && cp $$tmp/idlegrid/$$s/v1/* $$d/; \
+	done; rm -rf $$tmp; echo "proto: regenerated $(API_SERVICES)"
 
 gen-into:
 	mkdir -p $(OUT)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=$(OUT) --grpc_python_out=$(OUT) \
 		--mypy_out=$(OUT) --mypy_grpc_out=$(OUT) $(PROTOS)
-	find $(OUT)/idlegrid -type d -exec touch {}/__init__.py \;
+	find $(OUT)/idlegrid -mindepth 2 -type d -name v1 -exec touch {}/__init__.py \;
 
-# Fails when regenerating would change anything in gen/.
+# Fails when regenerating would change anything that is committed.
 proto-check: install
 	@tmp=$$(mktemp -d) && $(MAKE) --no-print-directory -s gen-into OUT=$$tmp >/dev/null && \
-	if diff -r -q gen/idlegrid $$tmp/idlegrid; then echo "proto-check: generated code is up to date"; rm -rf $$tmp; \
-	else echo "proto-check: gen/ is stale: run 'make proto' and commit"; rm -rf $$tmp; exit 1; fi
+	stale=0; for s in $(API_SERVICES); do \
+	  case $$s in ledger) d=ledger/v1;; *) d=services/$$s/v1;; esac; \
+	  diff -r -q $$d $$tmp/idlegrid/$$s/v1 -x __pycache__ || stale=1; \
+	done; rm -rf $$tmp; \
+	if [ $$stale = 0 ]; then echo "proto-check: generated code is up to date"; \
+	else echo "proto-check: generated code is stale: run 'make proto' and commit"; exit 1; fi
 
 lint: install
 	$(BIN)/ruff check .

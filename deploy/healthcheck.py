@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 
-from services.common.config import Config
+from idlegrid.common.config import Config
 
 TIMEOUT_S = 3.0
 HTTP_SERVICES = frozenset({"gateway"})

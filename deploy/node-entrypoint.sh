@@ -9,7 +9,7 @@
 #   IDLEGRID_MODEL_REPOSITORY   Triton model repository (default /models)
 #   IDLEGRID_NODE_CONFIG        the node's config file (default /etc/idlegrid/node.toml)
 #   IDLEGRID_TRITON_READY_S     seconds to wait for Triton to load its models (default 900)
-#   IDLEGRID_REGISTRY_ADDR, IDLEGRID_TLS_CA, ...  read by the agent (services/common/config.py)
+#   IDLEGRID_REGISTRY_ADDR, IDLEGRID_TLS_CA, ...  read by the agent (common/config.py)
 # Extra arguments are passed to tritonserver, e.g. --model-control-mode=explicit.
 set -euo pipefail
 

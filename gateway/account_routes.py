@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import asyncio
 
-from idlegrid.ledger.v1 import ledger_pb2 as lpb
-from idlegrid.metering.v1 import metering_pb2 as mpb
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import accounts, params, views
-from gateway.context import caller, gw, metadata
-from gateway.errors import bad_request, rpc
+from idlegrid.gateway import accounts, params, views
+from idlegrid.gateway.context import caller, gw, metadata
+from idlegrid.gateway.errors import bad_request, rpc
+from idlegrid.ledger.v1 import ledger_pb2 as lpb
+from idlegrid.metering.v1 import metering_pb2 as mpb
 
 GROUPS = {"none": mpb.GROUP_BY_NONE, "model": mpb.GROUP_BY_MODEL, "node": mpb.GROUP_BY_NODE}
 

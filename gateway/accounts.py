@@ -26,11 +26,11 @@ import uuid
 from dataclasses import dataclass
 
 import asyncpg
+
+from idlegrid.gateway.backends import Backends
+from idlegrid.gateway.errors import ApiError, bad_request, rpc
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
 from idlegrid.registry.v1 import registry_pb2 as rpb
-
-from gateway.backends import Backends
-from gateway.errors import ApiError, bad_request, rpc
 
 NAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,100}$")
 KINDS = {"consumer": lpb.ACCOUNT_KIND_CONSUMER, "provider": lpb.ACCOUNT_KIND_PROVIDER}

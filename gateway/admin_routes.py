@@ -11,15 +11,15 @@
 
 from __future__ import annotations
 
-from idlegrid.ledger.v1 import ledger_pb2 as lpb
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import accounts, bodies, keys, params, views
-from gateway.context import caller, gw, metadata
-from gateway.errors import ApiError, bad_request, rpc
-from services.common.errors import InvalidArgument
+from idlegrid.common.errors import InvalidArgument
+from idlegrid.gateway import accounts, bodies, keys, params, views
+from idlegrid.gateway.context import caller, gw, metadata
+from idlegrid.gateway.errors import ApiError, bad_request, rpc
+from idlegrid.ledger.v1 import ledger_pb2 as lpb
 
 AMOUNT_MAX = 2**63 - 1
 S = lpb.OperationStatus

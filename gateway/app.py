@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import (
+from idlegrid.gateway import (
     account_routes,
     admin_routes,
     health_routes,
@@ -20,10 +20,10 @@ from gateway import (
     openapi,
     provider_routes,
 )
-from gateway.context import Gateway
-from gateway.errors import ApiError
-from gateway.metrics import metrics_endpoint
-from gateway.middleware import GatewayMiddleware
+from idlegrid.gateway.context import Gateway
+from idlegrid.gateway.errors import ApiError
+from idlegrid.gateway.metrics import metrics_endpoint
+from idlegrid.gateway.middleware import GatewayMiddleware
 
 
 def _render(request: Request, err: ApiError) -> Response:

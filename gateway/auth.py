@@ -19,9 +19,9 @@ from collections import OrderedDict
 import asyncpg
 import structlog
 
-from gateway import keys
-from gateway.errors import ApiError
-from gateway.keys import KeyRecord
+from idlegrid.gateway import keys
+from idlegrid.gateway.errors import ApiError
+from idlegrid.gateway.keys import KeyRecord
 
 log = structlog.get_logger("gateway.auth")
 

@@ -1,6 +1,6 @@
 """The gateway's channels to the backend services: one per service, each
 call carrying the service token, and the live view of nodes that follows the
-registry (the scheduler's NodeTable and Watcher, reused)."""
+registry (idlegrid.common.node_view)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from idlegrid.common.channel import open_channel, with_token
+from idlegrid.common.config import Config
+from idlegrid.common.node_view import NodeTable, RegistryWatcher
 from idlegrid.ledger.v1 import ledger_pb2_grpc
 from idlegrid.metering.v1 import metering_pb2_grpc
 from idlegrid.registry.v1 import registry_pb2_grpc
 from idlegrid.scheduler.v1 import scheduler_pb2_grpc
-
-from services.common.channel import open_channel, with_token
-from services.common.config import Config
-from services.scheduler.nodes import NodeTable, Watcher
 
 SERVICES = ("ledger", "scheduler", "metering", "registry")
 HEALTH_TIMEOUT_S = 2.0
@@ -30,7 +30,7 @@ class Backends:
     registry: registry_pb2_grpc.RegistryServiceStub
     nodes: NodeTable
     channels: dict[str, grpc.aio.Channel]
-    _watcher: Watcher | None = field(default=None)
+    _watcher: RegistryWatcher | None = field(default=None)
 
     @classmethod
     def open(cls, config: Config, addrs: dict[str, str]) -> Backends:
@@ -43,7 +43,7 @@ class Backends:
             scheduler=with_token(scheduler_pb2_grpc.SchedulerServiceStub(channels["scheduler"]), token),
             metering=with_token(metering_pb2_grpc.MeteringServiceStub(channels["metering"]), token),
             registry=registry, nodes=table, channels=channels)
-        b._watcher = Watcher(table, registry)
+        b._watcher = RegistryWatcher(table, registry)
         b._watcher.start()
         return b
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from gateway.errors import ApiError, bad_request, too_large
+from idlegrid.gateway.errors import ApiError, bad_request, too_large
 
 
 async def read(request: Request, limit: int) -> bytes:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+from idlegrid.common.node_view import NodeInfo, NodeTable
+from idlegrid.gateway.errors import ApiError
 from idlegrid.registry.v1 import registry_pb2 as rpb
-
-from gateway.errors import ApiError
-from services.scheduler.nodes import NodeInfo, NodeTable
 
 SYNC_WAIT_S = 3.0
 KINDS = {rpb.MODEL_KIND_LLM: "llm", rpb.MODEL_KIND_TENSOR: "tensor"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.common.config import Config
+from idlegrid.common.config import Config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,17 +18,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 async def _serve(args, config: Config) -> int:
-    from gateway.service import serve
-    from gateway.settings import GatewaySettings
+    from idlegrid.gateway.service import serve
+    from idlegrid.gateway.settings import GatewaySettings
 
     await serve(config, GatewaySettings.from_env())
     return 0
 
 
 async def _create_admin_key(args, config: Config) -> int:
-    from gateway.keys import create_key
-    from gateway.service import MIGRATIONS
-    from services.common import db
+    from idlegrid.common import db
+    from idlegrid.gateway.keys import create_key
+    from idlegrid.gateway.service import MIGRATIONS
 
     url = await db.resolve_url(config)
     pool = await db.create_pool(url, max_size=1)

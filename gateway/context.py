@@ -8,15 +8,15 @@ from dataclasses import dataclass
 import asyncpg
 from starlette.requests import Request
 
-from gateway.auth import Authenticator, require
-from gateway.backends import Backends
-from gateway.keys import KeyRecord
-from gateway.metrics import Metrics
-from gateway.middleware import note, request_id
-from gateway.node_metadata import NodeMetadata
-from gateway.ratelimit import RateLimiter
-from gateway.settings import GatewaySettings
-from services.common.config import Config
+from idlegrid.common.config import Config
+from idlegrid.gateway.auth import Authenticator, require
+from idlegrid.gateway.backends import Backends
+from idlegrid.gateway.keys import KeyRecord
+from idlegrid.gateway.metrics import Metrics
+from idlegrid.gateway.middleware import note, request_id
+from idlegrid.gateway.node_metadata import NodeMetadata
+from idlegrid.gateway.ratelimit import RateLimiter
+from idlegrid.gateway.settings import GatewaySettings
 
 
 @dataclass(slots=True)

@@ -27,7 +27,7 @@ import json
 
 import grpc
 
-from services.common.errors import (
+from idlegrid.common.errors import (
     REASON_KEY,
     AlreadyExists,
     Conflict,

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.context import gw
+from idlegrid.gateway.context import gw
 
 DB_TIMEOUT_S = 2.0
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from services.common.errors import InvalidArgument
+from idlegrid.common.errors import InvalidArgument
 
 PREFIX = "ig"
 SCOPES = ("consumer", "provider", "admin")

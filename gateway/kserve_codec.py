@@ -17,9 +17,9 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
-from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 
-from gateway.errors import bad_request
+from idlegrid.gateway.errors import bad_request
+from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 
 HEADER_LENGTH = "inference-header-content-length"
 TENSORS_MAX = 64

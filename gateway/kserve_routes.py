@@ -12,18 +12,18 @@ Errors use KServe's body ``{"error": "<message>"}``.
 
 from __future__ import annotations
 
-from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import bodies, catalog
-from gateway.context import caller, gw, metadata
-from gateway.errors import ApiError, rpc
-from gateway.jobs import job_id, job_uuid
-from gateway.kserve_codec import HEADER_LENGTH, decode_request, encode_response
-from gateway.middleware import note
-from services.scheduler.nodes import NodeInfo
+from idlegrid.common.node_view import NodeInfo
+from idlegrid.gateway import bodies, catalog
+from idlegrid.gateway.context import caller, gw, metadata
+from idlegrid.gateway.errors import ApiError, rpc
+from idlegrid.gateway.job_ids import job_id, job_uuid
+from idlegrid.gateway.kserve_codec import HEADER_LENGTH, decode_request, encode_response
+from idlegrid.gateway.middleware import note
+from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 
 JOB_MARGIN_S = 5.0
 SERVER_NAME = "idlegrid"

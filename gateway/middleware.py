@@ -12,8 +12,8 @@ import uuid
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import ApiError
-from gateway.metrics import Metrics
+from idlegrid.gateway.errors import ApiError
+from idlegrid.gateway.metrics import Metrics
 
 log = structlog.get_logger("gateway.http")
 

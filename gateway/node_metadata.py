@@ -8,9 +8,9 @@ import time
 
 from tritonclient.utils import InferenceServerException
 
-from gateway.errors import ApiError
-from services.scheduler.nodes import NodeInfo
-from services.scheduler.triton import TritonPool
+from idlegrid.common.node_view import NodeInfo
+from idlegrid.gateway.errors import ApiError
+from idlegrid.scheduler.triton import TritonPool
 
 TTL_S = 30.0
 CACHE_MAX = 1024

@@ -12,19 +12,19 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
-from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import bodies, catalog
-from gateway.context import caller, gw, metadata
-from gateway.errors import ApiError, from_rpc, rpc
-from gateway.jobs import job_id, job_uuid
-from gateway.middleware import note
-from gateway.openai_schema import TextRequest, chat, completion
-from gateway.openai_shapes import Chunks, chat_completion, text_completion
-from gateway.sse import DONE, EventStream, frame
+from idlegrid.gateway import bodies, catalog
+from idlegrid.gateway.context import caller, gw, metadata
+from idlegrid.gateway.errors import ApiError, from_rpc, rpc
+from idlegrid.gateway.job_ids import job_id, job_uuid
+from idlegrid.gateway.middleware import note
+from idlegrid.gateway.openai_schema import TextRequest, chat, completion
+from idlegrid.gateway.openai_shapes import Chunks, chat_completion, text_completion
+from idlegrid.gateway.sse import DONE, EventStream, frame
+from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 
 JOB_MARGIN_S = 5.0  # the scheduler's own deadline fires first
 

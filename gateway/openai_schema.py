@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from idlegrid.gateway import bodies
+from idlegrid.gateway.errors import bad_request
 from idlegrid.scheduler.v1 import scheduler_pb2 as spb
-
-from gateway import bodies
-from gateway.errors import bad_request
 
 MAX_TOKENS_MAX = 32_768
 MESSAGES_MAX = 256

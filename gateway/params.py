@@ -9,8 +9,8 @@ import uuid
 from google.protobuf.timestamp_pb2 import Timestamp
 from starlette.requests import Request
 
-from gateway.errors import ApiError, bad_request
-from gateway.keys import KeyRecord
+from idlegrid.gateway.errors import ApiError, bad_request
+from idlegrid.gateway.keys import KeyRecord
 
 PAGE_DEFAULT, PAGE_MAX = 100, 1000
 BUCKET_S_MIN, BUCKET_S_MAX, BUCKET_S_DEFAULT = 60, 2_592_000, 3600

@@ -19,16 +19,16 @@ import asyncio
 import base64
 import binascii
 
-from idlegrid.metering.v1 import metering_pb2 as mpb
-from idlegrid.registry.v1 import registry_pb2 as rpb
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import accounts, params, views
-from gateway.context import caller, gw, metadata
-from gateway.errors import ApiError, bad_request, rpc
-from ledger.market import split_fee
+from idlegrid.gateway import accounts, params, views
+from idlegrid.gateway.context import caller, gw, metadata
+from idlegrid.gateway.errors import ApiError, bad_request, rpc
+from idlegrid.ledger.market import split_fee
+from idlegrid.metering.v1 import metering_pb2 as mpb
+from idlegrid.registry.v1 import registry_pb2 as rpb
 
 BREAKDOWN_BUCKET_S = 2_592_000  # 30 days, the largest bucket metering takes; summed per key
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 
-from gateway.errors import ApiError
-from gateway.keys import KeyRecord
+from idlegrid.gateway.errors import ApiError
+from idlegrid.gateway.keys import KeyRecord
 
 log = structlog.get_logger("gateway.ratelimit")
 

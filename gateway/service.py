@@ -14,19 +14,19 @@ from pathlib import Path
 
 import structlog
 import uvicorn
-from idlegrid.ledger.v1 import ledger_pb2 as lpb
 
-from gateway import accounts, keys
-from gateway.app import create_app
-from gateway.auth import Authenticator
-from gateway.backends import SERVICES, Backends
-from gateway.context import Gateway
-from gateway.metrics import Metrics
-from gateway.node_metadata import NodeMetadata
-from gateway.ratelimit import RateLimiter
-from gateway.settings import GatewaySettings
-from services.common import db, server
-from services.common.config import Config
+from idlegrid.common import db, server
+from idlegrid.common.config import Config
+from idlegrid.gateway import accounts, keys
+from idlegrid.gateway.app import create_app
+from idlegrid.gateway.auth import Authenticator
+from idlegrid.gateway.backends import SERVICES, Backends
+from idlegrid.gateway.context import Gateway
+from idlegrid.gateway.metrics import Metrics
+from idlegrid.gateway.node_metadata import NodeMetadata
+from idlegrid.gateway.ratelimit import RateLimiter
+from idlegrid.gateway.settings import GatewaySettings
+from idlegrid.ledger.v1 import ledger_pb2 as lpb
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 STARTUP_TIMEOUT_S = 30.0

@@ -1,5 +1,5 @@
 """The gateway's own settings, read once at start-up from environment
-variables (the shared ones live in services.common.config).
+variables (the shared ones live in idlegrid.common.config).
 
 | variable | default | meaning |
 |---|---|---|
@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.common.config import env_int as _int
-from services.common.errors import ConfigError
+from idlegrid.common.config import env_int as _int
+from idlegrid.common.errors import ConfigError
 
 MIB = 1 << 20
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 
 from google.protobuf.timestamp_pb2 import Timestamp
+
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
 from idlegrid.metering.v1 import metering_pb2 as mpb
 from idlegrid.registry.v1 import registry_pb2 as rpb

@@ -5,18 +5,18 @@ from __future__ import annotations
 import re
 
 import asyncpg
-from idlegrid.ledger.v1 import ledger_pb2 as pb
 
-from ledger.codes import (
+from idlegrid.common.errors import InvalidArgument
+from idlegrid.ledger.codes import (
     BATCH_SIZE_MAX,
     DEBITS_MUST_NOT_EXCEED_CREDITS,
     LEDGER_CREDITS,
     MAX_ID,
     ZERO_ID,
 )
-from ledger.ids import well_known_account
-from ledger.store import U, U_opt
-from services.common.errors import InvalidArgument
+from idlegrid.ledger.ids import well_known_account
+from idlegrid.ledger.store import U, U_opt
+from idlegrid.ledger.v1 import ledger_pb2 as pb
 
 A = pb.CreateAccountResult
 _NAME = re.compile(r"^[\w.:@/+-]{1,128}$")

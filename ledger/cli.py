@@ -6,9 +6,9 @@ import argparse
 import sys
 import uuid
 
-from ledger.codes import LEDGER_CREDITS
-from services.common import db
-from services.common.config import Config
+from idlegrid.common import db
+from idlegrid.common.config import Config
+from idlegrid.ledger.codes import LEDGER_CREDITS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 async def _serve(args, config: Config) -> int:
-    from ledger.service import serve
+    from idlegrid.ledger.service import serve
 
     await serve(config)
     return 0
@@ -37,7 +37,7 @@ def out(line: str = "") -> None:
 async def _verify(args, config: Config) -> int:
     import asyncpg
 
-    from ledger.verify import verify
+    from idlegrid.ledger.audit import verify
 
     conn = await asyncpg.connect(await db.resolve_url(config))
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ledger.codes import (
+from idlegrid.ledger.codes import (
     AMOUNT_MAX,
     BURNING,
     CLIENT_FLAGS,

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from idlegrid.ledger.v1 import ledger_pb2 as pb
-
-from ledger.codes import (
+from idlegrid.common.errors import InvalidArgument, NotFound
+from idlegrid.ledger.codes import (
     AMOUNT_MAX,
     CODE_EARNING,
     CODE_FEE,
@@ -31,9 +30,9 @@ from ledger.codes import (
     VOID,
     R,
 )
-from ledger.ids import derive, well_known_account
-from ledger.writer import Writer
-from services.common.errors import InvalidArgument, NotFound
+from idlegrid.ledger.ids import derive, well_known_account
+from idlegrid.ledger.v1 import ledger_pb2 as pb
+from idlegrid.ledger.writer import Writer
 
 S = pb.OperationStatus
 TIMEOUT_S_MAX = 86_400

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncpg
 from google.protobuf.timestamp_pb2 import Timestamp
-from idlegrid.ledger.v1 import ledger_pb2 as pb
 
-from ledger.codes import BATCH_SIZE_MAX, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
-from ledger.store import U
-from services.common.errors import InvalidArgument, NotFound
+from idlegrid.common.errors import InvalidArgument, NotFound
+from idlegrid.ledger.codes import BATCH_SIZE_MAX, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
+from idlegrid.ledger.store import U
+from idlegrid.ledger.v1 import ledger_pb2 as pb
 
 _ACCOUNT_COLS = ("id, ledger, kind, flags, user_data, name, debits_pending, debits_posted, "
                  "credits_pending, credits_posted, created_at")

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from idlegrid.common import db, server
+from idlegrid.common.config import Config
+from idlegrid.ledger.accounts import ensure_well_known
+from idlegrid.ledger.servicer import LedgerServicer
 from idlegrid.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-
-from ledger.accounts import ensure_well_known
-from ledger.servicer import LedgerServicer
-from ledger.writer import Writer
-from services.common import db, server
-from services.common.config import Config
+from idlegrid.ledger.writer import Writer
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncpg
+
+from idlegrid.common.errors import InvalidArgument
+from idlegrid.ledger import accounts, queries
+from idlegrid.ledger.codes import BATCH_SIZE_MAX, LEDGER_CREDITS
+from idlegrid.ledger.market import Market
 from idlegrid.ledger.v1 import ledger_pb2 as pb
 from idlegrid.ledger.v1 import ledger_pb2_grpc
-
-from ledger import accounts, queries
-from ledger.codes import BATCH_SIZE_MAX, LEDGER_CREDITS
-from ledger.market import Market
-from ledger.writer import Writer
-from services.common.errors import InvalidArgument
+from idlegrid.ledger.writer import Writer
 
 
 class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from asyncpg.pgproto import pgproto
 
-from ledger.codes import EXPIRED, POST
-from ledger.engine import EXPIRED_STATE, OPEN, POSTED, VOIDED, Account, Hold, Stored
+from idlegrid.ledger.codes import EXPIRED, POST
+from idlegrid.ledger.engine import EXPIRED_STATE, OPEN, POSTED, VOIDED, Account, Hold, Stored
 
 # asyncpg's own UUID type: built from bytes ten times faster than uuid.UUID,
 # and encoded on a fast path.

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 
-from ledger import store
-from ledger.chain import batch_hash, from_micros, micros, transfer_bytes
-from ledger.codes import BATCH_SIZE_MAX, EXPIRED, VOID, R
-from ledger.engine import Batch, InvariantViolation
-from services.common.errors import IdlegridError, ResourceExhausted, Unavailable
+from idlegrid.common.errors import IdlegridError, ResourceExhausted, Unavailable
+from idlegrid.ledger import store
+from idlegrid.ledger.chain import batch_hash, from_micros, micros, transfer_bytes
+from idlegrid.ledger.codes import BATCH_SIZE_MAX, EXPIRED, VOID, R
+from idlegrid.ledger.engine import Batch, InvariantViolation
 
 log = structlog.get_logger("ledger.writer")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services.common import logs
-from services.common.config import Config
+from idlegrid.common import logs
+from idlegrid.common.config import Config
 
 TOKEN = "test-service-token"
 _db_counter = itertools.count(1)
@@ -34,7 +34,7 @@ def pg_home() -> Path:
 def pg_admin_url(pg_home: Path) -> str:
     """The embedded PostgreSQL server of this test session, stopped and
     deleted at the end of the session."""
-    from services.common.db import embedded_server
+    from idlegrid.common.db import embedded_server
 
     server = embedded_server(pg_home, cleanup_mode="delete")
     yield server.get_uri()

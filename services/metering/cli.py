@@ -10,7 +10,7 @@ def register(sub) -> None:
 
 
 async def _serve(args, config) -> int:
-    from services.metering.service import serve
+    from idlegrid.metering.service import serve
 
     await serve(config)
     return 0

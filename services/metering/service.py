@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from idlegrid.common import db, server
+from idlegrid.common.channel import open_channel, with_token
+from idlegrid.common.config import Config
 from idlegrid.ledger.v1 import ledger_pb2_grpc
+from idlegrid.metering.servicer import MeteringServicer
+from idlegrid.metering.settlement import SettlementWorker
 from idlegrid.metering.v1 import metering_pb2, metering_pb2_grpc
-
-from services.common import db, server
-from services.common.channel import open_channel, with_token
-from services.common.config import Config
-from services.metering.servicer import MeteringServicer
-from services.metering.settlement import SettlementWorker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name

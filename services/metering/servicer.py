@@ -7,12 +7,12 @@ import struct
 
 import asyncpg
 from asyncpg.pgproto import pgproto
+
+from idlegrid.common.errors import Conflict, InvalidArgument, NotFound
+from idlegrid.metering import store, usage
+from idlegrid.metering.settlement import SettlementWorker
 from idlegrid.metering.v1 import metering_pb2 as pb
 from idlegrid.metering.v1 import metering_pb2_grpc
-
-from services.common.errors import Conflict, InvalidArgument, NotFound
-from services.metering import records, store
-from services.metering.settlement import SettlementWorker
 
 PAGE_MAX = 1000
 PAGE_DEFAULT = 100
@@ -32,7 +32,7 @@ def _filter(f: pb.UsageFilter) -> dict:
     for name in ("node_id", "model"):
         v = getattr(f, name)
         if v:
-            if len(v) > records.NAME_LEN_MAX:
+            if len(v) > usage.NAME_LEN_MAX:
                 raise InvalidArgument(f"filter.{name} is too long")
             out[name] = v
     if f.HasField("since"):
@@ -70,13 +70,13 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         self._fee_bps = fee_bps
 
     async def RecordUsage(self, request, context):
-        values = records.validate(request.record, self._fee_bps)
+        values = usage.validate(request.record, self._fee_bps)
         row, created = await store.insert(self._pool, values, pb.SETTLEMENT_STATE_PENDING)
-        if not created and not records.same(row, values):
+        if not created and not usage.same(row, values):
             raise Conflict("a different usage record exists for this job")
         if created:
             self._worker.wake()
-        return pb.RecordUsageResponse(created=created, record=records.to_pb(row))
+        return pb.RecordUsageResponse(created=created, record=usage.to_pb(row))
 
     async def GetJob(self, request, context):
         if len(request.job_id) != 16:
@@ -84,7 +84,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         row = await store.get(self._pool, pgproto.UUID(request.job_id))
         if row is None:
             raise NotFound("no usage recorded for this job")
-        return records.to_pb(row)
+        return usage.to_pb(row)
 
     async def ListUsage(self, request, context):
         limit = request.limit or PAGE_DEFAULT
@@ -94,7 +94,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         rows = await store.page(self._pool, _filter(request.filter), limit + 1, after)
         more = len(rows) > limit
         rows = rows[:limit]
-        return pb.ListUsageResponse(records=[records.to_pb(r) for r in rows],
+        return pb.ListUsageResponse(records=[usage.to_pb(r) for r in rows],
                                     next_page_token=_token(rows[-1]) if more else "")
 
     async def GetUsage(self, request, context):

@@ -11,10 +11,10 @@ import asyncio
 import asyncpg
 import grpc
 import structlog
-from idlegrid.ledger.v1 import ledger_pb2 as lpb
-from idlegrid.metering.v1 import metering_pb2 as pb
 
-from services.metering import store
+from idlegrid.ledger.v1 import ledger_pb2 as lpb
+from idlegrid.metering import store
+from idlegrid.metering.v1 import metering_pb2 as pb
 
 log = structlog.get_logger("metering.settlement")
 

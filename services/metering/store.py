@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import asyncpg
 
-from services.metering.records import COLUMNS
+from idlegrid.metering.usage import COLUMNS
 
 _INSERT = (
     f"INSERT INTO metering.usage ({', '.join(COLUMNS)}, settlement) VALUES "

@@ -26,17 +26,17 @@ from dataclasses import dataclass, field
 
 import grpc
 import structlog
+
+from idlegrid.common.auth import bearer
+from idlegrid.common.channel import open_channel
+from idlegrid.common.config import Config
+from idlegrid.common.errors import FailedPrecondition, from_rpc_error
+from idlegrid.node import hardware
+from idlegrid.node.config_file import NodeConfig
+from idlegrid.node.discovery import discover
+from idlegrid.node.load import LoadProbe, TritonLoadProbe
 from idlegrid.registry.v1 import registry_pb2 as pb
 from idlegrid.registry.v1 import registry_pb2_grpc
-
-from services.common.auth import bearer
-from services.common.channel import open_channel
-from services.common.config import Config
-from services.common.errors import FailedPrecondition, from_rpc_error
-from services.node import hardware
-from services.node.config_file import NodeConfig
-from services.node.discovery import discover
-from services.node.load import LoadProbe, TritonLoadProbe
 
 log = structlog.get_logger("node.agent")
 

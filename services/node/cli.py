@@ -9,8 +9,8 @@ from pathlib import Path
 
 import structlog
 
-from services.common.config import Config
-from services.common.errors import ConfigError
+from idlegrid.common.config import Config
+from idlegrid.common.errors import ConfigError
 
 log = structlog.get_logger("node")
 
@@ -55,9 +55,9 @@ def _read_node_id(path: Path) -> bytes | None:
 
 
 async def _start(args, config: Config) -> int:
-    from services.common.server import wait_for_signal
-    from services.node import config_file
-    from services.node.agent import READY, AgentOptions, NodeAgent, VerificationFailed
+    from idlegrid.common.server import wait_for_signal
+    from idlegrid.node import config_file
+    from idlegrid.node.agent import READY, AgentOptions, NodeAgent, VerificationFailed
 
     node_config = config_file.load(args.config) if args.config else None
     if node_config is None and not args.demo:
@@ -65,7 +65,7 @@ async def _start(args, config: Config) -> int:
     demo = None
     triton_url, metrics_url = args.triton_url, args.metrics_url
     if args.demo:
-        from services.node.demo.launcher import start_demo_triton
+        from idlegrid.demo.launcher import start_demo_triton
 
         node_config = node_config or await asyncio.to_thread(config_file.demo)
         demo = await asyncio.to_thread(start_demo_triton)

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.errors import ConfigError
+from idlegrid.common.errors import ConfigError
 
 PRICE_MAX = 10**12
 CONTEXT_LENGTH_MAX = 1 << 24
@@ -140,9 +140,9 @@ def load(path: Path) -> NodeConfig:
 
 def demo() -> NodeConfig:
     """Prices for the demo Triton's models (``idlegrid node start --demo``)."""
-    from services.node.demo.names import ECHO_MODEL_NAME, LLM_MODEL_NAME
-    from services.node.demo.smollm2 import N_CTX_DEFAULT
-    from services.node.demo.weights import weights_sha256
+    from idlegrid.demo.names import ECHO_MODEL_NAME, LLM_MODEL_NAME
+    from idlegrid.demo.smollm2 import N_CTX_DEFAULT
+    from idlegrid.models.weights import weights_sha256
 
     return NodeConfig(region="local", labels={"demo": "true"}, models={
         LLM_MODEL_NAME: ModelPricing(name=LLM_MODEL_NAME, kind="llm", price_per_million_input_tokens=50_000,

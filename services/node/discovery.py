@@ -9,11 +9,11 @@ from pathlib import Path
 
 import structlog
 import tritonclient.grpc.aio as aioclient
-from idlegrid.registry.v1 import registry_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
-from services.common.errors import ConfigError, Unavailable
-from services.node.config_file import ModelPricing, NodeConfig
+from idlegrid.common.errors import ConfigError, Unavailable
+from idlegrid.node.config_file import ModelPricing, NodeConfig
+from idlegrid.registry.v1 import registry_pb2 as pb
 
 log = structlog.get_logger("node.discovery")
 

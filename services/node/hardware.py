@@ -7,6 +7,7 @@ import os
 from collections import Counter
 
 import structlog
+
 from idlegrid.registry.v1 import registry_pb2 as pb
 
 log = structlog.get_logger("node.hardware")

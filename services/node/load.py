@@ -20,10 +20,10 @@ import urllib.request
 from typing import Protocol
 
 import tritonclient.grpc.aio as aioclient
-from idlegrid.registry.v1 import registry_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
-from services.node.hardware import Nvml
+from idlegrid.node.hardware import Nvml
+from idlegrid.registry.v1 import registry_pb2 as pb
 
 METRICS_TIMEOUT_S = 2.0
 METRICS_BYTES_MAX = 4 << 20

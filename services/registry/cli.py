@@ -6,8 +6,8 @@ import argparse
 import sys
 import uuid
 
-from services.common.config import Config
-from services.common.errors import InvalidArgument
+from idlegrid.common.config import Config
+from idlegrid.common.errors import InvalidArgument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def settings_from(args):
     """The RegistrySettings that ``registry serve``'s flags ask for."""
-    from services.registry.settings import RegistrySettings
+    from idlegrid.registry.settings import RegistrySettings
 
     extra = {}
     if args.heartbeat_interval_ms is not None:
@@ -43,7 +43,7 @@ def settings_from(args):
 
 
 async def _serve(args, config: Config) -> int:
-    from services.registry.service import serve
+    from idlegrid.registry.service import serve
 
     await serve(config, settings_from(args))
     return 0
@@ -54,10 +54,9 @@ def out(line: str = "") -> None:
 
 
 async def _create_provider(args, config: Config) -> int:
+    from idlegrid.common.channel import open_channel
     from idlegrid.registry.v1 import registry_pb2 as pb
     from idlegrid.registry.v1 import registry_pb2_grpc
-
-    from services.common.channel import open_channel
 
     try:
         account = uuid.UUID(args.ledger_account).bytes
@@ -73,11 +72,10 @@ async def _create_provider(args, config: Config) -> int:
 
 
 async def _nodes(args, config: Config) -> int:
+    from idlegrid.common.channel import open_channel
+    from idlegrid.registry import states
     from idlegrid.registry.v1 import registry_pb2 as pb
     from idlegrid.registry.v1 import registry_pb2_grpc
-
-    from services.common.channel import open_channel
-    from services.registry import states
 
     async with open_channel(config.addrs["registry"], token=config.token(), config=config) as ch:
         stub = registry_pb2_grpc.RegistryServiceStub(ch)
@@ -97,7 +95,7 @@ async def _nodes(args, config: Config) -> int:
 async def _call(awaitable):
     import grpc
 
-    from services.common.errors import from_rpc_error
+    from idlegrid.common.errors import from_rpc_error
 
     try:
         return await awaitable

@@ -16,9 +16,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from idlegrid.common.errors import ResourceExhausted
 from idlegrid.registry.v1 import registry_pb2 as pb
-
-from services.common.errors import ResourceExhausted
 
 SNAPSHOT_CHUNK_MAX = 1_000
 LOAD_CHUNK_MAX = 1_000

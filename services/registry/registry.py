@@ -19,9 +19,8 @@ from dataclasses import dataclass
 
 import asyncpg
 import structlog
-from idlegrid.registry.v1 import registry_pb2 as pb
 
-from services.common.errors import (
+from idlegrid.common.errors import (
     Conflict,
     FailedPrecondition,
     IdlegridError,
@@ -31,13 +30,14 @@ from services.common.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from services.registry import states, store, tokens, validate
-from services.registry.hub import WatchHub
-from services.registry.model import LiveNode, Provider, Verification
-from services.registry.settings import RegistrySettings
-from services.registry.store import Change, Registration
-from services.registry.verify import Verifier
-from services.registry.writer import Writer
+from idlegrid.registry import credentials, states, store, validate
+from idlegrid.registry.canary import Verifier
+from idlegrid.registry.hub import WatchHub
+from idlegrid.registry.records import LiveNode, Provider, Verification
+from idlegrid.registry.settings import RegistrySettings
+from idlegrid.registry.store import Change, Registration
+from idlegrid.registry.v1 import registry_pb2 as pb
+from idlegrid.registry.writer import Writer
 
 log = structlog.get_logger("registry")
 
@@ -117,17 +117,17 @@ class Registry:
     def authenticate(self, token: str | None) -> Principal:
         if not token:
             raise Unauthenticated("a provider or node token is required (authorization: Bearer <token>)")
-        parsed = tokens.parse(token)
+        parsed = credentials.parse(token)
         if parsed is None:
             raise Unauthenticated("malformed token")
         kind, principal_id = parsed
-        if kind == tokens.PROVIDER:
+        if kind == credentials.PROVIDER:
             p = self.providers.get(principal_id)
-            if p is None or not tokens.matches(token, p.token_digest):
+            if p is None or not credentials.matches(token, p.token_digest):
                 raise Unauthenticated("unknown or revoked token")
             return Principal(provider=p)
         n = self.nodes.get(principal_id)
-        if n is None or not tokens.matches(token, n.token_digest):
+        if n is None or not credentials.matches(token, n.token_digest):
             raise Unauthenticated("unknown or revoked token")
         return Principal(provider=n.provider, node=n, digest=n.token_digest)
 
@@ -150,7 +150,7 @@ class Registry:
     async def create_provider(self, request: pb.CreateProviderRequest) -> tuple[Provider, str]:
         name, account = validate.provider(request)
         pid = uuid.uuid4().bytes
-        token, digest = tokens.mint(tokens.PROVIDER, pid)
+        token, digest = credentials.mint(credentials.PROVIDER, pid)
         p = Provider(id=pid, name=name, ledger_account_id=account, token_digest=digest, created_at=time.time())
         await store.insert_provider(self._pool, p)
         self.providers[pid] = p
@@ -181,7 +181,7 @@ class Registry:
         self._writer.room()
         self._registering.add(node_id)
         try:
-            token, digest = tokens.mint(tokens.NODE, node_id)
+            token, digest = credentials.mint(credentials.NODE, node_id)
             if node is None and request.node_id:  # left the live view: back from the database
                 async with self._pool.acquire() as conn:
                     (node,) = await store.load_nodes(conn, self.providers, retention_s=0, node_id=node_id)

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from idlegrid.registry.v1 import registry_pb2_grpc
 
-from services.common import db, server
-from services.common.config import Config
-from services.registry.registry import Registry
-from services.registry.servicer import NODE_METHODS, SERVICE_NAME, RegistryServicer
-from services.registry.settings import RegistrySettings
-from services.registry.verify import SkipVerifier, TritonVerifier, Verifier
+from idlegrid.common import db, server
+from idlegrid.common.config import Config
+from idlegrid.registry.canary import SkipVerifier, TritonVerifier, Verifier
+from idlegrid.registry.registry import Registry
+from idlegrid.registry.servicer import NODE_METHODS, SERVICE_NAME, RegistryServicer
+from idlegrid.registry.settings import RegistrySettings
+from idlegrid.registry.v1 import registry_pb2_grpc
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

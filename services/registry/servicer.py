@@ -3,19 +3,19 @@
 CreateProvider, GetNode, ListNodes and WatchNodes sit behind the service
 token (checked by the shared interceptor). RegisterNode, Heartbeat, Drain and
 Deregister are open methods for the interceptor and authenticate here, with
-provider and node tokens.
+provider and node credentials.
 """
 
 from __future__ import annotations
 
 import grpc
+
+from idlegrid.common.errors import PermissionDenied, Unauthenticated
+from idlegrid.registry import credentials, validate
+from idlegrid.registry.records import LiveNode
+from idlegrid.registry.registry import Registry
 from idlegrid.registry.v1 import registry_pb2 as pb
 from idlegrid.registry.v1 import registry_pb2_grpc
-
-from services.common.errors import PermissionDenied, Unauthenticated
-from services.registry import tokens, validate
-from services.registry.model import LiveNode
-from services.registry.registry import Registry
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RegistryService"].full_name
 # Methods that authenticate with provider and node tokens instead of the service token.
@@ -23,7 +23,7 @@ NODE_METHODS = tuple(f"/{SERVICE_NAME}/{m}" for m in ("RegisterNode", "Heartbeat
 
 
 def _token(context: grpc.aio.ServicerContext) -> str | None:
-    return tokens.from_metadata(context.invocation_metadata())
+    return credentials.from_metadata(context.invocation_metadata())
 
 
 def _beat_response(node: LiveNode, settings, received: int) -> pb.HeartbeatResponse:

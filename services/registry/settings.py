@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.errors import ConfigError
+from idlegrid.common.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
-from idlegrid.registry.v1 import registry_pb2 as pb
 
-from services.common.errors import AlreadyExists
-from services.registry import states
-from services.registry.model import LiveNode, Provider, Verification
+from idlegrid.common.errors import AlreadyExists
+from idlegrid.registry import states
+from idlegrid.registry.records import LiveNode, Provider, Verification
+from idlegrid.registry.v1 import registry_pb2 as pb
 
 KIND_NAMES = {pb.MODEL_KIND_LLM: "llm", pb.MODEL_KIND_TENSOR: "tensor"}
 KIND_BY_NAME = {v: k for k, v in KIND_NAMES.items()}

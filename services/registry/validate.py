@@ -6,9 +6,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from idlegrid.common.errors import InvalidArgument
 from idlegrid.registry.v1 import registry_pb2 as pb
-
-from services.common.errors import InvalidArgument
 
 ID_BYTES = 16
 ZERO_ID = bytes(ID_BYTES)

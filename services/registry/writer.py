@@ -16,9 +16,9 @@ import itertools
 import asyncpg
 import structlog
 
-from services.common.errors import IdlegridError, ResourceExhausted, Unavailable
-from services.registry import store
-from services.registry.store import Change, Registration
+from idlegrid.common.errors import IdlegridError, ResourceExhausted, Unavailable
+from idlegrid.registry import store
+from idlegrid.registry.store import Change, Registration
 
 log = structlog.get_logger("registry.writer")
 

@@ -20,12 +20,8 @@ from dataclasses import dataclass, field
 import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
-from idlegrid.ledger.v1 import ledger_pb2 as lpb
-from idlegrid.metering.v1 import metering_pb2 as mpb
-from idlegrid.registry.v1 import registry_pb2 as rpb
-from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 
-from services.common.errors import (
+from idlegrid.common.errors import (
     AlreadyExists,
     DeadlineExceeded,
     IdlegridError,
@@ -35,10 +31,14 @@ from services.common.errors import (
     Unavailable,
     from_rpc_error,
 )
-from services.scheduler import pricing, routing, tokens
-from services.scheduler.nodes import NodeTable
-from services.scheduler.requests import check
-from services.scheduler.triton import NodeError, TritonPool
+from idlegrid.common.node_view import NodeTable
+from idlegrid.ledger.v1 import ledger_pb2 as lpb
+from idlegrid.metering.v1 import metering_pb2 as mpb
+from idlegrid.registry.v1 import registry_pb2 as rpb
+from idlegrid.scheduler import counting, pricing, routing
+from idlegrid.scheduler.requests import check
+from idlegrid.scheduler.triton import NodeError, TritonPool
+from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 
 log = structlog.get_logger("scheduler.jobs")
 
@@ -64,7 +64,7 @@ class Outcome:
     node_in: int = 0
     node_out: int = 0
     finish_reason: str = ""
-    prompt_counter: tokens.Counter | None = None  # the tokenizer that counted prompt_tokens
+    prompt_counter: counting.Counter | None = None  # the tokenizer that counted prompt_tokens
     prompt_tokens: int = 0
     delivered: bool = False  # the consumer received output
     complete: bool = False
@@ -93,11 +93,11 @@ class Jobs:
         t0 = time.monotonic()
         plan = await self._plan(req)
         llm = plan[0].model.offer.kind == rpb.MODEL_KIND_LLM
-        text_in = tokens.text_input(req.text.prompt, [(m.role, m.content) for m in req.text.messages]) if llm else ""
+        text_in = counting.text_input(req.text.prompt, [(m.role, m.content) for m in req.text.messages]) if llm else ""
         max_tokens = req.text.max_tokens or DEFAULT_MAX_TOKENS
         # Count the prompt once, with the platform's tokenizer where it has one;
         # billing reuses the count when the job runs on the same weights.
-        counter = tokens.counter_for(plan[0].model) if llm else None
+        counter = counting.counter_for(plan[0].model) if llm else None
         # Without a tokenizer, an upper bound: a token is at least a byte.
         prompt_est = counter.prompt(text_in) if counter else (len(text_in.encode()) + 32 if llm else 0)
         out = Outcome(prompt_counter=counter, prompt_tokens=prompt_est if counter else 0)
@@ -276,13 +276,13 @@ class Jobs:
             record.provider_id = info.node.provider_id.hex()
             record.node_id = info.node_id.hex()
             if llm:
-                counter = tokens.counter_for(choice.model)
+                counter = counting.counter_for(choice.model)
                 text = "".join(out.text)
                 if counter is not None:
                     prompt_tokens = out.prompt_tokens if counter is out.prompt_counter else counter.prompt(text_in)
                     completion = counter.text(text)
                     usage.tokens_verified = True
-                    if tokens.disagrees(prompt_tokens, out.node_in) or tokens.disagrees(completion, out.node_out):
+                    if counting.disagrees(prompt_tokens, out.node_in) or counting.disagrees(completion, out.node_out):
                         info.mismatches += 1
                         log.warning("job.token_mismatch", node_id=info.node_id.hex(), platform=(prompt_tokens, completion),
                                     node=(out.node_in, out.node_out))

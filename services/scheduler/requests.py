@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 import re
 
+from idlegrid.common.errors import InvalidArgument, ResourceExhausted
 from idlegrid.scheduler.v1 import scheduler_pb2 as spb
-
-from services.common.errors import InvalidArgument, ResourceExhausted
 
 PROMPT_BYTES_MAX = 1 << 20
 MESSAGES_MAX = 256

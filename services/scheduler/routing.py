@@ -20,10 +20,9 @@ import random
 import time
 from dataclasses import dataclass
 
+from idlegrid.common.node_view import NodeInfo, NodeTable
 from idlegrid.registry.v1 import registry_pb2 as rpb
 from idlegrid.scheduler.v1 import scheduler_pb2 as spb
-
-from services.scheduler.nodes import NodeInfo, NodeTable
 
 BEST_FEW = 4
 EXPLORE_SHARE = 0.05

@@ -4,18 +4,17 @@ as the load needs."""
 
 from __future__ import annotations
 
+from idlegrid.common import server
+from idlegrid.common.channel import open_channel, with_token
+from idlegrid.common.config import Config
+from idlegrid.common.node_view import NodeTable, RegistryWatcher
 from idlegrid.ledger.v1 import ledger_pb2_grpc
 from idlegrid.metering.v1 import metering_pb2_grpc
 from idlegrid.registry.v1 import registry_pb2_grpc
+from idlegrid.scheduler.jobs import Jobs
+from idlegrid.scheduler.servicer import SchedulerServicer
+from idlegrid.scheduler.triton import TritonPool
 from idlegrid.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
-
-from services.common import server
-from services.common.channel import open_channel, with_token
-from services.common.config import Config
-from services.scheduler.jobs import Jobs
-from services.scheduler.nodes import NodeTable, Watcher
-from services.scheduler.servicer import SchedulerServicer
-from services.scheduler.triton import TritonPool
 
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name
 
@@ -30,7 +29,7 @@ async def start(config: Config, *, port: int | None = None, ledger_addr: str | N
     metering = with_token(metering_pb2_grpc.MeteringServiceStub(channels[1]), token)
     registry = with_token(registry_pb2_grpc.RegistryServiceStub(channels[2]), token)
     table = NodeTable()
-    watcher = Watcher(table, registry)
+    watcher = RegistryWatcher(table, registry)
     watcher.start()
     triton = TritonPool()
     jobs = Jobs(table, triton, ledger, metering)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from idlegrid.scheduler.jobs import Jobs
 from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 from idlegrid.scheduler.v1 import scheduler_pb2_grpc
-
-from services.scheduler.jobs import Jobs
 
 STREAM_BUFFER_MAX = 256
 

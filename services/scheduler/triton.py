@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import tritonclient.grpc.aio as tc
-from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+
+from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 
 CLIENTS_MAX = 4096
 
@@ -106,7 +107,7 @@ def to_numpy(t: spb.Tensor) -> np.ndarray:
     its datatype and shape."""
     from tritonclient.utils import deserialize_bytes_tensor
 
-    from services.common.errors import InvalidArgument
+    from idlegrid.common.errors import InvalidArgument
 
     dtype = triton_to_np_dtype(t.datatype)
     if dtype is None:

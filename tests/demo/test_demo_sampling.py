@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.errors import InvalidArgument
-from services.node.demo.sampling import SamplingParams, parse_sampling_params
+from idlegrid.common.errors import InvalidArgument
+from idlegrid.demo.sampling import SamplingParams, parse_sampling_params
 
 
 @pytest.mark.parametrize("raw", [None, b"", ""])

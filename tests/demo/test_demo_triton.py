@@ -26,15 +26,15 @@ import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from services.node.demo import (
+from idlegrid.demo import (
     ECHO_MODEL_NAME,
     LLM_MODEL_NAME,
     DemoTriton,
     start_demo_triton,
     weights_sha256,
 )
-from services.node.demo.leftovers import Leftovers, group_pids
-from services.node.demo.weights import gguf_path
+from idlegrid.demo.leftovers import Leftovers, group_pids
+from idlegrid.models.weights import gguf_path
 
 CHAT = json.dumps({"messages": [{"role": "user", "content": "What is the capital of France?"}]})
 GREEDY = {"max_tokens": 12, "temperature": 0}
@@ -269,7 +269,7 @@ def test_stop_shuts_the_node_down_cleanly() -> None:
 def test_node_stops_by_itself_when_its_launcher_dies_without_stopping_it() -> None:
     launcher = (
         "import os\n"
-        "from services.node.demo import start_demo_triton\n"
+        "from idlegrid.demo import start_demo_triton\n"
         "node = start_demo_triton(models=('echo',))\n"
         "print(node.process.pid, node.workdir, flush=True)\n"
         "os.kill(os.getpid(), 9)\n"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common import server
-from services.common.config import Config
+from idlegrid.common import server
+from idlegrid.common.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "healthcheck.py"

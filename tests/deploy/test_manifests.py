@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.common.config import Config
+from idlegrid.common.config import Config
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 

@@ -19,16 +19,16 @@ import httpx
 import pytest
 import structlog
 
-from gateway import service as gateway_service
-from gateway.settings import GatewaySettings
-from ledger import service as ledger_service
-from services.common import logs
-from services.metering import service as metering_service
-from services.node import config_file
-from services.node.agent import READY, AgentOptions, NodeAgent
-from services.node.demo import ECHO_MODEL_NAME, LLM_MODEL_NAME, DemoTriton, start_demo_triton
-from services.registry import service as registry_service
-from services.scheduler import service as scheduler_service
+from idlegrid.common import logs
+from idlegrid.demo import ECHO_MODEL_NAME, LLM_MODEL_NAME, DemoTriton, start_demo_triton
+from idlegrid.gateway import service as gateway_service
+from idlegrid.gateway.settings import GatewaySettings
+from idlegrid.ledger import service as ledger_service
+from idlegrid.metering import service as metering_service
+from idlegrid.node import config_file
+from idlegrid.node.agent import READY, AgentOptions, NodeAgent
+from idlegrid.registry import service as registry_service
+from idlegrid.scheduler import service as scheduler_service
 
 # Loggers must not keep the configuration they first saw, so that a test can
 # capture everything that is logged (see captured_logs).

@@ -7,12 +7,12 @@ import uuid
 
 import asyncpg
 import pytest
+
+from idlegrid.common.channel import open_channel
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
 from idlegrid.ledger.v1 import ledger_pb2_grpc
 from idlegrid.registry.v1 import registry_pb2 as rpb
 from idlegrid.registry.v1 import registry_pb2_grpc
-
-from services.common.channel import open_channel
 from tests.conftest import TOKEN
 
 LLM = "smollm2-135m-instruct"

@@ -10,8 +10,8 @@ import time
 import httpx
 import pytest
 
-from gateway import service as gateway_service
-from gateway.settings import GatewaySettings
+from idlegrid.gateway import service as gateway_service
+from idlegrid.gateway.settings import GatewaySettings
 from tests.gateway.conftest import captured_logs
 
 LLM = "smollm2-135m-instruct"

@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
-from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 
-from gateway.errors import ApiError
-from gateway.kserve_codec import decode_request, encode_response, pack_bytes, unpack_bytes
+from idlegrid.gateway.errors import ApiError
+from idlegrid.gateway.kserve_codec import decode_request, encode_response, pack_bytes, unpack_bytes
+from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 
 
 def _binary(head: dict, *blobs: bytes) -> tuple[bytes, str]:

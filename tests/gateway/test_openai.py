@@ -11,8 +11,8 @@ import httpx
 import openai
 import pytest
 
-from ledger.market import split_fee
-from ledger.verify import verify
+from idlegrid.ledger.audit import verify
+from idlegrid.ledger.market import split_fee
 
 LLM = "smollm2-135m-instruct"
 FEE_BPS = 1000  # Config's default platform fee

@@ -10,11 +10,11 @@ import httpx
 import pytest
 from starlette.routing import Route
 
-from gateway import service as gateway_service
-from gateway.app import routes
-from gateway.keys import create_key
-from gateway.settings import GatewaySettings
-from services.benchkit import free_port
+from idlegrid.bench.kit import free_port
+from idlegrid.gateway import service as gateway_service
+from idlegrid.gateway.app import routes
+from idlegrid.gateway.keys import create_key
+from idlegrid.gateway.settings import GatewaySettings
 
 
 async def test_healthz_and_readyz(stack):

@@ -8,7 +8,7 @@ import asyncio
 
 import numpy as np
 
-from ledger.market import split_fee
+from idlegrid.ledger.market import split_fee
 
 FEE_BPS = 1000
 

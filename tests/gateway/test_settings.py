@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.settings import GatewaySettings
-from services.common.errors import ConfigError
+from idlegrid.common.errors import ConfigError
+from idlegrid.gateway.settings import GatewaySettings
 
 
 def test_defaults_and_overrides():

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from idlegrid.ledger.v1 import ledger_pb2_grpc
 
-from ledger import service
-from services.common.channel import open_channel
+from idlegrid.common.channel import open_channel
+from idlegrid.ledger import service
+from idlegrid.ledger.v1 import ledger_pb2_grpc
 from tests.conftest import TOKEN
 
 

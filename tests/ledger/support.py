@@ -8,9 +8,9 @@ import asyncio
 import os
 
 import asyncpg
-from idlegrid.ledger.v1 import ledger_pb2 as pb
 
-from ledger.verify import Report, verify
+from idlegrid.ledger.audit import Report, verify
+from idlegrid.ledger.v1 import ledger_pb2 as pb
 
 DMNEC = pb.ACCOUNT_FLAG_DEBITS_MUST_NOT_EXCEED_CREDITS
 CMNED = pb.ACCOUNT_FLAG_CREDITS_MUST_NOT_EXCEED_DEBITS

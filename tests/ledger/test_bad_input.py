@@ -7,8 +7,8 @@ from __future__ import annotations
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from idlegrid.ledger.v1 import ledger_pb2 as pb
 
+from idlegrid.ledger.v1 import ledger_pb2 as pb
 from tests.ledger.support import (
     AMOUNT_MAX,
     CMNED,

@@ -12,8 +12,8 @@ import random
 from collections import defaultdict
 
 import pytest
-from idlegrid.ledger.v1 import ledger_pb2 as pb
 
+from idlegrid.ledger.v1 import ledger_pb2 as pb
 from tests.ledger.support import (
     CMNED,
     DMNEC,

@@ -14,11 +14,11 @@ import subprocess
 import asyncpg
 import grpc
 import pytest
+
+from idlegrid.bench.kit import free_port, spawn, wait_healthy
+from idlegrid.common.channel import open_channel
 from idlegrid.ledger.v1 import ledger_pb2 as pb
 from idlegrid.ledger.v1 import ledger_pb2_grpc
-
-from services.benchkit import free_port, spawn, wait_healthy
-from services.common.channel import open_channel
 from tests.conftest import TOKEN
 from tests.ledger.support import (
     LINKED,

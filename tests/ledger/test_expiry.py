@@ -6,7 +6,6 @@ nor voided, and a marketplace reservation that expired cannot be settled."""
 from __future__ import annotations
 
 from idlegrid.ledger.v1 import ledger_pb2 as pb
-
 from tests.ledger.support import (
     DMNEC,
     EXPIRED,

@@ -6,8 +6,8 @@ GetAccountBalances replays the account's balances after each of them."""
 from __future__ import annotations
 
 import pytest
-from idlegrid.ledger.v1 import ledger_pb2 as pb
 
+from idlegrid.ledger.v1 import ledger_pb2 as pb
 from tests.ledger.support import (
     LINKED,
     PENDING,

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from idlegrid.ledger.v1 import ledger_pb2 as pb
 
+from idlegrid.ledger.v1 import ledger_pb2 as pb
 from tests.ledger.support import (
     DMNEC,
     account,

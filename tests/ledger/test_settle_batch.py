@@ -6,8 +6,8 @@ import os
 
 import grpc
 import pytest
-from idlegrid.ledger.v1 import ledger_pb2 as pb
 
+from idlegrid.ledger.v1 import ledger_pb2 as pb
 from tests.ledger.support import run_verify
 
 DMNEC = pb.ACCOUNT_FLAG_DEBITS_MUST_NOT_EXCEED_CREDITS

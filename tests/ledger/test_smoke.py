@@ -7,9 +7,9 @@ import os
 import asyncpg
 import grpc
 import pytest
-from idlegrid.ledger.v1 import ledger_pb2 as pb
 
-from ledger.verify import verify
+from idlegrid.ledger.audit import verify
+from idlegrid.ledger.v1 import ledger_pb2 as pb
 
 
 def acct(kind=pb.ACCOUNT_KIND_CONSUMER, flags=0) -> pb.Account:
@@ -46,9 +46,8 @@ async def test_topup_reserve_settle_moves_exact_amounts_and_verifies(ledger, db_
 
 
 async def test_calls_without_the_service_token_are_refused(ledger_server):
+    from idlegrid.common.channel import open_channel
     from idlegrid.ledger.v1 import ledger_pb2_grpc
-
-    from services.common.channel import open_channel
 
     async with open_channel(f"127.0.0.1:{ledger_server.port}", token="wrong") as ch:
         with pytest.raises(grpc.aio.AioRpcError) as e:

@@ -32,9 +32,9 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from idlegrid.ledger.v1 import ledger_pb2 as pb
 
-from ledger.writer import ExpiryVoid
+from idlegrid.ledger.v1 import ledger_pb2 as pb
+from idlegrid.ledger.writer import ExpiryVoid
 from tests.ledger.oracle import CMNED, DMNEC, LINKED, PENDING, POST, VOID, Acct, Model
 from tests.ledger.support import run_verify
 

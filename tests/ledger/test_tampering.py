@@ -215,7 +215,7 @@ async def test_verify_cli_exits_non_zero_with_a_report_on_tampering(db_url, book
            "IDLEGRID_LOG_FORMAT": "console"}
 
     def run() -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "services.cli", "ledger", "verify"], env=env,
+        return subprocess.run([sys.executable, "-m", "idlegrid.cli.main", "ledger", "verify"], env=env,
                               capture_output=True, text=True, timeout=60, check=False)
 
     ok = run()

@@ -10,15 +10,15 @@ import asyncpg
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+
+from idlegrid.common.channel import open_channel
+from idlegrid.ledger import service as ledger_service
+from idlegrid.ledger.audit import verify
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
 from idlegrid.ledger.v1 import ledger_pb2_grpc
+from idlegrid.metering import service as metering_service
 from idlegrid.metering.v1 import metering_pb2 as pb
 from idlegrid.metering.v1 import metering_pb2_grpc
-
-from ledger import service as ledger_service
-from ledger.verify import verify
-from services.common.channel import open_channel
-from services.metering import service as metering_service
 from tests.conftest import TOKEN
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.registry.settings import RegistrySettings
+from idlegrid.registry.settings import RegistrySettings
 from tests.registry.support import demo_triton, fresh_db, start_harness, stop_harness
 
 # Agents learn their state from heartbeat answers: a short interval keeps the

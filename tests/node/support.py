@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 from contextlib import asynccontextmanager
 
+from idlegrid.node.agent import AgentOptions, NodeAgent
+from idlegrid.node.config_file import ModelPricing, NodeConfig
 from idlegrid.registry.v1 import registry_pb2 as pb
-
-from services.node.agent import AgentOptions, NodeAgent
-from services.node.config_file import ModelPricing, NodeConfig
 from tests.registry.support import ECHO, LLM
 
 

@@ -9,10 +9,10 @@ import hashlib
 import os
 
 import pytest
-from idlegrid.registry.v1 import registry_pb2 as pb
 
-from services.node.agent import NodeAgent, VerificationFailed
-from services.node.demo.weights import gguf_path
+from idlegrid.models.weights import gguf_path
+from idlegrid.node.agent import NodeAgent, VerificationFailed
+from idlegrid.registry.v1 import registry_pb2 as pb
 from tests.node.support import ScriptedProbe, options, pricing, running
 from tests.registry.support import ECHO, LLM, WAIT_S, eventually
 
@@ -95,7 +95,7 @@ async def test_a_failed_verification_is_reported_to_the_provider(reg, triton):
 
 
 async def test_the_agent_registers_again_after_its_lease_ran_out(make_registry, triton):
-    from services.registry.settings import RegistrySettings
+    from idlegrid.registry.settings import RegistrySettings
 
     reg = await make_registry(RegistrySettings(heartbeat_interval_ms=100, lease_intervals=2, sweep_interval_ms=20))
     p = await reg.provider()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.errors import ConfigError
-from services.node import config_file
+from idlegrid.common.errors import ConfigError
+from idlegrid.node import config_file
 
 EXAMPLE = config_file.__doc__.split("Format (all keys optional except the models to offer)::")[1]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from services.node import hardware
+from idlegrid.node import hardware
 
 
 def test_detection_reports_cores_and_memory_and_gpus_only_with_a_driver():

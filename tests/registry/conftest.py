@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.registry.settings import RegistrySettings
+from idlegrid.registry.settings import RegistrySettings
 from tests.registry.support import demo_triton, fresh_db, start_harness, stop_harness
 
 # Long leases unless a test is about leases: nothing expires while a test looks.

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
+
+from idlegrid.common.auth import bearer
+from idlegrid.common.channel import open_channel
+from idlegrid.registry import service
+from idlegrid.registry.settings import RegistrySettings
 from idlegrid.registry.v1 import registry_pb2 as pb
 from idlegrid.registry.v1 import registry_pb2_grpc
-
-from services.common.auth import bearer
-from services.common.channel import open_channel
-from services.registry import service
-from services.registry.settings import RegistrySettings
 from tests.conftest import TOKEN, new_database
 
 LLM = "smollm2-135m-instruct"
@@ -38,7 +38,7 @@ def demo_triton():
     with _triton_lock:
         if _triton is None:
             try:
-                from services.node.demo import start_demo_triton
+                from idlegrid.demo import start_demo_triton
             except ImportError as e:  # the node extra is missing
                 pytest.skip(f"demo Triton unavailable: {e}")
             _triton = start_demo_triton()

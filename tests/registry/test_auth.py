@@ -5,10 +5,10 @@ with UNAUTHENTICATED, someone else's node with PERMISSION_DENIED."""
 from __future__ import annotations
 
 import grpc
-from idlegrid.registry.v1 import registry_pb2 as pb
 
-from services.common.auth import bearer
-from services.registry import tokens
+from idlegrid.common.auth import bearer
+from idlegrid.registry import credentials
+from idlegrid.registry.v1 import registry_pb2 as pb
 from tests.registry.support import beat, expect_status, registration
 
 UNAUTH = grpc.StatusCode.UNAUTHENTICATED
@@ -114,10 +114,10 @@ async def test_an_open_heartbeat_stream_stops_when_its_token_is_replaced(fast):
 
 def test_tokens_name_their_principal_and_only_digests_match():
     pid = b"\x07" * 16
-    token, digest = tokens.mint(tokens.NODE, pid)
-    assert tokens.parse(token) == (tokens.NODE, pid)
-    assert tokens.matches(token, digest)
-    assert not tokens.matches(token[:-1] + ("A" if token[-1] != "A" else "B"), digest)
-    assert not tokens.matches(token, None)
-    assert tokens.parse("ign_" + "0" * 32) is None
-    assert tokens.parse("x" * 500) is None
+    token, digest = credentials.mint(credentials.NODE, pid)
+    assert credentials.parse(token) == (credentials.NODE, pid)
+    assert credentials.matches(token, digest)
+    assert not credentials.matches(token[:-1] + ("A" if token[-1] != "A" else "B"), digest)
+    assert not credentials.matches(token, None)
+    assert credentials.parse("ign_" + "0" * 32) is None
+    assert credentials.parse("x" * 500) is None

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncpg
 import grpc
 import pytest
-from idlegrid.registry.v1 import registry_pb2 as pb
 
-from services.common.errors import InvalidArgument
-from services.registry import validate
+from idlegrid.common.errors import InvalidArgument
+from idlegrid.registry import validate
+from idlegrid.registry.v1 import registry_pb2 as pb
 from tests.registry.support import beat, echo_offer, expect_status, llm_offer, registration
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

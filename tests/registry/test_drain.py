@@ -4,10 +4,10 @@ leaves the node as it was."""
 from __future__ import annotations
 
 import grpc
-from idlegrid.registry.v1 import registry_pb2 as pb
 
-from services.registry import states
-from services.registry.settings import RegistrySettings
+from idlegrid.registry import states
+from idlegrid.registry.settings import RegistrySettings
+from idlegrid.registry.v1 import registry_pb2 as pb
 from tests.registry.support import expect_status, free_port, registration
 
 

@@ -4,9 +4,9 @@ heartbeating goes OFFLINE on its own, and the watchers hear of it."""
 from __future__ import annotations
 
 import grpc
-from idlegrid.registry.v1 import registry_pb2 as pb
 
-from services.registry.settings import RegistrySettings
+from idlegrid.registry.settings import RegistrySettings
+from idlegrid.registry.v1 import registry_pb2 as pb
 from tests.registry.support import (
     KeepAlive,
     beat,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from idlegrid.registry.v1 import registry_pb2 as pb
-
 from tests.registry.support import echo_offer, llm_offer, registration
 
 

@@ -8,9 +8,9 @@ import uuid
 
 import asyncpg
 import grpc
-from idlegrid.registry.v1 import registry_pb2 as pb
 
-from services.node.demo import start_demo_triton
+from idlegrid.demo import start_demo_triton
+from idlegrid.registry.v1 import registry_pb2 as pb
 from tests.registry.support import (
     ECHO,
     LLM,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from idlegrid.registry.settings import RegistrySettings
 from idlegrid.registry.v1 import registry_pb2 as pb
-
-from services.registry.settings import RegistrySettings
 from tests.registry.support import beat, echo_offer, free_port, registration
 
 SETTINGS = RegistrySettings(heartbeat_interval_ms=10_000, skip_verification=True)

@@ -8,9 +8,9 @@ import asyncio
 
 import grpc
 import pytest
-from idlegrid.registry.v1 import registry_pb2 as pb
 
-from services.registry.settings import RegistrySettings
+from idlegrid.registry.settings import RegistrySettings
+from idlegrid.registry.v1 import registry_pb2 as pb
 from tests.registry.support import beat, expect_status, next_delta, read_snapshot, registration
 
 
@@ -154,8 +154,8 @@ async def test_watchers_get_coalesced_load_reports_unless_they_omit_them(fast):
 async def test_a_watcher_that_falls_behind_is_dropped_not_waited_for():
     """The hub never blocks on a watcher: past its queue bound the watcher is
     closed with RESOURCE_EXHAUSTED (it resumes with its last revision)."""
-    from services.common.errors import ResourceExhausted
-    from services.registry.hub import WatchHub
+    from idlegrid.common.errors import ResourceExhausted
+    from idlegrid.registry.hub import WatchHub
 
     hub = WatchHub(buffer_max=100, watcher_queue_max=3, watchers_max=10)
     slow, first = hub.subscribe(resume_epoch=b"", resume_revision=0, wants_load=False, snapshot=list)
@@ -183,7 +183,7 @@ async def test_watchers_are_limited(make_registry):
 
 
 def test_watchers_subscribing_together_share_one_snapshot_until_something_changes():
-    from services.registry.hub import WatchHub
+    from idlegrid.registry.hub import WatchHub
 
     builds = []
 

@@ -11,25 +11,25 @@ import time
 from dataclasses import dataclass, field
 
 import asyncpg
+
+from idlegrid.common.channel import open_channel
+from idlegrid.demo import start_demo_triton
+from idlegrid.ledger import service as ledger_service
+from idlegrid.ledger.audit import verify
+from idlegrid.ledger.ids import well_known_account
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
 from idlegrid.ledger.v1 import ledger_pb2_grpc
+from idlegrid.metering import service as metering_service
 from idlegrid.metering.v1 import metering_pb2 as mpb
 from idlegrid.metering.v1 import metering_pb2_grpc
+from idlegrid.node import config_file
+from idlegrid.node.agent import READY, AgentOptions, NodeAgent
+from idlegrid.registry import service as registry_service
+from idlegrid.registry.settings import RegistrySettings
 from idlegrid.registry.v1 import registry_pb2 as rpb
 from idlegrid.registry.v1 import registry_pb2_grpc
+from idlegrid.scheduler import service as scheduler_service
 from idlegrid.scheduler.v1 import scheduler_pb2_grpc
-
-from ledger import service as ledger_service
-from ledger.ids import well_known_account
-from ledger.verify import verify
-from services.common.channel import open_channel
-from services.metering import service as metering_service
-from services.node import config_file
-from services.node.agent import READY, AgentOptions, NodeAgent
-from services.node.demo import start_demo_triton
-from services.registry import service as registry_service
-from services.registry.settings import RegistrySettings
-from services.scheduler import service as scheduler_service
 from tests.conftest import TOKEN
 
 DMNEC = lpb.ACCOUNT_FLAG_DEBITS_MUST_NOT_EXCEED_CREDITS

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+
 from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 
 LLM = "smollm2-135m-instruct"

@@ -7,8 +7,8 @@ import asyncio
 
 import grpc
 import pytest
-from idlegrid.metering.v1 import metering_pb2 as mpb
 
+from idlegrid.metering.v1 import metering_pb2 as mpb
 from tests.scheduler.stack import start_stack, stop_stack
 from tests.scheduler.support import chat, echo
 

@@ -8,11 +8,11 @@ import os
 import grpc
 import numpy as np
 import pytest
-from idlegrid.metering.v1 import metering_pb2 as mpb
-from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 
-from ledger.market import split_fee
-from services.scheduler.pricing import llm_cost
+from idlegrid.ledger.market import split_fee
+from idlegrid.metering.v1 import metering_pb2 as mpb
+from idlegrid.scheduler.pricing import llm_cost
+from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 from tests.scheduler.support import LLM, chat, echo, reason_of
 
 

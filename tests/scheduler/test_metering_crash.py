@@ -9,8 +9,8 @@ import signal
 import asyncpg
 import pytest
 
-from ledger.codes import CODE_EARNING
-from services.benchkit import free_port, spawn, wait_healthy
+from idlegrid.bench.kit import free_port, spawn, wait_healthy
+from idlegrid.ledger.codes import CODE_EARNING
 from tests.conftest import TOKEN
 from tests.scheduler.stack import start_stack, stop_stack
 from tests.scheduler.support import echo

@@ -1,0 +1,26 @@
+"""``idlegrid bench <what>``: benchmarks that print figures (never tests)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHES = {
+    "ledger": "idlegrid.bench.ledger",
+    "registry": "idlegrid.bench.registry",
+    "dispatch": "idlegrid.bench.dispatch",
+    "gateway": "idlegrid.bench.gateway",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="run a benchmark and print its figures")
+    p.add_argument("what", choices=sorted(BENCHES))
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
+    p.set_defaults(func=_bench)
+
+
+async def _bench(args, config) -> int:
+    module = importlib.import_module(BENCHES[args.what])
+    return await module.run(args, config)

@@ -1,0 +1,97 @@
+"""Helpers shared by the benchmarks: free ports, child services, percentiles."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[i]
+
+
+def spawn(args: list[str], *, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Starts ``idlegrid ARGS`` as a child process, its output in ``log_path``."""
+    log = open(log_path, "ab")  # noqa: SIM115 - owned by the child
+    prefix = [sys.executable]
+    profile_dir = os.environ.get("IDLEGRID_BENCH_PROFILE_DIR")  # profile the child with cProfile
+    if profile_dir:
+        prefix += ["-m", "cProfile", "-o", str(Path(profile_dir) / f"{args[0]}.prof")]
+    return subprocess.Popen([*prefix, "-m", "idlegrid.cli.main", *args], env={**os.environ, **env},
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+async def wait_healthy(addr: str, *, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    """Waits until the gRPC health service at ``addr`` answers SERVING."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    async with grpc.aio.insecure_channel(addr) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while True:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"service exited with {proc.returncode} before it was healthy")
+            try:
+                r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if r.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{addr} not healthy after {timeout_s} s")
+            await asyncio.sleep(0.1)
+
+
+def p50_p99_ms(latencies_ms: list[float]) -> tuple[float, float]:
+    s = sorted(latencies_ms)
+    return percentile(s, 0.5), percentile(s, 0.99)
+
+
+async def latencies_ms(call, n: int) -> list[float]:
+    """``call()`` n times one after the other; each one's wall time in ms."""
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        await call()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+async def throughput(call, n: int, *, concurrency: int) -> float:
+    """Calls/s for n calls of ``call()`` from ``concurrency`` concurrent callers."""
+    left = iter(range(n))
+
+    async def worker():
+        for _ in left:
+            await call()
+
+    t = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return n / (time.perf_counter() - t)
+
+
+def report(title: str, result: dict, *, as_json: bool) -> None:
+    """One JSON object (``--json``), or a titled table."""
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    sys.stdout.write(title + "\n")
+    width = max(len(k) for k in result)
+    for k, v in result.items():
+        sys.stdout.write(f"  {k:{width}} {v:>12}\n")

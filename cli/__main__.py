@@ -1,0 +1,5 @@
+import sys
+
+from idlegrid.cli.main import main
+
+sys.exit(main())

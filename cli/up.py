@@ -1,0 +1,190 @@
+"""``idlegrid up``: the whole marketplace on one machine.
+
+Starts the embedded PostgreSQL (or uses IDLEGRID_DATABASE_URL), the ledger,
+registry, metering, scheduler and gateway services in this process, and a demo
+provider node (a real Triton on the CPU with its node agent); creates a demo
+partner with credits, a demo provider and their keys; prints how to use them
+and writes them to ``$IDLEGRID_HOME/demo.json``. Ctrl-C stops everything; a
+second run reuses the data and the demo accounts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from idlegrid.common import db, logs
+from idlegrid.common.config import Config
+
+DEMO_CREDITS_MICROS = 100_000_000  # 100 credits
+
+
+def register(sub) -> None:
+    p = sub.add_parser("up", help="run the whole marketplace on this machine, with a demo node")
+    p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
+                   help="service logs on stderr (default: warning)")
+    p.set_defaults(func=_up)
+
+
+def _say(msg: str) -> None:
+    sys.stdout.write(msg + "\n")
+    sys.stdout.flush()
+
+
+class _Step:
+    def __init__(self, n: int, total: int, what: str) -> None:
+        self.label = f"[{n}/{total}] {what}"
+
+    def __enter__(self):
+        self.t = time.monotonic()
+        sys.stdout.write(self.label + " ... ")
+        sys.stdout.flush()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        took = time.monotonic() - self.t
+        _say(f"done ({took:.1f} s)" if exc is None else f"FAILED: {exc}")
+        return False
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _read_demo(path: Path) -> dict | None:
+    """The demo accounts and keys of an earlier run, if complete."""
+    if not path.exists():
+        return None
+    demo = json.loads(path.read_text())
+    if all(demo.get(k) for k in ("consumer_key", "provider_key", "admin_key", "provider_token")):
+        return demo
+    return None
+
+
+async def _demo_accounts(gateway, existing: dict | None) -> dict:
+    """The demo accounts and keys: reused from the last run, else created."""
+    if existing is not None:
+        return existing
+    suffix = secrets.token_hex(3)
+    partner = await gateway.create_account(kind="consumer", name=f"demo-partner-{suffix}")
+    await gateway.top_up(partner.account_id, DEMO_CREDITS_MICROS, f"demo-initial-credits-{suffix}")
+    provider = await gateway.create_account(kind="provider", name=f"demo-provider-{suffix}")
+    _, consumer_key = await gateway.create_key(scope="consumer", account_id=partner.account_id)
+    _, provider_key = await gateway.create_key(scope="provider", account_id=provider.account_id)
+    _, admin_key = await gateway.create_key(scope="admin")
+    return {
+        "consumer_account_id": str(uuid.UUID(bytes=partner.account_id)),
+        "provider_account_id": str(uuid.UUID(bytes=provider.account_id)),
+        "provider_id": str(uuid.UUID(bytes=provider.provider_id)),
+        "consumer_key": consumer_key, "provider_key": provider_key, "admin_key": admin_key,
+        "provider_token": provider.provider_token,
+    }
+
+
+def _examples(demo: dict) -> str:
+    url = demo["gateway_url"]
+    return f"""
+idlegrid is up.
+
+  gateway        {url}   (API docs: {url}/docs)
+  consumer key   {demo['consumer_key']}
+  provider key   {demo['provider_key']}
+  admin key      {demo['admin_key']}
+  (also in {demo['demo_file']}, readable only by you)
+
+Try it:
+
+  curl -s {url}/v1/chat/completions \\
+    -H "Authorization: Bearer {demo['consumer_key']}" -H 'Content-Type: application/json' \\
+    -d '{{"model": "smollm2-135m-instruct", "max_tokens": 32,
+         "messages": [{{"role": "user", "content": "Say hello in French."}}]}}'
+
+  python3 - <<'PY'
+  from openai import OpenAI
+  client = OpenAI(base_url="{url}/v1", api_key="{demo['consumer_key']}")
+  r = client.chat.completions.create(model="smollm2-135m-instruct", max_tokens=32,
+      messages=[{{"role": "user", "content": "Say hello in French."}}])
+  print(r.choices[0].message.content, r.usage)
+  PY
+
+  idlegrid account                  # the partner's balance
+  idlegrid provider earnings        # what the demo provider earned
+  idlegrid ledger verify            # prove the books
+
+Ctrl-C stops everything.
+"""
+
+
+async def _up(args, config: Config) -> int:
+    from idlegrid.common.server import wait_for_signal
+    from idlegrid.demo import start_demo_triton
+    from idlegrid.gateway import service as gateway_service
+    from idlegrid.ledger import service as ledger_service
+    from idlegrid.metering import service as metering_service
+    from idlegrid.node import config_file
+    from idlegrid.node.agent import READY, AgentOptions, NodeAgent
+    from idlegrid.registry import service as registry_service
+    from idlegrid.scheduler import service as scheduler_service
+
+    logs.configure(fmt=config.log_format, level=args.log_level)
+    demo_path = config.home / "demo.json"
+    stops: list = []
+    total = 8
+    _say(f"idlegrid up: data in {config.home}")
+    try:
+        with _Step(1, total, "database" + (" (IDLEGRID_DATABASE_URL)" if config.database_url
+                                             else f" (embedded PostgreSQL in {config.home / 'pg'})")):
+            url = await db.resolve_url(config)
+        with _Step(2, total, f"ledger on :{config.ports['ledger']}"):
+            s = await ledger_service.start(config, database_url=url)
+            stops.append(s.stop)
+        with _Step(3, total, f"metering on :{config.ports['metering']}"):
+            s = await metering_service.start(config, database_url=url)
+            stops.append(s.stop)
+        with _Step(4, total, f"registry on :{config.ports['registry']}"):
+            reg = await registry_service.start(config, database_url=url)
+            stops.append(reg.stop)
+        with _Step(5, total, f"scheduler on :{config.ports['scheduler']}"):
+            s = await scheduler_service.start(config)
+            stops.append(s.stop)
+        with _Step(6, total, f"gateway on :{config.ports['gateway']}"):
+            gw = await gateway_service.start(config, database_url=url)
+            stops.append(gw.stop)
+        with _Step(7, total, "demo accounts and keys"):
+            demo = await _demo_accounts(gw, _read_demo(demo_path))
+            demo["gateway_url"] = f"http://127.0.0.1:{gw.port}"
+            _write_private(demo_path, json.dumps(demo, indent=2) + "\n")
+        with _Step(8, total, "demo provider node (a real Triton on the CPU; the first start loads the model)"):
+            triton = await asyncio.to_thread(start_demo_triton)
+            stops.append(lambda: asyncio.to_thread(triton.stop))
+            node_id = uuid.UUID(demo["node_id"]).bytes if demo.get("node_id") else None
+            agent = NodeAgent(AgentOptions(
+                registry_addr=f"127.0.0.1:{reg.port}", provider_token=demo["provider_token"],
+                triton_url=triton.grpc_url, metrics_url=triton.metrics_url,
+                node_config=await asyncio.to_thread(config_file.demo), node_id=node_id, channel_config=config))
+            await agent.start()
+            stops.append(agent.stop)
+            await agent.wait_for(READY, timeout_s=180)
+            demo["node_id"] = str(uuid.UUID(bytes=agent.node_id))
+            _write_private(demo_path, json.dumps(demo, indent=2) + "\n")
+        demo["demo_file"] = str(demo_path)
+        _say(_examples(demo))
+        await wait_for_signal()
+        _say("\nstopping: draining the demo node, then the services ...")
+        await agent.drain()
+    finally:
+        for stop in reversed(stops):
+            try:
+                await stop()
+            except Exception as e:  # noqa: BLE001 - stop everything else regardless
+                _say(f"  (while stopping: {e!r})")
+    _say("stopped.")
+    return 0

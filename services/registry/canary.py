@@ -1,0 +1,218 @@
+"""Verification of a node before it becomes routable: the registry itself
+talks to the node's Triton over gRPC and believes only what it sees.
+
+Checks, in order, each under a deadline (the whole run under another):
+1. the server is ready;
+2. per advertised model: the model is ready; its metadata and config match
+   the offer (a language model has a BYTES ``text_input`` and a BYTES
+   ``text_output``, as Triton's vLLM backend does; the max batch size is the
+   advertised one);
+3. per model, a canary inference: a language model generates at most 2
+   tokens from a tiny prompt; a tensor model gets the smallest input its
+   metadata allows (every variable dimension 1, zeros). Its wall time is
+   recorded as the model's canary latency.
+The first failing check ends the run; its description is the node's
+state_detail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+
+from idlegrid.registry.v1 import registry_pb2 as pb
+
+DETAIL_CHARS_MAX = 1_024
+CANARY_PROMPT = "Hi"
+CANARY_MAX_TOKENS = 2
+
+
+@dataclass(slots=True)
+class Result:
+    ok: bool
+    detail: str
+    # (name, version) → canary latency in µs, for the models that passed.
+    latency_us: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+class Verifier(Protocol):
+    async def verify(self, endpoint: str, offers: Sequence[pb.ModelOffer]) -> Result: ...
+
+
+class Failed(Exception):
+    pass
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= DETAIL_CHARS_MAX else text[:DETAIL_CHARS_MAX - 1] + "…"
+
+
+def _label(o: pb.ModelOffer) -> str:
+    return f"model {o.name!r}" + (f" version {o.version}" if o.version else "")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TritonVerifier:
+    call_timeout_s: float = 5.0
+    canary_timeout_s: float = 30.0
+    total_timeout_s: float = 60.0
+
+    async def verify(self, endpoint: str, offers: Sequence[pb.ModelOffer]) -> Result:
+        result = Result(ok=False, detail="")
+        client = aioclient.InferenceServerClient(url=endpoint)
+        try:
+            async with asyncio.timeout(self.total_timeout_s):
+                await self._server(client, endpoint)
+                for o in offers:
+                    result.latency_us[(o.name, o.version)] = await self._model(client, o)
+            result.ok = True
+            result.detail = f"{len(offers)} model(s) verified"
+        except Failed as e:
+            result.detail = _short(str(e))
+        except TimeoutError:
+            result.detail = f"verification of {endpoint} took longer than {self.total_timeout_s:g} s"
+        finally:
+            await client.close()
+        if not result.ok:
+            result.latency_us.clear()
+        return result
+
+    async def _call(self, what: str, coro):
+        try:
+            return await coro
+        except InferenceServerException as e:
+            raise Failed(f"{what}: {e.status() or 'error'}: {e.message()}") from None
+        except TimeoutError:
+            raise Failed(f"{what}: no answer within {self.call_timeout_s:g} s") from None
+
+    async def _server(self, client, endpoint: str) -> None:
+        ready = await self._call(f"triton at {endpoint} is not reachable",
+                                 client.is_server_ready(client_timeout=self.call_timeout_s))
+        if not ready:
+            raise Failed(f"triton at {endpoint} is not ready")
+
+    async def _model(self, client, o: pb.ModelOffer) -> int:
+        label, t = _label(o), self.call_timeout_s
+        ready = await self._call(f"{label} readiness",
+                                 client.is_model_ready(o.name, o.version, client_timeout=t))
+        if not ready:
+            raise Failed(f"{label} is not ready on the node's Triton")
+        meta = await self._call(f"{label} metadata", client.get_model_metadata(o.name, o.version, client_timeout=t))
+        cfg = (await self._call(f"{label} config", client.get_model_config(o.name, o.version, client_timeout=t))).config
+        inputs = {i.name: i for i in meta.inputs}
+        outputs = {i.name: i for i in meta.outputs}
+        if cfg.max_batch_size != o.max_batch_size:
+            raise Failed(f"{label}: advertised max_batch_size {o.max_batch_size}, Triton has {cfg.max_batch_size}")
+        if o.kind == pb.MODEL_KIND_LLM:
+            for name, table in (("text_input", inputs), ("text_output", outputs)):
+                if name not in table or table[name].datatype != "BYTES":
+                    raise Failed(f"{label} is advertised as a language model but has no BYTES {name!r} "
+                                 "(the tensor conventions of Triton's vLLM backend)")
+        elif not inputs or not outputs:
+            raise Failed(f"{label} has no inputs or no outputs")
+        optional = {i.name for i in cfg.input if i.optional}
+        request = _canary_inputs(o.kind, meta, optional)
+        decoupled = cfg.model_transaction_policy.decoupled
+        start = time.perf_counter()
+        if decoupled:
+            got = await self._stream(client, o, request)
+        else:
+            res = await self._call(f"{label} canary inference", client.infer(
+                o.name, request, model_version=o.version, client_timeout=self.canary_timeout_s))
+            got = {out.name for out in res.get_response().outputs}
+        latency_us = int((time.perf_counter() - start) * 1e6)
+        if o.kind == pb.MODEL_KIND_LLM and "text_output" not in got:
+            raise Failed(f"{label} canary inference returned no text_output")
+        if not got:
+            raise Failed(f"{label} canary inference returned no outputs")
+        if got - outputs.keys():
+            raise Failed(f"{label} canary inference returned outputs its metadata does not list: "
+                         f"{sorted(got - outputs.keys())}")
+        return latency_us
+
+    async def _stream(self, client, o: pb.ModelOffer, request) -> set[str]:
+        """One request on a decoupled model, read to its first response that
+        carries outputs (a language model in non-streaming mode sends exactly
+        one); the stream is then closed."""
+        label = _label(o)
+        done = asyncio.Event()
+
+        async def requests():
+            yield {"model_name": o.name, "model_version": o.version, "inputs": request}
+            await done.wait()  # keep the stream open until the answer
+
+        got: set[str] = set()
+        responses = client.stream_infer(requests(), stream_timeout=self.canary_timeout_s)
+        try:
+            async with asyncio.timeout(self.canary_timeout_s):
+                async for result, error in responses:
+                    if error is not None:
+                        raise Failed(f"{label} canary inference: {error.message()}")
+                    got.update(out.name for out in result.get_response().outputs)
+                    if got:
+                        break
+                else:
+                    raise Failed(f"{label} canary inference: the stream ended without a response")
+        except TimeoutError:
+            raise Failed(f"{label} canary inference: no response within {self.canary_timeout_s:g} s") from None
+        except InferenceServerException as e:
+            raise Failed(f"{label} canary inference: {e.message()}") from None
+        finally:
+            done.set()
+            responses.cancel()
+        return got
+
+
+def _canary_inputs(kind: int, meta, optional: set[str]) -> list[grpcclient.InferInput]:
+    """The smallest valid request the metadata describes."""
+    out = []
+    for t in meta.inputs:
+        shape = [1 if d < 0 else d for d in t.shape]
+        if kind == pb.MODEL_KIND_LLM:
+            if t.name == "text_input":
+                value = np.array([CANARY_PROMPT.encode()], dtype=np.object_).reshape(shape)
+            elif t.name == "sampling_parameters":
+                params = {"max_tokens": CANARY_MAX_TOKENS, "temperature": 0}
+                value = np.array([json.dumps(params).encode()], dtype=np.object_).reshape(shape)
+            elif t.name in ("stream", "exclude_input_in_output"):
+                value = np.full(shape, t.name == "exclude_input_in_output", dtype=np.bool_)
+            elif t.name in optional:
+                continue
+            else:
+                value = _zeros(t.datatype, shape)
+        elif t.name in optional:
+            continue
+        else:
+            value = _zeros(t.datatype, shape)
+        inp = grpcclient.InferInput(t.name, list(value.shape), t.datatype)
+        inp.set_data_from_numpy(value)
+        out.append(inp)
+    return out
+
+
+def _zeros(datatype: str, shape: list[int]) -> np.ndarray:
+    if datatype == "BYTES":
+        return np.full(shape, b"0", dtype=np.object_)
+    dtype = triton_to_np_dtype(datatype)
+    if dtype is None:
+        raise Failed(f"cannot build a canary input of Triton type {datatype}")
+    return np.zeros(shape, dtype=dtype)
+
+
+@dataclass(frozen=True, slots=True)
+class SkipVerifier:
+    """Benchmarks and tests only (registry setting skip_verification): trusts
+    every offer without contacting the node."""
+
+    async def verify(self, endpoint: str, offers: Sequence[pb.ModelOffer]) -> Result:
+        return Result(ok=True, detail="verification skipped (registry setting skip_verification)",
+                      latency_us={})

@@ -1,0 +1,112 @@
+"""The registry's in-memory records: providers and live nodes, and their
+proto form. A node's proto (without its load) is cached and rebuilt only when
+the node changes, so snapshots and deltas cost a copy, not a rebuild."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from idlegrid.registry.v1 import registry_pb2 as pb
+
+
+def ts(seconds: float) -> Timestamp:
+    t = Timestamp()
+    t.FromNanoseconds(int(seconds * 1e9))
+    return t
+
+
+@dataclass(slots=True, eq=False)
+class Provider:
+    id: bytes
+    name: str
+    ledger_account_id: bytes
+    token_digest: bytes
+    created_at: float
+
+    def to_proto(self) -> pb.Provider:
+        return pb.Provider(provider_id=self.id, name=self.name, ledger_account_id=self.ledger_account_id,
+                           created_at=ts(self.created_at))
+
+
+@dataclass(slots=True)
+class Verification:
+    """What the registry saw of one model: passed every check, canary latency."""
+
+    verified: bool = False
+    canary_latency_us: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class LiveNode:
+    id: bytes
+    provider: Provider
+    token_digest: bytes | None
+    endpoint: str
+    hardware: pb.Hardware
+    region: str
+    labels: dict[str, str]
+    offers: list[pb.ModelOffer]
+    agent_version: str
+    registered_at: float
+    state: int
+    reason: int
+    detail: str = ""
+    revision: int = 0
+    state_changed_at: float = 0.0
+    heartbeat_interval_ms: int = 0
+    verification: dict[tuple[str, str], Verification] = field(default_factory=dict)
+    # Soft state, updated by heartbeats without touching the cache.
+    load: pb.NodeLoad | None = None
+    load_at: float = 0.0
+    lease_deadline: float = 0.0          # loop.time() after which the lease has run out
+    generation: int = 0                  # bumped by each registration; stale verifications check it
+    _proto: pb.Node | None = None
+
+    def changed(self) -> None:
+        self._proto = None
+
+    def base_proto(self) -> pb.Node:
+        """The node without its load (cached)."""
+        if self._proto is None:
+            models = []
+            for o in self.offers:
+                v = self.verification.get((o.name, o.version)) or Verification()
+                models.append(pb.Model(offer=o, verified=v.verified, canary_latency_us=v.canary_latency_us))
+            self._proto = pb.Node(
+                node_id=self.id, provider_id=self.provider.id,
+                provider_account_id=self.provider.ledger_account_id, endpoint=self.endpoint,
+                hardware=self.hardware, region=self.region, labels=self.labels, models=models,
+                state=self.state, state_reason=self.reason, state_detail=self.detail,
+                revision=self.revision, heartbeat_interval_ms=self.heartbeat_interval_ms,
+                registered_at=ts(self.registered_at), state_changed_at=ts(self.state_changed_at),
+                agent_version=self.agent_version,
+            )
+        return self._proto
+
+    def load_proto(self) -> pb.NodeLoad | None:
+        if self.load is None:
+            return None
+        out = pb.NodeLoad()
+        out.CopyFrom(self.load)
+        out.node_id = self.id
+        out.reported_at.FromNanoseconds(int(self.load_at * 1e9))
+        return out
+
+    def to_proto(self) -> pb.Node:
+        """The node with its last reported load (a fresh message)."""
+        out = pb.Node()
+        out.CopyFrom(self.base_proto())
+        load = self.load_proto()
+        if load is not None:
+            out.load.CopyFrom(load)
+        return out
+
+    def serves(self, model: str) -> bool:
+        return any(o.name == model for o in self.offers)
+
+
+def now() -> float:
+    return time.time()
