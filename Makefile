@@ -20,11 +20,13 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/idlegrid up
 
-test: install proto-check
+test: install proto-check lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# Everything but the scenarios marked slow (real services with demo Tritons,
+# or otherwise long): about a minute here, under 90 s.
 test-fast: install
-	$(BIN)/python -m pytest -q -x -m "not slow"
+	$(BIN)/python -m pytest -q -x -p no:cacheprovider -m "not slow"
 
 # The generated gRPC API of each service lives in its package, as
 # idlegrid.<service>.v1: proto/idlegrid/ledger/v1 -> ledger/v1,
@@ -55,8 +57,10 @@ proto-check: install
 	if [ $$stale = 0 ]; then echo "proto-check: generated code is up to date"; \
 	else echo "proto-check: generated code is stale: run 'make proto' and commit"; exit 1; fi
 
+# Style, and the architecture's boundaries (import-linter contracts in pyproject.toml).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 bench: install
 	$(BIN)/idlegrid bench ledger

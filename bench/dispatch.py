@@ -57,8 +57,9 @@ async def start_services(home: Path, names: list[str]) -> tuple[dict[str, str], 
 
 async def register_demo_node(addrs: dict[str, str], triton, models: tuple[str, ...]):
     """A provider account, a registry provider, and a node agent for ``triton``."""
-    from idlegrid.node import config_file
-    from idlegrid.node.agent import READY, AgentOptions, NodeAgent
+    from idlegrid.cli import demo_node
+    from idlegrid.node.agent import AgentOptions, NodeAgent
+    from idlegrid.registry.v1.registry_pb2 import NODE_STATE_READY as READY
 
     async with open_channel(addrs["ledger"], token=TOKEN) as lch, open_channel(addrs["registry"], token=TOKEN) as rch:
         ledger = ledger_pb2_grpc.LedgerServiceStub(lch)
@@ -68,7 +69,7 @@ async def register_demo_node(addrs: dict[str, str], triton, models: tuple[str, .
             flags=lpb.ACCOUNT_FLAG_DEBITS_MUST_NOT_EXCEED_CREDITS)]))
         prov = await registry_pb2_grpc.RegistryServiceStub(rch).CreateProvider(
             rpb.CreateProviderRequest(name=f"bench-{provider.hex()[:8]}", ledger_account_id=provider))
-    cfg = await asyncio.to_thread(config_file.demo)
+    cfg = await asyncio.to_thread(demo_node.node_config)
     import dataclasses
 
     cfg = dataclasses.replace(cfg, models={k: v for k, v in cfg.models.items() if k in models})

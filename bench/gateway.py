@@ -154,8 +154,9 @@ async def run(args, config) -> int:
     from idlegrid.common import db
     from idlegrid.demo import start_demo_triton
     from idlegrid.gateway.keys import create_key
-    from idlegrid.node.agent import READY, AgentOptions, NodeAgent
+    from idlegrid.node.agent import AgentOptions, NodeAgent
     from idlegrid.node.config_file import ModelPricing, NodeConfig
+    from idlegrid.registry.v1.registry_pb2 import NODE_STATE_READY as READY
 
     n_latency, n_rps = (300, 2000) if args.quick else (2000, 10000)
     home = Path(tempfile.mkdtemp(prefix="idlegrid-bench-gateway-"))

@@ -54,7 +54,7 @@ def _optional_modules() -> list:
     import importlib
 
     found = []
-    for name in ("idlegrid.registry.cli", "idlegrid.node.cli", "idlegrid.scheduler.cli",
+    for name in ("idlegrid.registry.cli", "idlegrid.cli.node", "idlegrid.scheduler.cli",
                  "idlegrid.metering.cli", "idlegrid.gateway.cli", "idlegrid.cli.up", "idlegrid.cli.migrate", "idlegrid.cli.people"):
         try:
             found.append(importlib.import_module(name))

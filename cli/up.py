@@ -124,14 +124,15 @@ Ctrl-C stops everything.
 
 
 async def _up(args, config: Config) -> int:
+    from idlegrid.cli import demo_node
     from idlegrid.common.server import wait_for_signal
     from idlegrid.demo import start_demo_triton
     from idlegrid.gateway import service as gateway_service
     from idlegrid.ledger import service as ledger_service
     from idlegrid.metering import service as metering_service
-    from idlegrid.node import config_file
-    from idlegrid.node.agent import READY, AgentOptions, NodeAgent
+    from idlegrid.node.agent import AgentOptions, NodeAgent
     from idlegrid.registry import service as registry_service
+    from idlegrid.registry.v1.registry_pb2 import NODE_STATE_READY as READY
     from idlegrid.scheduler import service as scheduler_service
 
     logs.configure(fmt=config.log_format, level=args.log_level)
@@ -169,7 +170,7 @@ async def _up(args, config: Config) -> int:
             agent = NodeAgent(AgentOptions(
                 registry_addr=f"127.0.0.1:{reg.port}", provider_token=demo["provider_token"],
                 triton_url=triton.grpc_url, metrics_url=triton.metrics_url,
-                node_config=await asyncio.to_thread(config_file.demo), node_id=node_id, channel_config=config))
+                node_config=await asyncio.to_thread(demo_node.node_config), node_id=node_id, channel_config=config))
             await agent.start()
             stops.append(agent.stop)
             await agent.wait_for(READY, timeout_s=180)

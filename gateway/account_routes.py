@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from idlegrid.gateway import accounts, params, views
+from idlegrid.gateway import onboarding, params, views
 from idlegrid.gateway.context import caller, gw, metadata
 from idlegrid.gateway.errors import bad_request, rpc
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
@@ -21,8 +21,8 @@ GROUPS = {"none": mpb.GROUP_BY_NONE, "model": mpb.GROUP_BY_MODEL, "node": mpb.GR
 async def get_account(request: Request) -> Response:
     rec = await caller(request, "consumer", "admin")
     g = gw(request)
-    a = await accounts.lookup(g.backends, params.own_account(request, rec), timeout_s=g.rpc_timeout_s,
-                              metadata=metadata(request))
+    a = await onboarding.lookup(g.backends, params.own_account(request, rec), timeout_s=g.rpc_timeout_s,
+                                metadata=metadata(request))
     return JSONResponse(views.account(a))
 
 

@@ -16,12 +16,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from idlegrid.common.errors import InvalidArgument
-from idlegrid.gateway import accounts, bodies, keys, params, views
+from idlegrid.common.money import AMOUNT_MAX
+from idlegrid.gateway import bodies, keys, onboarding, params, views
 from idlegrid.gateway.context import caller, gw, metadata
 from idlegrid.gateway.errors import ApiError, bad_request, rpc
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
 
-AMOUNT_MAX = 2**63 - 1
 S = lpb.OperationStatus
 
 
@@ -30,9 +30,9 @@ async def create_account(request: Request) -> Response:
     g = gw(request)
     body = await bodies.read_json(request, g.settings.body_bytes_max)
     bodies.only(body, {"kind", "name"})
-    kind, name = accounts.check(bodies.required(body, "kind"), bodies.required(body, "name"))
-    created = await accounts.create_account(g.pool, g.backends, kind=kind, name=name, timeout_s=g.rpc_timeout_s,
-                                            metadata=metadata(request))
+    kind, name = onboarding.check(bodies.required(body, "kind"), bodies.required(body, "name"))
+    created = await onboarding.create_account(g.pool, g.backends, kind=kind, name=name, timeout_s=g.rpc_timeout_s,
+                                              metadata=metadata(request))
     return JSONResponse({"object": "account", "account_id": views.uid(created.account_id), "kind": kind,
                          "name": name, "provider_id": views.uid(created.provider_id) if created.provider_id else None,
                          "provider_token": created.provider_token}, status_code=201)
@@ -58,16 +58,16 @@ async def create_key(request: Request) -> Response:
             raise bad_request(f"a {scope} key needs 'account_id'", param="account_id",
                               code="missing_required_parameter")
         account_id = params.account_uuid(raw_account)
-        made = await accounts.created_kind(g.pool, account_id)
+        made = await onboarding.created_kind(g.pool, account_id)
         if made is None:
             raise ApiError(404, f"no account {raw_account} was created through the gateway", param="account_id",
                            code="account_not_found")
         if made != scope:
             raise bad_request(f"account {raw_account} is a {made} account, not a {scope} account",
                               param="account_id", code="wrong_account_kind")
-        await accounts.lookup(g.backends, account_id, timeout_s=g.rpc_timeout_s, metadata=metadata(request))
+        await onboarding.lookup(g.backends, account_id, timeout_s=g.rpc_timeout_s, metadata=metadata(request))
         if scope == "provider":
-            provider_id = await accounts.provider_of(g.pool, account_id)
+            provider_id = await onboarding.provider_of(g.pool, account_id)
     try:
         key_id, key = await keys.create_key(g.pool, scope=scope, account_id=account_id, provider_id=provider_id,
                                             rate_per_s=rate, burst=burst)
@@ -109,7 +109,7 @@ async def _answer(request: Request, account_id: bytes, op: lpb.OperationResponse
     if op.status not in (S.OPERATION_STATUS_OK, S.OPERATION_STATUS_ALREADY_APPLIED):
         raise ApiError(502, f"the ledger refused: {S.Name(op.status)}", code="upstream_error")
     g = gw(request)
-    account = await accounts.lookup(g.backends, account_id, timeout_s=g.rpc_timeout_s, metadata=metadata(request))
+    account = await onboarding.lookup(g.backends, account_id, timeout_s=g.rpc_timeout_s, metadata=metadata(request))
     return JSONResponse({"object": "operation",
                          "status": "applied" if op.status == S.OPERATION_STATUS_OK else "already_applied",
                          "amount_micros": op.amount, "transfer_ids": [views.uid(t) for t in op.transfer_ids],
@@ -119,8 +119,8 @@ async def _answer(request: Request, account_id: bytes, op: lpb.OperationResponse
 async def topup(request: Request) -> Response:
     account_id, amount, key = await _money(request)
     g = gw(request)
-    account = await accounts.lookup(g.backends, account_id, timeout_s=g.rpc_timeout_s, metadata=metadata(request))
-    if account.kind != accounts.KINDS["consumer"]:
+    account = await onboarding.lookup(g.backends, account_id, timeout_s=g.rpc_timeout_s, metadata=metadata(request))
+    if account.kind != onboarding.KINDS["consumer"]:
         raise bad_request("top-ups go to consumer accounts", param="account_id", code="wrong_account_kind")
     op = await rpc(g.backends.ledger.TopUp(lpb.TopUpRequest(account_id=account_id, amount=amount,
                                                             idempotency_key=key),
@@ -131,8 +131,8 @@ async def topup(request: Request) -> Response:
 async def payout(request: Request) -> Response:
     account_id, amount, key = await _money(request)
     g = gw(request)
-    account = await accounts.lookup(g.backends, account_id, timeout_s=g.rpc_timeout_s, metadata=metadata(request))
-    if account.kind != accounts.KINDS["provider"]:
+    account = await onboarding.lookup(g.backends, account_id, timeout_s=g.rpc_timeout_s, metadata=metadata(request))
+    if account.kind != onboarding.KINDS["provider"]:
         raise bad_request("payouts come from provider accounts", param="account_id", code="wrong_account_kind")
     op = await rpc(g.backends.ledger.Payout(lpb.PayoutRequest(provider_account_id=account_id, amount=amount,
                                                               idempotency_key=key),

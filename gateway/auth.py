@@ -2,11 +2,12 @@
 never outlives a revocation.
 
 The cache is used only while this replica listens on the database channel
-``idlegrid_gateway_keys``, which a trigger notifies on every change to a key
-when it commits: the entry is dropped at once, here and on every other
-replica. If the listening connection is lost (or stops answering its
-keepalive), the cache is emptied and bypassed until it is back. A lookup that
-raced with a notification is not cached (a generation counter tells).
+``idlegrid_gateway_keys`` (store.KEYS_CHANNEL), which a trigger notifies on
+every change to a key when it commits: the entry is dropped at once, here and
+on every other replica. If the listening connection is lost (or stops
+answering its keepalive), the cache is emptied and bypassed until it is back.
+A lookup that raced with a notification is not cached (a generation counter
+tells).
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ from collections import OrderedDict
 import asyncpg
 import structlog
 
-from idlegrid.gateway import keys
+from idlegrid.gateway import keys, store
 from idlegrid.gateway.errors import ApiError
-from idlegrid.gateway.keys import KeyRecord
+from idlegrid.gateway.store import KeyRecord
 
 log = structlog.get_logger("gateway.auth")
 
-CHANNEL = "idlegrid_gateway_keys"
 KEEPALIVE_S = 2.0
 KEEPALIVE_TIMEOUT_S = 2.0
 RECONNECT_S_MAX = 5.0
@@ -68,18 +68,13 @@ class Authenticator:
         self._generation += 1
         self._cache.clear()
 
-    def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
-        self.evict(payload)
-
     async def _listen_forever(self) -> None:
         backoff = 0.1
         while True:
             conn = None
             try:
-                conn = await asyncpg.connect(self._url, server_settings={"application_name": "idlegrid-gateway-keys"})
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(CHANNEL, self._on_notify)
+                conn = await store.listen_for_key_changes(self._url, on_change=self.evict, on_lost=lost.set)
                 self._generation += 1
                 self._cache.clear()
                 self._listening = True
@@ -89,7 +84,7 @@ class Authenticator:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(lost.wait(), KEEPALIVE_S)
                     if not lost.is_set():
-                        await conn.fetchval("SELECT 1", timeout=KEEPALIVE_TIMEOUT_S)
+                        await store.ping(conn, timeout_s=KEEPALIVE_TIMEOUT_S)
                 log.warning("auth.listener_lost")
             except asyncio.CancelledError:
                 raise
@@ -121,8 +116,7 @@ class Authenticator:
         if rec is None:
             generation = self._generation
             try:
-                async with self._pool.acquire() as conn:
-                    rec = await keys.load_key(conn, key_id)
+                rec = await store.load_key(self._pool, key_id)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 log.warning("auth.lookup_failed", error=type(e).__name__)
                 raise ApiError(503, "cannot verify API keys right now; try again", code="keys_unavailable",

@@ -7,10 +7,10 @@ import asyncio
 
 from idlegrid.common.node_view import NodeInfo, NodeTable
 from idlegrid.gateway.errors import ApiError
+from idlegrid.gateway.views import MODEL_KINDS
 from idlegrid.registry.v1 import registry_pb2 as rpb
 
 SYNC_WAIT_S = 3.0
-KINDS = {rpb.MODEL_KIND_LLM: "llm", rpb.MODEL_KIND_TENSOR: "tensor"}
 
 
 async def synced(table: NodeTable) -> None:
@@ -43,7 +43,7 @@ def describe(model: str, offers: list[tuple[NodeInfo, rpb.Model]]) -> dict:
     prices = [m.offer.price for _, m in offers]
     created = min((i.node.registered_at.seconds for i, _ in offers), default=0)
     entry = {"id": model, "object": "model", "created": created, "owned_by": "idlegrid",
-             "kind": KINDS.get(first.kind, "unknown"), "nodes": len(offers)}
+             "kind": MODEL_KINDS.get(first.kind, "unknown"), "nodes": len(offers)}
     if first.kind == rpb.MODEL_KIND_LLM:
         entry["context_length"] = max(m.offer.context_length for _, m in offers)
         entry["pricing"] = {

@@ -11,12 +11,11 @@ from starlette.requests import Request
 from idlegrid.common.config import Config
 from idlegrid.gateway.auth import Authenticator, require
 from idlegrid.gateway.backends import Backends
-from idlegrid.gateway.keys import KeyRecord
 from idlegrid.gateway.metrics import Metrics
 from idlegrid.gateway.middleware import note, request_id
-from idlegrid.gateway.node_metadata import NodeMetadata
 from idlegrid.gateway.ratelimit import RateLimiter
 from idlegrid.gateway.settings import GatewaySettings
+from idlegrid.gateway.store import KeyRecord
 
 
 @dataclass(slots=True)
@@ -28,7 +27,6 @@ class Gateway:
     auth: Authenticator
     limiter: RateLimiter
     metrics: Metrics
-    node_metadata: NodeMetadata
 
     @property
     def rpc_timeout_s(self) -> float:

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from idlegrid.gateway import store
 from idlegrid.gateway.context import gw
 
 DB_TIMEOUT_S = 2.0
@@ -24,7 +25,7 @@ async def readyz(request: Request) -> Response:
 
     async def database() -> str:
         try:
-            await g.pool.fetchval("SELECT 1", timeout=DB_TIMEOUT_S)
+            await store.ping(g.pool, timeout_s=DB_TIMEOUT_S)
             return "SERVING"
         except Exception:  # noqa: BLE001 - any failure means not ready
             return "UNREACHABLE"

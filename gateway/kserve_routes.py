@@ -3,7 +3,7 @@
 | route | key | |
 |---|---|---|
 | GET /v2, /v2/health/live, /v2/health/ready | none | server metadata and health |
-| GET /v2/models/{name}[/versions/{v}] | any | model metadata, from a READY node's Triton |
+| GET /v2/models/{name}[/versions/{v}] | any | model metadata, from a READY node's Triton (through the scheduler) |
 | GET /v2/models/{name}[/versions/{v}]/ready | any | whether a READY node serves it |
 | POST /v2/models/{name}[/versions/{v}]/infer | consumer | one scheduler job (JSON or binary tensors) |
 
@@ -26,6 +26,7 @@ from idlegrid.gateway.middleware import note
 from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 
 JOB_MARGIN_S = 5.0
+METADATA_MARGIN_S = 1.0  # the scheduler answers node_unavailable before the call's deadline
 SERVER_NAME = "idlegrid"
 SERVER_VERSION = "0.1.0"
 
@@ -65,11 +66,18 @@ async def model_metadata(request: Request) -> Response:
     await caller(request, "consumer", "provider", "admin")
     g = gw(request)
     await catalog.synced(g.backends.nodes)
-    name = request.path_params["model"]
-    version = request.path_params.get("version", "")
-    info, model = _offers(request)[0]
-    doc = await g.node_metadata.get(info, name, version or model.offer.version, timeout_s=g.rpc_timeout_s)
-    return JSONResponse(doc)
+    _offers(request)  # 404 when no ready node serves it, as for /ready
+    req = spb.GetModelMetadataRequest(model=request.path_params["model"],
+                                      version=request.path_params.get("version", ""),
+                                      timeout_ms=g.settings.rpc_timeout_ms)
+    meta = await rpc(g.backends.scheduler.GetModelMetadata(req, timeout=g.rpc_timeout_s + METADATA_MARGIN_S,
+                                                           metadata=metadata(request)))
+    return JSONResponse({"name": meta.name, "versions": list(meta.versions), "platform": meta.platform,
+                         "inputs": [_tensor(t) for t in meta.inputs], "outputs": [_tensor(t) for t in meta.outputs]})
+
+
+def _tensor(t: spb.TensorMetadata) -> dict:
+    return {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
 
 
 async def infer(request: Request) -> Response:

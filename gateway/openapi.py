@@ -8,6 +8,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from idlegrid.common.paging import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
+
 VERSION = "0.1.0"
 _ERRORS = {
     400: "invalid request", 401: "missing, malformed, unknown or revoked API key", 402: "not enough credits",
@@ -50,7 +52,8 @@ def _op(summary: str, tag: str, *, errors: tuple[int, ...] = (401, 403, 429), bo
 _ACCOUNT_Q = (("account_id", _STR, "admin keys: the account to read"),)
 _WINDOW_Q = (("since", _STR, "RFC 3339 time or unix seconds (inclusive)"),
              ("until", _STR, "RFC 3339 time or unix seconds (exclusive)"))
-_PAGE_Q = (("limit", _INT, "page size, 1..1000 (default 100)"), ("cursor", _STR, "next_cursor of the previous page"))
+_PAGE_Q = (("limit", _INT, f"page size, 1..{PAGE_SIZE_MAX} (default {PAGE_SIZE_DEFAULT})"),
+           ("cursor", _STR, "next_cursor of the previous page"))
 _TEXT_ERRORS = (400, 401, 402, 403, 404, 409, 413, 429, 503, 504)
 _CHAT = {"type": "object", "required": ["model", "messages"], "properties": {
     "model": _STR, "messages": {"type": "array", "items": {"type": "object", "required": ["role", "content"],

@@ -9,10 +9,10 @@ import uuid
 from google.protobuf.timestamp_pb2 import Timestamp
 from starlette.requests import Request
 
+from idlegrid.common.paging import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
 from idlegrid.gateway.errors import ApiError, bad_request
-from idlegrid.gateway.keys import KeyRecord
+from idlegrid.gateway.store import KeyRecord
 
-PAGE_DEFAULT, PAGE_MAX = 100, 1000
 BUCKET_S_MIN, BUCKET_S_MAX, BUCKET_S_DEFAULT = 60, 2_592_000, 3600
 BUCKET_NAMES = {"minute": 60, "hour": 3600, "day": 86_400, "week": 604_800}
 CURSOR_CHARS_MAX = 512
@@ -87,13 +87,13 @@ def bucket_s(request: Request) -> int:
 def limit(request: Request) -> int:
     raw = request.query_params.get("limit")
     if raw is None or raw == "":
-        return PAGE_DEFAULT
+        return PAGE_SIZE_DEFAULT
     try:
         value = int(raw)
     except ValueError:
         value = 0
-    if not 1 <= value <= PAGE_MAX:
-        raise bad_request(f"'limit' must be an integer in [1, {PAGE_MAX}]", param="limit")
+    if not 1 <= value <= PAGE_SIZE_MAX:
+        raise bad_request(f"'limit' must be an integer in [1, {PAGE_SIZE_MAX}]", param="limit")
     return value
 
 

@@ -23,10 +23,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from idlegrid.gateway import accounts, params, views
+from idlegrid.common.money import split_fee
+from idlegrid.gateway import onboarding, params, views
 from idlegrid.gateway.context import caller, gw, metadata
 from idlegrid.gateway.errors import ApiError, bad_request, rpc
-from idlegrid.ledger.market import split_fee
 from idlegrid.metering.v1 import metering_pb2 as mpb
 from idlegrid.registry.v1 import registry_pb2 as rpb
 
@@ -38,7 +38,7 @@ async def _provider(request: Request) -> tuple[bytes, bytes | None]:
     rec = await caller(request, "provider", "admin")
     if rec.scope == "admin":
         account_id = params.own_account(request, rec)
-        return account_id, await accounts.provider_of(gw(request).pool, account_id)
+        return account_id, await onboarding.provider_of(gw(request).pool, account_id)
     params.own_account(request, rec)  # 403 when another account is named
     assert rec.account_id is not None
     return rec.account_id, rec.provider_id
@@ -73,10 +73,10 @@ async def earnings(request: Request) -> Response:
                               timeout=t, metadata=md))
 
     account, total, by_node, by_model, page = await asyncio.gather(
-        accounts.lookup(g.backends, account_id, timeout_s=t, metadata=md),
+        onboarding.lookup(g.backends, account_id, timeout_s=t, metadata=md),
         usage(everything, mpb.GROUP_BY_NONE), usage(f, mpb.GROUP_BY_NODE), usage(f, mpb.GROUP_BY_MODEL),
         rpc(m.ListUsage(mpb.ListUsageRequest(filter=f, limit=limit, page_token=cursor), timeout=t, metadata=md)))
-    if account.kind != accounts.KINDS["provider"]:
+    if account.kind != onboarding.KINDS["provider"]:
         raise ApiError(400, "this is not a provider account", param="account_id", code="not_a_provider")
     fee_bps = g.config.platform_fee_bps
     pending = sum(split_fee(b.cost_micros - b.settled_cost_micros, fee_bps)[0] for b in total.buckets)

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 
+from idlegrid.gateway import store
 from idlegrid.gateway.errors import ApiError
-from idlegrid.gateway.keys import KeyRecord
+from idlegrid.gateway.store import KeyRecord
 
 log = structlog.get_logger("gateway.ratelimit")
 
@@ -91,13 +92,11 @@ class RateLimiter:
 
     async def _draw(self, key_id: str, interval_s: float, burst: int, want: int) -> tuple[int, float]:
         try:
-            row = await self._pool.fetchrow("SELECT granted, wait_s FROM gateway.rate_take($1, $2, $3, $4)",
-                                            key_id, interval_s, burst, want)
+            return await store.rate_take(self._pool, key_id=key_id, interval_s=interval_s, burst=burst, want=want)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             log.warning("ratelimit.unavailable", error=type(e).__name__)
             raise ApiError(503, "cannot check the rate limit right now; try again", code="rate_limit_unavailable",
                            headers={"Retry-After": "1"}) from None
-        return row["granted"], row["wait_s"]
 
     def _prune(self) -> None:
         now = time.monotonic()

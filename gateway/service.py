@@ -17,13 +17,12 @@ import uvicorn
 
 from idlegrid.common import db, server
 from idlegrid.common.config import Config
-from idlegrid.gateway import accounts, keys
+from idlegrid.gateway import keys, onboarding
 from idlegrid.gateway.app import create_app
 from idlegrid.gateway.auth import Authenticator
 from idlegrid.gateway.backends import SERVICES, Backends
 from idlegrid.gateway.context import Gateway
 from idlegrid.gateway.metrics import Metrics
-from idlegrid.gateway.node_metadata import NodeMetadata
 from idlegrid.gateway.ratelimit import RateLimiter
 from idlegrid.gateway.settings import GatewaySettings
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
@@ -85,18 +84,18 @@ class RunningGateway:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    async def create_account(self, *, kind: str, name: str) -> accounts.CreatedAccount:
+    async def create_account(self, *, kind: str, name: str) -> onboarding.CreatedAccount:
         """A consumer or provider account (409 ApiError when the name is taken)."""
-        return await accounts.create_account(self.gw.pool, self.gw.backends, kind=kind, name=name,
-                                             timeout_s=self.gw.rpc_timeout_s)
+        return await onboarding.create_account(self.gw.pool, self.gw.backends, kind=kind, name=name,
+                                               timeout_s=self.gw.rpc_timeout_s)
 
-    async def find_account(self, *, kind: str, name: str) -> accounts.CreatedAccount | None:
-        return await accounts.find_account(self.gw.pool, kind=kind, name=name)
+    async def find_account(self, *, kind: str, name: str) -> onboarding.CreatedAccount | None:
+        return await onboarding.find_account(self.gw.pool, kind=kind, name=name)
 
     async def create_key(self, *, scope: str, account_id: bytes | None = None) -> tuple[str, str]:
         """(key_id, key) for an account made with create_account (providers:
         bound to its registry provider), or an admin key."""
-        provider_id = await accounts.provider_of(self.gw.pool, account_id) if scope == "provider" and account_id \
+        provider_id = await onboarding.provider_of(self.gw.pool, account_id) if scope == "provider" and account_id \
             else None
         return await keys.create_key(self.gw.pool, scope=scope, account_id=account_id, provider_id=provider_id)
 
@@ -123,7 +122,6 @@ class RunningGateway:
         self._sock.close()
         g = self.gw
         await g.auth.stop()
-        await g.node_metadata.close()
         await g.backends.close()
         await g.pool.close()
         log.info("gateway.stopped", port=self.port)
@@ -149,8 +147,7 @@ async def start(config: Config, *, port: int | None = None, host: str | None = N
         cleanup.append(auth.stop)
         gw = Gateway(config=config, settings=settings, pool=pool, backends=backends, auth=auth,
                      limiter=RateLimiter(pool, rate_per_s=settings.rate_per_s, burst=settings.burst),
-                     metrics=Metrics(), node_metadata=NodeMetadata())
-        cleanup.append(gw.node_metadata.close)
+                     metrics=Metrics())
         host = host or config.bind_host
         sock = _bind(host, config.ports["gateway"] if port is None else port)
         cleanup.append(_closer(sock))

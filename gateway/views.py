@@ -8,6 +8,7 @@ import uuid
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from idlegrid.common.node_states import STATE_NAMES, reason_name
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
 from idlegrid.metering.v1 import metering_pb2 as mpb
 from idlegrid.registry.v1 import registry_pb2 as rpb
@@ -15,13 +16,14 @@ from idlegrid.registry.v1 import registry_pb2 as rpb
 _KINDS = {lpb.ACCOUNT_KIND_CONSUMER: "consumer", lpb.ACCOUNT_KIND_PROVIDER: "provider",
           lpb.ACCOUNT_KIND_ESCROW: "escrow", lpb.ACCOUNT_KIND_PLATFORM: "platform",
           lpb.ACCOUNT_KIND_EXTERNAL: "external"}
-_CODES = {1: "topup", 2: "reserve", 3: "earning", 4: "fee", 5: "payout", 6: "expiry"}
+_CODES = {lpb.TRANSFER_CODE_TOPUP: "topup", lpb.TRANSFER_CODE_RESERVE: "reserve",
+          lpb.TRANSFER_CODE_EARNING: "earning", lpb.TRANSFER_CODE_FEE: "fee", lpb.TRANSFER_CODE_PAYOUT: "payout",
+          lpb.TRANSFER_CODE_EXPIRY: "expiry"}
 _OUTCOMES = {mpb.OUTCOME_COMPLETED: "completed", mpb.OUTCOME_PARTIAL: "partial", mpb.OUTCOME_FAILED: "failed"}
 _SETTLEMENTS = {mpb.SETTLEMENT_STATE_PENDING: "pending", mpb.SETTLEMENT_STATE_SETTLED: "settled",
                 mpb.SETTLEMENT_STATE_RELEASED: "released", mpb.SETTLEMENT_STATE_EXPIRED: "expired",
                 mpb.SETTLEMENT_STATE_REJECTED: "rejected"}
-_STATES = {rpb.NODE_STATE_JOINING: "joining", rpb.NODE_STATE_VERIFYING: "verifying", rpb.NODE_STATE_READY: "ready",
-           rpb.NODE_STATE_DRAINING: "draining", rpb.NODE_STATE_OFFLINE: "offline"}
+MODEL_KINDS = {rpb.MODEL_KIND_LLM: "llm", rpb.MODEL_KIND_TENSOR: "tensor"}
 
 
 def uid(b: bytes) -> str | None:
@@ -86,15 +88,14 @@ def bucket(b: mpb.UsageBucket) -> dict:
 
 
 def node(n: rpb.Node) -> dict:
-    kinds = {rpb.MODEL_KIND_LLM: "llm", rpb.MODEL_KIND_TENSOR: "tensor"}
     return {
-        "node_id": n.node_id.hex(), "endpoint": n.endpoint, "state": _STATES.get(n.state, "unknown"),
-        "state_reason": rpb.StateReason.Name(n.state_reason).removeprefix("STATE_REASON_").lower(),
+        "node_id": n.node_id.hex(), "endpoint": n.endpoint, "state": STATE_NAMES.get(n.state, "unknown"),
+        "state_reason": reason_name(n.state_reason),
         "state_detail": n.state_detail, "region": n.region, "labels": dict(n.labels),
         "hardware": {"gpus": [{"name": g.name, "memory_bytes": g.memory_bytes, "count": g.count}
                               for g in n.hardware.gpus],
                      "cpu_cores": n.hardware.cpu_cores, "memory_bytes": n.hardware.memory_bytes},
-        "models": [{"name": m.offer.name, "version": m.offer.version, "kind": kinds.get(m.offer.kind, "unknown"),
+        "models": [{"name": m.offer.name, "version": m.offer.version, "kind": MODEL_KINDS.get(m.offer.kind, "unknown"),
                     "verified": m.verified, "context_length": m.offer.context_length,
                     "canary_latency_us": m.canary_latency_us,
                     "price": {"per_million_input_tokens": m.offer.price.per_million_input_tokens,

@@ -10,10 +10,14 @@ Checks, each reported precisely:
 4. balance flags hold; every transfer names existing accounts;
 5. the open holds are exactly the unresolved pending transfers, and escrow's
    pending credits equal the sum of its open holds and its posted balance is 0.
+
+The rules here read the books through ``idlegrid.ledger.store.books`` (one
+consistent snapshot) and hold no SQL.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -29,8 +33,10 @@ from idlegrid.ledger.codes import (
     VOID,
 )
 from idlegrid.ledger.ids import well_known_account
+from idlegrid.ledger.store import books
+from idlegrid.ledger.values import Account, BatchRecord, ChainHead, StoredTransfer
 
-FETCH_ROWS = 5000
+PROBLEMS_MAX = 1000
 
 
 @dataclass
@@ -45,133 +51,150 @@ class Report:
         return not self.problems
 
     def add(self, msg: str) -> None:
-        if len(self.problems) < 1000:
+        if len(self.problems) < PROBLEMS_MAX:
             self.problems.append(msg)
 
 
-def _b(u) -> bytes:
-    return u.bytes if u is not None else b""
-
-
 async def verify(conn: asyncpg.Connection) -> Report:
-    rep = Report()
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        batches = {r["batch"]: r for r in await conn.fetch("SELECT * FROM ledger.batches ORDER BY batch")}
-        rep.batches = len(batches)
-        balances: dict[bytes, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-        pendings: dict[bytes, tuple[bytes, bytes, int]] = {}
-        resolved: set[bytes] = set()
-        prev_hash, expected_seq, expected_batch = GENESIS, 1, 1
-        cur_batch, cur_rows = None, []
+    """Audits the books on ``conn`` at one instant; the report lists every problem found."""
+    async with books.snapshot(conn) as book:
+        audit = _Audit(await book.batches())
+        async for t in book.transfers():
+            audit.transfer(t)
+        audit.end_of_history(await book.chain_head())
+        audit.accounts(await book.accounts())
+        audit.totals(await book.totals())
+        audit.open_holds(await book.open_holds())
+    return audit.report
 
-        def close_batch() -> None:
-            nonlocal prev_hash, expected_batch
-            if cur_batch is None:
-                return
-            b = batches.get(cur_batch)
-            if b is None:
-                rep.add(f"batch {cur_batch}: transfers point at a batch that has no row")
-                return
-            if cur_batch != expected_batch:
-                rep.add(f"batch {cur_batch}: expected batch {expected_batch} next in the chain")
-            if bytes(b["prev_hash"]) != prev_hash:
-                rep.add(f"batch {cur_batch}: prev_hash does not link to batch {cur_batch - 1}")
-            h = batch_hash(bytes(b["prev_hash"]), cur_batch, b["first_seq"], b["last_seq"],
-                           micros(b["committed_at"]), cur_rows)
-            if h != bytes(b["hash"]):
-                rep.add(f"batch {cur_batch} (seq {b['first_seq']}..{b['last_seq']}): hash mismatch: "
-                        "its transfers were changed after commit")
-            prev_hash, expected_batch = bytes(b["hash"]), cur_batch + 1
 
-        async for r in conn.cursor("SELECT * FROM ledger.transfers ORDER BY seq", prefetch=FETCH_ROWS):
-            rep.transfers += 1
-            seq = r["seq"]
-            if seq != expected_seq:
-                rep.add(f"seq {seq}: expected {expected_seq} (a transfer is missing)")
-            expected_seq = seq + 1
-            if r["batch"] != cur_batch:
-                close_batch()
-                cur_batch, cur_rows = r["batch"], []
-            tid, dr, cr = r["id"].bytes, r["debit_account_id"].bytes, r["credit_account_id"].bytes
-            pid, amount, flags = _b(r["pending_id"]), r["amount"], r["flags"]
-            cur_rows.append(transfer_bytes(seq, tid, dr, cr, amount, pid, _b(r["user_data"]),
-                                           r["timeout_s"], r["ledger"], r["code"], flags))
-            d, c = balances[dr], balances[cr]
-            if flags & PENDING:
-                d[0] += amount
-                c[2] += amount
-                pendings[tid] = (dr, cr, amount)
-            elif flags & (POST | VOID):
-                p = pendings.get(pid)
-                if p is None:
-                    rep.add(f"seq {seq}: resolves an unknown pending transfer {pid.hex()}")
-                    continue
-                if pid in resolved:
-                    rep.add(f"seq {seq}: pending transfer {pid.hex()} resolved twice")
-                resolved.add(pid)
-                if (dr, cr) != p[:2]:
-                    rep.add(f"seq {seq}: accounts differ from its pending transfer")
-                d[0] -= p[2]
-                c[2] -= p[2]
-                if flags & POST:
-                    if amount > p[2]:
-                        rep.add(f"seq {seq}: posts more than its pending amount")
-                    d[1] += amount
-                    c[3] += amount
-            else:
+class _Audit:
+    """Replays the transfers in seq order, then checks the stored state against the replay."""
+
+    def __init__(self, batches: dict[int, BatchRecord]) -> None:
+        self.report = Report(batches=len(batches))
+        self._batches = batches
+        self._balances: dict[bytes, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        self._pendings: dict[bytes, tuple[bytes, bytes, int]] = {}  # id -> (dr, cr, amount)
+        self._resolved: set[bytes] = set()
+        self._ledger_totals: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        self._known: set[bytes] = set()
+        self._prev_hash, self._expected_seq, self._expected_batch = GENESIS, 1, 1
+        self._batch: int | None = None
+        self._batch_rows: list[bytes] = []
+
+    # -- 1. the hash chain, and 2. the balances replayed ---------------------
+
+    def transfer(self, t: StoredTransfer) -> None:
+        rep = self.report
+        rep.transfers += 1
+        seq = t.seq
+        if seq != self._expected_seq:
+            rep.add(f"seq {seq}: expected {self._expected_seq} (a transfer is missing)")
+        self._expected_seq = seq + 1
+        if t.batch != self._batch:
+            self._close_batch()
+            self._batch, self._batch_rows = t.batch, []
+        self._batch_rows.append(transfer_bytes(seq, t.id, t.debit_account_id, t.credit_account_id, t.amount,
+                                               t.pending_id, t.user_data, t.timeout_s, t.ledger, t.code, t.flags))
+        d, c = self._balances[t.debit_account_id], self._balances[t.credit_account_id]
+        amount, flags, pid = t.amount, t.flags, t.pending_id
+        if flags & PENDING:
+            d[0] += amount
+            c[2] += amount
+            self._pendings[t.id] = (t.debit_account_id, t.credit_account_id, amount)
+        elif flags & (POST | VOID):
+            p = self._pendings.get(pid)
+            if p is None:
+                rep.add(f"seq {seq}: resolves an unknown pending transfer {pid.hex()}")
+                return
+            if pid in self._resolved:
+                rep.add(f"seq {seq}: pending transfer {pid.hex()} resolved twice")
+            self._resolved.add(pid)
+            if (t.debit_account_id, t.credit_account_id) != p[:2]:
+                rep.add(f"seq {seq}: accounts differ from its pending transfer")
+            d[0] -= p[2]
+            c[2] -= p[2]
+            if flags & POST:
+                if amount > p[2]:
+                    rep.add(f"seq {seq}: posts more than its pending amount")
                 d[1] += amount
                 c[3] += amount
-            after = (r["dr_debits_pending"], r["dr_debits_posted"], r["dr_credits_pending"],
-                     r["dr_credits_posted"], r["cr_debits_pending"], r["cr_debits_posted"],
-                     r["cr_credits_pending"], r["cr_credits_posted"])
-            if after != (*d, *c):
-                rep.add(f"seq {seq}: stored balance history differs from the recomputed balances")
-        close_batch()
-        head = await conn.fetchrow("SELECT batch, last_seq, hash FROM ledger.chain_head")
-        if head["batch"] != expected_batch - 1 or head["last_seq"] != expected_seq - 1 or bytes(head["hash"]) != prev_hash:
-            rep.add(f"chain head (batch {head['batch']}, seq {head['last_seq']}) does not match the "
-                    f"last batch ({expected_batch - 1}, seq {expected_seq - 1})")
-        if len(batches) != expected_batch - 1:
-            rep.add(f"{len(batches)} batch rows but {expected_batch - 1} batches hold transfers")
+        else:
+            d[1] += amount
+            c[3] += amount
+        if t.balances != (*d, *c):
+            rep.add(f"seq {seq}: stored balance history differs from the recomputed balances")
 
-        totals: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-        accounts = await conn.fetch("SELECT * FROM ledger.accounts")
+    def _close_batch(self) -> None:
+        n = self._batch
+        if n is None:
+            return
+        b = self._batches.get(n)
+        if b is None:
+            self.report.add(f"batch {n}: transfers point at a batch that has no row")
+            return
+        if n != self._expected_batch:
+            self.report.add(f"batch {n}: expected batch {self._expected_batch} next in the chain")
+        if b.prev_hash != self._prev_hash:
+            self.report.add(f"batch {n}: prev_hash does not link to batch {n - 1}")
+        h = batch_hash(b.prev_hash, n, b.first_seq, b.last_seq, micros(b.committed_at), self._batch_rows)
+        if h != b.hash:
+            self.report.add(f"batch {n} (seq {b.first_seq}..{b.last_seq}): hash mismatch: "
+                            "its transfers were changed after commit")
+        self._prev_hash, self._expected_batch = b.hash, n + 1
+
+    def end_of_history(self, head: ChainHead) -> None:
+        self._close_batch()
+        last_batch, last_seq = self._expected_batch - 1, self._expected_seq - 1
+        if head.batch != last_batch or head.last_seq != last_seq or head.hash != self._prev_hash:
+            self.report.add(f"chain head (batch {head.batch}, seq {head.last_seq}) does not match the "
+                            f"last batch ({last_batch}, seq {last_seq})")
+        if len(self._batches) != last_batch:
+            self.report.add(f"{len(self._batches)} batch rows but {last_batch} batches hold transfers")
+
+    # -- 2.-4. the stored state against the replay --------------------------
+
+    def accounts(self, accounts: list[Account]) -> None:
+        rep = self.report
         rep.accounts = len(accounts)
-        known = set()
         for a in accounts:
-            aid = a["id"].bytes
-            known.add(aid)
-            stored = [a["debits_pending"], a["debits_posted"], a["credits_pending"], a["credits_posted"]]
-            computed = balances.get(aid, [0, 0, 0, 0])
+            self._known.add(a.id)
+            name = uuid.UUID(bytes=a.id)
+            stored = [a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted]
+            computed = self._balances.get(a.id, [0, 0, 0, 0])
             if stored != computed:
-                rep.add(f"account {a['id']}: stored balances {stored} != recomputed {computed}")
-            t = totals[a["ledger"]]
+                rep.add(f"account {name}: stored balances {stored} != recomputed {computed}")
+            t = self._ledger_totals[a.ledger]
             for i in range(4):
                 t[i] += stored[i]
-            if a["flags"] & DEBITS_MUST_NOT_EXCEED_CREDITS and stored[0] + stored[1] > stored[3]:
-                rep.add(f"account {a['id']}: debits exceed credits")
-            if a["flags"] & CREDITS_MUST_NOT_EXCEED_DEBITS and stored[2] + stored[3] > stored[1]:
-                rep.add(f"account {a['id']}: credits exceed debits")
-        for aid in balances.keys() - known:
+            if a.flags & DEBITS_MUST_NOT_EXCEED_CREDITS and stored[0] + stored[1] > stored[3]:
+                rep.add(f"account {name}: debits exceed credits")
+            if a.flags & CREDITS_MUST_NOT_EXCEED_DEBITS and stored[2] + stored[3] > stored[1]:
+                rep.add(f"account {name}: credits exceed debits")
+        for aid in self._balances.keys() - self._known:
             rep.add(f"transfers move money for unknown account {aid.hex()}")
-        for ledger_, (dp, dpo, cp, cpo) in sorted(totals.items()):
+        for ledger_, (dp, dpo, cp, cpo) in sorted(self._ledger_totals.items()):
             if dp != cp or dpo != cpo:
                 rep.add(f"ledger {ledger_}: debits {dp}/{dpo} != credits {cp}/{cpo} (pending/posted)")
-        for r in await conn.fetch("SELECT * FROM ledger.totals"):
-            t = totals.get(r["ledger"], [0, 0, 0, 0])
-            if [r["debits_pending"], r["debits_posted"], r["credits_pending"], r["credits_posted"]] != t:
-                rep.add(f"ledger {r['ledger']}: totals table differs from the accounts")
 
-        open_holds = {r["pending_id"].bytes for r in await conn.fetch("SELECT pending_id FROM ledger.open_holds")}
-        unresolved = pendings.keys() - resolved
+    def totals(self, table: dict[int, list[int]]) -> None:
+        for ledger_, row in table.items():
+            if row != self._ledger_totals.get(ledger_, [0, 0, 0, 0]):
+                self.report.add(f"ledger {ledger_}: totals table differs from the accounts")
+
+    # -- 5. holds and escrow -------------------------------------------------
+
+    def open_holds(self, open_holds: set[bytes]) -> None:
+        unresolved = self._pendings.keys() - self._resolved
         if open_holds != unresolved:
-            rep.add(f"open holds ({len(open_holds)}) differ from unresolved pending transfers ({len(unresolved)})")
+            self.report.add(f"open holds ({len(open_holds)}) differ from unresolved pending transfers "
+                            f"({len(unresolved)})")
         escrow = well_known_account("escrow:jobs", LEDGER_CREDITS)
-        if escrow in known:
-            eb = balances.get(escrow, [0, 0, 0, 0])
-            held = sum(p[2] for pid, p in pendings.items() if pid in unresolved and p[1] == escrow)
+        if escrow in self._known:
+            eb = self._balances.get(escrow, [0, 0, 0, 0])
+            held = sum(p[2] for pid, p in self._pendings.items() if pid in unresolved and p[1] == escrow)
             if eb[2] != held:
-                rep.add(f"escrow:jobs pending credits {eb[2]} != open holds {held}")
+                self.report.add(f"escrow:jobs pending credits {eb[2]} != open holds {held}")
             if eb[3] != eb[1]:
-                rep.add(f"escrow:jobs posted balance is {eb[3] - eb[1]}, expected 0")
-    return rep
+                self.report.add(f"escrow:jobs posted balance is {eb[3] - eb[1]}, expected 0")

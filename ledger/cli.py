@@ -58,21 +58,23 @@ async def _verify(args, config: Config) -> int:
 async def _balance(args, config: Config) -> int:
     import asyncpg
 
+    from idlegrid.ledger.store import reads
+
     conn = await asyncpg.connect(await db.resolve_url(config))
     try:
         try:
             key = uuid.UUID(args.account)
-            row = await conn.fetchrow("SELECT * FROM ledger.accounts WHERE id = $1", key)
+            acct = (await reads.accounts_by_id(conn, [key.bytes])).get(key.bytes)
         except ValueError:
-            row = await conn.fetchrow("SELECT * FROM ledger.accounts WHERE ledger = $1 AND name = $2",
-                                      LEDGER_CREDITS, args.account)
+            acct = await reads.account_by_name(conn, args.account, LEDGER_CREDITS)
     finally:
         await conn.close()
-    if row is None:
+    if acct is None:
         out(f"no account {args.account!r}")
         return 1
-    out(f"account {row['id']} {row['name'] or ''} (ledger {row['ledger']}, kind {row['kind']}, flags {row['flags']})")
+    out(f"account {uuid.UUID(bytes=acct.id)} {acct.name} (ledger {acct.ledger}, kind {acct.kind}, "
+        f"flags {acct.flags})")
     for k in ("debits_pending", "debits_posted", "credits_pending", "credits_posted"):
-        out(f"  {k:16} {row[k]:>20}")
-    out(f"  {'available':16} {row['credits_posted'] - row['debits_posted'] - row['debits_pending']:>20}")
+        out(f"  {k:16} {getattr(acct, k):>20}")
+    out(f"  {'available':16} {acct.credits_posted - acct.debits_posted - acct.debits_pending:>20}")
     return 0

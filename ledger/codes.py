@@ -16,20 +16,17 @@ CLIENT_FLAGS = LINKED | PENDING | POST | VOID
 DEBITS_MUST_NOT_EXCEED_CREDITS = pb.ACCOUNT_FLAG_DEBITS_MUST_NOT_EXCEED_CREDITS
 CREDITS_MUST_NOT_EXCEED_DEBITS = pb.ACCOUNT_FLAG_CREDITS_MUST_NOT_EXCEED_DEBITS
 
-# Transfer codes used by the marketplace operations (the `code` field).
-CODE_TOPUP = 1
-CODE_RESERVE = 2
-CODE_EARNING = 3
-CODE_FEE = 4
-CODE_PAYOUT = 5
-CODE_EXPIRY = 6
+# Transfer codes of the marketplace operations (the `code` field), and the
+# ledger of idlegrid credits: the proto's TransferCode and LedgerId enums.
+CODE_TOPUP = pb.TRANSFER_CODE_TOPUP
+CODE_RESERVE = pb.TRANSFER_CODE_RESERVE
+CODE_EARNING = pb.TRANSFER_CODE_EARNING
+CODE_FEE = pb.TRANSFER_CODE_FEE
+CODE_PAYOUT = pb.TRANSFER_CODE_PAYOUT
+CODE_EXPIRY = pb.TRANSFER_CODE_EXPIRY
+LEDGER_CREDITS = pb.LEDGER_ID_CREDITS
 
-LEDGER_CREDITS = 1
-BATCH_SIZE_MAX = 8190
-PAGE_SIZE_MAX = 1000
-PAGE_SIZE_DEFAULT = 100
-AMOUNT_MAX = 2**63 - 1
-TIMEOUT_S_MAX = 2**31 - 1
+BATCH_SIZE_MAX = 8190  # transfers or accounts per request, as ledger.proto documents
 ZERO_ID = bytes(16)
 MAX_ID = b"\xff" * 16
 

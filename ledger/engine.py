@@ -14,142 +14,42 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from idlegrid.common.money import AMOUNT_MAX
 from idlegrid.ledger.codes import (
-    AMOUNT_MAX,
     BURNING,
-    CLIENT_FLAGS,
     CREDITS_MUST_NOT_EXCEED_DEBITS,
     DEBITS_MUST_NOT_EXCEED_CREDITS,
     EXPIRED,
     LINKED,
-    MAX_ID,
     PENDING,
     POST,
     VOID,
-    ZERO_ID,
     R,
 )
-
-OPEN, POSTED, VOIDED, EXPIRED_STATE = "open", "posted", "voided", "expired"
+from idlegrid.ledger.validation import check_fields, same_fields
+from idlegrid.ledger.values import AccountState, Hold, HoldState, StoredTransfer, Transfer
 
 
 class InvariantViolation(AssertionError):
     """A ledger invariant broke: the batch must not commit."""
 
 
-@dataclass(slots=True)
-class Account:
-    ledger: int
-    flags: int
-    dp: int  # debits_pending
-    dpo: int  # debits_posted
-    cp: int  # credits_pending
-    cpo: int  # credits_posted
-    dirty: bool = False
-
-
-@dataclass(slots=True)
-class Stored:
-    """A transfer as stored (ids are 16 bytes; absent optional ids are b"")."""
-
-    id: bytes
-    debit_account_id: bytes
-    credit_account_id: bytes
-    amount: int
-    pending_id: bytes
-    user_data: bytes
-    timeout_s: int
-    ledger: int
-    code: int
-    flags: int
-    seq: int = 0
-    balances: tuple[int, ...] = ()  # dr dp,dpo,cp,cpo then cr dp,dpo,cp,cpo
-    expires_us: int | None = None  # pending with a timeout: when it expires
-
-
-@dataclass(slots=True)
-class Hold:
-    state: str  # OPEN, POSTED, VOIDED, EXPIRED_STATE
-    expires_us: int | None = None
-    in_db: bool = True  # the open_holds row exists in the database
-
-
-def _validate(t, internal: bool) -> int:
-    """Checks the fields alone (no state). OK or the first error."""
-    tid = t.id
-    if len(tid) != 16:
-        return R.ID_MUST_BE_16_BYTES
-    if tid == ZERO_ID:
-        return R.ID_MUST_NOT_BE_ZERO
-    if tid == MAX_ID:
-        return R.ID_MUST_NOT_BE_INT_MAX
-    flags = t.flags
-    allowed = CLIENT_FLAGS | (EXPIRED if internal else 0)
-    if flags & ~allowed:
-        return R.FLAGS_UNKNOWN
-    kind = flags & (PENDING | POST | VOID)
-    if kind not in (0, PENDING, POST, VOID):
-        return R.FLAGS_ARE_MUTUALLY_EXCLUSIVE
-    if len(t.user_data) not in (0, 16):
-        return R.USER_DATA_MUST_BE_16_BYTES
-    if t.amount > AMOUNT_MAX:
-        return R.AMOUNT_TOO_LARGE
-    dr, cr = t.debit_account_id, t.credit_account_id
-    if kind & (POST | VOID):
-        if len(t.pending_id) != 16 or t.pending_id == ZERO_ID:
-            return R.PENDING_ID_MUST_NOT_BE_ZERO
-        if t.pending_id == tid:
-            return R.PENDING_ID_MUST_BE_DIFFERENT
-        if t.timeout_s:
-            return R.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
-        if len(dr) not in (0, 16) or len(cr) not in (0, 16):
-            return R.ACCOUNT_ID_MUST_BE_16_BYTES
-        if kind == POST and t.amount == 0:
-            return R.AMOUNT_MUST_NOT_BE_ZERO
-        return R.OK
-    if t.pending_id:
-        return R.PENDING_ID_MUST_BE_ZERO
-    if t.timeout_s and kind != PENDING:
-        return R.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER
-    if not dr or dr == ZERO_ID:
-        return R.DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
-    if not cr or cr == ZERO_ID:
-        return R.CREDIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
-    if len(dr) != 16 or len(cr) != 16:
-        return R.ACCOUNT_ID_MUST_BE_16_BYTES
-    if dr == cr:
-        return R.ACCOUNTS_MUST_BE_DIFFERENT
-    if t.amount == 0:
-        return R.AMOUNT_MUST_NOT_BE_ZERO
-    if t.ledger == 0:
-        return R.LEDGER_MUST_NOT_BE_ZERO
-    if t.code == 0:
-        return R.CODE_MUST_NOT_BE_ZERO
-    return R.OK
-
-
-def _same(t, s: Stored) -> bool:
-    """Whether a retried transfer carries the same fields as the stored one
-    (fields that post/void may leave empty are compared when given)."""
-    if t.flags != s.flags or t.user_data != s.user_data or t.timeout_s != s.timeout_s:
-        return False
-    if t.pending_id != s.pending_id:
-        return False
-    if t.flags & (POST | VOID):
-        return (
-            (not t.debit_account_id or t.debit_account_id == s.debit_account_id)
-            and (not t.credit_account_id or t.credit_account_id == s.credit_account_id)
-            and (not t.ledger or t.ledger == s.ledger)
-            and (not t.code or t.code == s.code)
-            and (t.amount == s.amount or (t.flags & VOID and t.amount == 0))
-        )
-    return (
-        t.debit_account_id == s.debit_account_id
-        and t.credit_account_id == s.credit_account_id
-        and t.amount == s.amount
-        and t.ledger == s.ledger
-        and t.code == s.code
-    )
+def hold_states(pending_ids, resolved: dict[bytes, int], open_until: dict[bytes, int | None]
+                ) -> dict[bytes, Hold]:
+    """The state of each pending transfer a batch refers to, from what the
+    store read: ``resolved`` maps a pending id to the flags of the transfer
+    that resolved it; ``open_until`` maps an open hold to its expiry (µs since
+    the epoch, None without a timeout). A pending id in neither is unknown."""
+    holds: dict[bytes, Hold] = {}
+    for p in pending_ids:
+        flags = resolved.get(p)
+        if flags is not None:
+            state = HoldState.POSTED if flags & POST else (
+                HoldState.EXPIRED if flags & EXPIRED else HoldState.VOIDED)
+            holds[p] = Hold(state, None, in_db=False)
+        elif p in open_until:
+            holds[p] = Hold(HoldState.OPEN, open_until[p], in_db=True)
+    return holds
 
 
 @dataclass(slots=True)
@@ -158,16 +58,16 @@ class Batch:
     request's transfers in order, then write what the fields describe."""
 
     now_us: int
-    accounts: dict[bytes, Account]
-    stored: dict[bytes, Stored]  # existing transfers by id (batch ids and pendings)
+    accounts: dict[bytes, AccountState]
+    stored: dict[bytes, StoredTransfer]  # existing transfers by id (batch ids and pendings)
     failed: dict[bytes, int]  # burned ids
     holds: dict[bytes, Hold]  # by pending id, for the pendings referenced
     first_seq: int
-    created: list[Stored] = field(default_factory=list)
+    created: list[StoredTransfer] = field(default_factory=list)
     burned: dict[bytes, int] = field(default_factory=dict)
     _undo: list = field(default_factory=list)
 
-    def apply(self, transfers, *, internal: bool = False) -> list[int]:
+    def apply(self, transfers: list[Transfer], *, internal: bool = False) -> list[int]:
         """Applies one request's transfers in order; returns one result per
         item. A linked chain never spans two requests."""
         results: list[int] = []
@@ -182,7 +82,7 @@ class Batch:
             if chain_failed:
                 results.append(R.LINKED_EVENT_FAILED)
             else:
-                r = _validate(t, internal)
+                r = check_fields(t, internal)
                 if r == R.OK:
                     r = self._apply_one(t, internal)
                 if linked and i == last and r in (R.OK, R.EXISTS):
@@ -200,11 +100,11 @@ class Batch:
 
     # -- one transfer ------------------------------------------------------
 
-    def _apply_one(self, t, internal: bool) -> int:
+    def _apply_one(self, t: Transfer, internal: bool) -> int:
         tid = t.id
         existing = self.stored.get(tid)
         if existing is not None:
-            return R.EXISTS if _same(t, existing) else R.EXISTS_WITH_DIFFERENT_FIELDS
+            return R.EXISTS if same_fields(t, existing) else R.EXISTS_WITH_DIFFERENT_FIELDS
         if tid in self.failed or tid in self.burned:
             return R.ID_ALREADY_FAILED
         flags = t.flags
@@ -216,7 +116,7 @@ class Batch:
             self.burned[tid] = r
         return r
 
-    def _move(self, t) -> int:
+    def _move(self, t: Transfer) -> int:
         dr = self.accounts.get(t.debit_account_id)
         if dr is None:
             return R.DEBIT_ACCOUNT_NOT_FOUND
@@ -245,14 +145,14 @@ class Batch:
             cr.cp += amount
             if t.timeout_s:
                 expires_us = self.now_us + t.timeout_s * 1_000_000
-            self._set_hold(t.id, Hold(OPEN, expires_us, in_db=False))
+            self._set_hold(t.id, Hold(HoldState.OPEN, expires_us, in_db=False))
         else:
             dr.dpo += amount
             cr.cpo += amount
         self._create(t, t.debit_account_id, t.credit_account_id, amount, t.ledger, t.code, dr, cr, expires_us)
         return R.OK
 
-    def _resolve(self, t, internal: bool) -> int:
+    def _resolve(self, t: Transfer, internal: bool) -> int:
         p = self.stored.get(t.pending_id)
         if p is None:
             return R.PENDING_TRANSFER_NOT_FOUND
@@ -269,11 +169,11 @@ class Batch:
         hold = self.holds.get(t.pending_id)
         if hold is None:  # loaded state is inconsistent: never guess
             raise InvariantViolation(f"pending transfer {t.pending_id.hex()} has no hold state")
-        if hold.state == POSTED:
+        if hold.state is HoldState.POSTED:
             return R.PENDING_TRANSFER_ALREADY_POSTED
-        if hold.state == VOIDED:
+        if hold.state is HoldState.VOIDED:
             return R.PENDING_TRANSFER_ALREADY_VOIDED
-        if hold.state == EXPIRED_STATE:
+        if hold.state is HoldState.EXPIRED:
             return R.PENDING_TRANSFER_EXPIRED
         expired = hold.expires_us is not None and hold.expires_us <= self.now_us
         if expired and not internal:
@@ -295,14 +195,15 @@ class Batch:
             cr.cpo += amount
         if dr.dp < 0 or cr.cp < 0:
             raise InvariantViolation(f"pending balance below zero resolving {t.pending_id.hex()}")
-        new_state = POSTED if is_post else (EXPIRED_STATE if t.flags & EXPIRED else VOIDED)
+        new_state = HoldState.POSTED if is_post else (
+            HoldState.EXPIRED if t.flags & EXPIRED else HoldState.VOIDED)
         self._set_hold(t.pending_id, Hold(new_state, hold.expires_us, hold.in_db))
         self._create(t, p.debit_account_id, p.credit_account_id, amount, p.ledger, p.code, dr, cr, None)
         return R.OK
 
     # -- state changes, undoable within a linked chain ----------------------
 
-    def _save(self, acct: Account) -> None:
+    def _save(self, acct: AccountState) -> None:
         self._undo.append((acct, acct.dp, acct.dpo, acct.cp, acct.cpo, acct.dirty))
         acct.dirty = True
 
@@ -310,8 +211,9 @@ class Batch:
         self._undo.append((pending_id, self.holds.get(pending_id)))
         self.holds[pending_id] = hold
 
-    def _create(self, t, dr_id, cr_id, amount, ledger, code, dr: Account, cr: Account, expires_us) -> None:
-        s = Stored(
+    def _create(self, t: Transfer, dr_id: bytes, cr_id: bytes, amount: int, ledger: int, code: int,
+                dr: AccountState, cr: AccountState, expires_us: int | None) -> None:
+        s = StoredTransfer(
             id=t.id, debit_account_id=dr_id, credit_account_id=cr_id, amount=amount,
             pending_id=t.pending_id, user_data=t.user_data, timeout_s=t.timeout_s,
             ledger=ledger, code=code, flags=t.flags, seq=self.first_seq + len(self.created),
@@ -340,16 +242,16 @@ class Batch:
 
     # -- what to write -----------------------------------------------------
 
-    def dirty_accounts(self) -> list[tuple[bytes, Account]]:
+    def dirty_accounts(self) -> list[tuple[bytes, AccountState]]:
         return [(k, a) for k, a in self.accounts.items() if a.dirty]
 
     def hold_changes(self) -> tuple[list[tuple[bytes, int | None]], list[bytes]]:
         """(holds to insert, holds to delete) in the open_holds working set."""
         opened, closed = [], []
         for pid, h in self.holds.items():
-            if h.state == OPEN and not h.in_db:
+            if h.state is HoldState.OPEN and not h.in_db:
                 opened.append((pid, h.expires_us))
-            elif h.state != OPEN and h.in_db:
+            elif h.state is not HoldState.OPEN and h.in_db:
                 closed.append(pid)
         return opened, closed
 

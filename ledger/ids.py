@@ -17,3 +17,8 @@ def derive(*parts: bytes | str | int) -> bytes:
 
 def well_known_account(name: str, ledger: int) -> bytes:
     return derive("account", name, ledger)
+
+
+def expiry_void_id(pending_id: bytes) -> bytes:
+    """The id of the void with which the expiry sweep ends a pending transfer."""
+    return hashlib.sha256(b"idlegrid/expire/" + pending_id).digest()[:16]

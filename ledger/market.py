@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from idlegrid.common.errors import InvalidArgument, NotFound
+from idlegrid.common.money import AMOUNT_MAX, split_fee
 from idlegrid.ledger.codes import (
-    AMOUNT_MAX,
     CODE_EARNING,
     CODE_FEE,
     CODE_PAYOUT,
@@ -32,7 +32,8 @@ from idlegrid.ledger.codes import (
 )
 from idlegrid.ledger.ids import derive, well_known_account
 from idlegrid.ledger.v1 import ledger_pb2 as pb
-from idlegrid.ledger.writer import Writer
+from idlegrid.ledger.values import Transfer
+from idlegrid.ledger.writer import BatchWriter
 
 S = pb.OperationStatus
 TIMEOUT_S_MAX = 86_400
@@ -42,26 +43,27 @@ SETTLE_BATCH_MAX = 1000
 
 
 @dataclass(frozen=True, slots=True)
-class T:
-    """A transfer built by an operation (the engine reads these attributes)."""
+class Settlement:
+    """One job to settle: ``cost`` (0: release the reservation) split between
+    the provider and the platform's fee of ``fee_bps`` basis points."""
 
-    id: bytes
-    debit_account_id: bytes = b""
-    credit_account_id: bytes = b""
+    job_id: bytes
+    provider_account_id: bytes = b""
+    cost: int = 0
+    fee_bps: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What an operation did: its status (an OperationStatus), the transfers
+    it sent with one result each, and the amounts it moved."""
+
+    status: int
+    transfer_ids: list[bytes]
+    results: list[int]
     amount: int = 0
-    pending_id: bytes = b""
-    user_data: bytes = b""
-    timeout_s: int = 0
-    ledger: int = 0
-    code: int = 0
-    flags: int = 0
-
-
-def split_fee(cost: int, fee_bps: int) -> tuple[int, int]:
-    """(provider_amount, fee): the fee is floor-rounded, the provider gets the
-    rest, so the two always add up to the cost exactly."""
-    fee = cost * fee_bps // 10_000
-    return cost - fee, fee
+    fee: int = 0
+    provider_amount: int = 0
 
 
 def reserve_id(job_id: bytes) -> bytes:
@@ -127,99 +129,105 @@ def _status(results: list[int], *, funds: bool = False, expired: bool = False) -
 
 
 class Market:
-    def __init__(self, writer: Writer) -> None:
+    def __init__(self, writer: BatchWriter) -> None:
         self._writer = writer
 
-    async def _run(self, transfers: list[T], *, funds: bool = False, expired: bool = False,
-                   **extra) -> pb.OperationResponse:
+    async def _run(self, transfers: list[Transfer], *, funds: bool = False, expired: bool = False,
+                   amount: int = 0) -> Outcome:
         results = await self._writer.submit(transfers)
-        return pb.OperationResponse(
-            status=_status(results, funds=funds, expired=expired), transfer_ids=[t.id for t in transfers],
-            results=results, **extra)
+        return Outcome(status=_status(results, funds=funds, expired=expired),
+                       transfer_ids=[t.id for t in transfers], results=results, amount=amount)
 
-    async def top_up(self, req: pb.TopUpRequest) -> pb.OperationResponse:
-        ledger = req.ledger or LEDGER_CREDITS
-        t = T(id=derive("topup", _key(req.idempotency_key)),
+    async def top_up(self, *, account_id: bytes, amount: int, idempotency_key: str, ledger: int = 0) -> Outcome:
+        """external:deposits -> the account. ``ledger`` 0: the credits ledger."""
+        ledger = ledger or LEDGER_CREDITS
+        t = Transfer(id=derive("topup", _key(idempotency_key)),
               debit_account_id=well_known_account("external:deposits", ledger),
-              credit_account_id=_id16(req.account_id, "account_id"),
-              amount=_amount(req.amount, "amount"), ledger=ledger, code=CODE_TOPUP)
-        return await self._run([t], amount=req.amount)
+              credit_account_id=_id16(account_id, "account_id"),
+              amount=_amount(amount, "amount"), ledger=ledger, code=CODE_TOPUP)
+        return await self._run([t], amount=amount)
 
-    async def reserve(self, req: pb.ReserveRequest) -> pb.OperationResponse:
-        ledger = req.ledger or LEDGER_CREDITS
-        job = _id16(req.job_id, "job_id")
-        if not 1 <= req.timeout_s <= TIMEOUT_S_MAX:
+    async def reserve(self, *, job_id: bytes, consumer_account_id: bytes, amount: int, timeout_s: int,
+                      ledger: int = 0) -> Outcome:
+        """A hold of ``amount`` on the consumer for the job, released after ``timeout_s``."""
+        ledger = ledger or LEDGER_CREDITS
+        job = _id16(job_id, "job_id")
+        if not 1 <= timeout_s <= TIMEOUT_S_MAX:
             raise InvalidArgument(f"timeout_s must be in [1, {TIMEOUT_S_MAX}]")
-        t = T(id=reserve_id(job), debit_account_id=_id16(req.consumer_account_id, "consumer_account_id"),
+        t = Transfer(id=reserve_id(job), debit_account_id=_id16(consumer_account_id, "consumer_account_id"),
               credit_account_id=well_known_account("escrow:jobs", ledger),
-              amount=_amount(req.amount, "amount"), user_data=job, timeout_s=req.timeout_s,
+              amount=_amount(amount, "amount"), user_data=job, timeout_s=timeout_s,
               ledger=ledger, code=CODE_RESERVE, flags=PENDING)
-        return await self._run([t], funds=True, amount=req.amount)
+        return await self._run([t], funds=True, amount=amount)
 
     @staticmethod
-    def _settle_plan(req: pb.SettleRequest) -> tuple[list[T], int, int, int]:
+    def _settle_plan(s: Settlement) -> tuple[list[Transfer], int, int, int]:
         """The transfers that settle one job: (chain, cost, fee, provider_amount).
         Cost 0 is a release (one void)."""
-        job = _id16(req.job_id, "job_id")
-        if req.fee_bps > FEE_BPS_MAX:
+        job = _id16(s.job_id, "job_id")
+        if s.fee_bps > FEE_BPS_MAX:
             raise InvalidArgument(f"fee_bps must be in [0, {FEE_BPS_MAX}]")
-        if req.cost == 0:
-            return [T(id=derive("release", job), pending_id=reserve_id(job), flags=VOID)], 0, 0, 0
-        provider = _id16(req.provider_account_id, "provider_account_id")
-        cost = _amount(req.cost, "cost")
-        provider_amount, fee = split_fee(cost, req.fee_bps)
+        if s.cost == 0:
+            return [Transfer(id=derive("release", job), pending_id=reserve_id(job), flags=VOID)], 0, 0, 0
+        provider = _id16(s.provider_account_id, "provider_account_id")
+        cost = _amount(s.cost, "cost")
+        provider_amount, fee = split_fee(cost, s.fee_bps)
         ledger = LEDGER_CREDITS
         escrow = well_known_account("escrow:jobs", ledger)
-        chain = [T(id=derive("settle", job), pending_id=reserve_id(job), amount=cost, flags=POST | LINKED)]
+        chain = [Transfer(id=derive("settle", job), pending_id=reserve_id(job), amount=cost, flags=POST | LINKED)]
         if provider_amount:
-            chain.append(T(id=derive("earning", job), debit_account_id=escrow, credit_account_id=provider,
+            chain.append(Transfer(id=derive("earning", job), debit_account_id=escrow, credit_account_id=provider,
                            amount=provider_amount, user_data=job, ledger=ledger, code=CODE_EARNING,
                            flags=LINKED))
         if fee:
-            chain.append(T(id=derive("fee", job), debit_account_id=escrow,
+            chain.append(Transfer(id=derive("fee", job), debit_account_id=escrow,
                            credit_account_id=well_known_account("platform:revenue", ledger),
                            amount=fee, user_data=job, ledger=ledger, code=CODE_FEE, flags=LINKED))
         chain[-1] = replace(chain[-1], flags=chain[-1].flags & ~LINKED)
         return chain, cost, fee, provider_amount
 
     @staticmethod
-    def _settle_answer(chain: list[T], results: list[int], cost: int, fee: int,
-                       provider_amount: int) -> pb.OperationResponse:
+    def _settle_outcome(chain: list[Transfer], results: list[int], cost: int, fee: int,
+                        provider_amount: int) -> Outcome:
         # The chain fails as a whole: report the cause, not LINKED_EVENT_FAILED.
         causes = [r for r in results if r != R.LINKED_EVENT_FAILED] or results
         # A post's or void's id is burned only by an expired hold: a retry is HOLD_EXPIRED again.
         expired = results[0] == R.ID_ALREADY_FAILED
-        return pb.OperationResponse(
-            status=_status(causes, expired=expired), transfer_ids=[t.id for t in chain], results=results,
-            amount=cost, fee=fee, provider_amount=provider_amount)
+        return Outcome(status=_status(causes, expired=expired), transfer_ids=[t.id for t in chain],
+                       results=results, amount=cost, fee=fee, provider_amount=provider_amount)
 
-    async def settle(self, req: pb.SettleRequest) -> pb.OperationResponse:
-        plan = self._settle_plan(req)
-        return self._settle_answer(plan[0], await self._writer.submit(plan[0]), *plan[1:])
+    async def settle(self, s: Settlement) -> Outcome:
+        """Posts the job's hold for its cost and pays the provider and the fee, all or nothing."""
+        plan = self._settle_plan(s)
+        return self._settle_outcome(plan[0], await self._writer.submit(plan[0]), *plan[1:])
 
-    async def settle_batch(self, req: pb.SettleBatchRequest) -> pb.SettleBatchResponse:
-        """Many jobs' settlements in one writer request (one group commit)."""
-        if not 1 <= len(req.settles) <= SETTLE_BATCH_MAX:
+    async def settle_batch(self, settlements: list[Settlement]) -> list[Outcome]:
+        """Many jobs' settlements in one writer request (one group commit),
+        each job's chain succeeding or failing on its own."""
+        if not 1 <= len(settlements) <= SETTLE_BATCH_MAX:
             raise InvalidArgument(f"settles: between 1 and {SETTLE_BATCH_MAX} items")
-        if len({s.job_id for s in req.settles}) != len(req.settles):
+        if len({s.job_id for s in settlements}) != len(settlements):
             raise InvalidArgument("a job appears twice in one batch")
-        plans = [self._settle_plan(s) for s in req.settles]
+        plans = [self._settle_plan(s) for s in settlements]
         results = await self._writer.submit([t for chain, *_ in plans for t in chain])
         out, i = [], 0
         for chain, cost, fee, provider_amount in plans:
-            out.append(self._settle_answer(chain, results[i:i + len(chain)], cost, fee, provider_amount))
+            out.append(self._settle_outcome(chain, results[i:i + len(chain)], cost, fee, provider_amount))
             i += len(chain)
-        return pb.SettleBatchResponse(results=out)
+        return out
 
-    async def release(self, req: pb.ReleaseRequest) -> pb.OperationResponse:
-        job = _id16(req.job_id, "job_id")
-        t = T(id=derive("release", job), pending_id=reserve_id(job), flags=VOID)
+    async def release(self, *, job_id: bytes) -> Outcome:
+        """Voids the job's hold: the consumer gets the whole reservation back."""
+        job = _id16(job_id, "job_id")
+        t = Transfer(id=derive("release", job), pending_id=reserve_id(job), flags=VOID)
         return await self._run([t], expired=True)  # a void's id is burned only by an expired hold
 
-    async def payout(self, req: pb.PayoutRequest) -> pb.OperationResponse:
-        ledger = req.ledger or LEDGER_CREDITS
-        t = T(id=derive("payout", _key(req.idempotency_key)),
-              debit_account_id=_id16(req.provider_account_id, "provider_account_id"),
+    async def payout(self, *, provider_account_id: bytes, amount: int, idempotency_key: str,
+                     ledger: int = 0) -> Outcome:
+        """The provider -> external:payouts."""
+        ledger = ledger or LEDGER_CREDITS
+        t = Transfer(id=derive("payout", _key(idempotency_key)),
+              debit_account_id=_id16(provider_account_id, "provider_account_id"),
               credit_account_id=well_known_account("external:payouts", ledger),
-              amount=_amount(req.amount, "amount"), ledger=ledger, code=CODE_PAYOUT)
-        return await self._run([t], funds=True, amount=req.amount)
+              amount=_amount(amount, "amount"), ledger=ledger, code=CODE_PAYOUT)
+        return await self._run([t], funds=True, amount=amount)

@@ -1,5 +1,5 @@
-"""Runs the ledger service: database, migrations, the group-commit writer and
-the gRPC server."""
+"""Runs the ledger service: database, migrations (ledger/migrations, and the
+functions in ledger/sql), the group-commit writer and the gRPC server."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 from idlegrid.common import db, server
 from idlegrid.common.config import Config
-from idlegrid.ledger.accounts import ensure_well_known
+from idlegrid.ledger.chart import ensure_well_known
 from idlegrid.ledger.servicer import LedgerServicer
 from idlegrid.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from idlegrid.ledger.writer import Writer
+from idlegrid.ledger.writer import BatchWriter
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
@@ -23,7 +23,7 @@ async def start(config: Config, *, port: int | None = None, database_url: str | 
     pool = await db.create_pool(url, max_size=config.db_pool_max)
     await db.migrate(pool, "ledger", MIGRATIONS)
     await ensure_well_known(pool)
-    writer = Writer(pool, sweep_interval_s=sweep_interval_s)
+    writer = BatchWriter(pool, sweep_interval_s=sweep_interval_s)
     await writer.start()
     running = await server.start(
         "ledger",

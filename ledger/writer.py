@@ -6,7 +6,6 @@ every request when the batch has committed."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -14,10 +13,12 @@ import asyncpg
 import structlog
 
 from idlegrid.common.errors import IdlegridError, ResourceExhausted, Unavailable
-from idlegrid.ledger import store
 from idlegrid.ledger.chain import batch_hash, from_micros, micros, transfer_bytes
 from idlegrid.ledger.codes import BATCH_SIZE_MAX, EXPIRED, VOID, R
-from idlegrid.ledger.engine import Batch, InvariantViolation
+from idlegrid.ledger.engine import Batch, InvariantViolation, hold_states
+from idlegrid.ledger.ids import expiry_void_id
+from idlegrid.ledger.store import batches as store
+from idlegrid.ledger.values import Transfer
 
 log = structlog.get_logger("ledger.writer")
 
@@ -29,32 +30,20 @@ LINGER_BELOW_TRANSFERS = 256
 
 @dataclass(slots=True)
 class _Request:
-    transfers: list
+    transfers: list[Transfer]
     internal: bool
     future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-@dataclass(frozen=True, slots=True)
-class ExpiryVoid:
+def expiry_void(pending_id: bytes) -> Transfer:
     """The void the expiry sweep creates for a pending transfer (deterministic id)."""
-
-    pending_id: bytes
-    id: bytes = b""
-    debit_account_id: bytes = b""
-    credit_account_id: bytes = b""
-    amount: int = 0
-    user_data: bytes = b""
-    timeout_s: int = 0
-    ledger: int = 0
-    code: int = 0
-    flags: int = VOID | EXPIRED
-
-    @classmethod
-    def of(cls, pending_id: bytes) -> ExpiryVoid:
-        return cls(pending_id=pending_id, id=hashlib.sha256(b"idlegrid/expire/" + pending_id).digest()[:16])
+    return Transfer(id=expiry_void_id(pending_id), pending_id=pending_id, flags=VOID | EXPIRED)
 
 
-class Writer:
+class BatchWriter:
+    """The ledger's single writer: group-commits the queued requests, one
+    batch per transaction, and sweeps expired holds through the same batches."""
+
     def __init__(self, pool: asyncpg.Pool, *, batch_size_max: int = BATCH_SIZE_MAX,
                  queue_requests_max: int = QUEUE_REQUESTS_MAX,
                  sweep_interval_s: float = SWEEP_INTERVAL_S) -> None:
@@ -80,7 +69,7 @@ class Writer:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def submit(self, transfers: list, *, internal: bool = False) -> list[int]:
+    async def submit(self, transfers: list[Transfer], *, internal: bool = False) -> list[int]:
         """Applies ``transfers`` (one request: chains stay inside it) in the
         next batch and returns one result per transfer once it is durable."""
         req = _Request(transfers, internal)
@@ -154,27 +143,28 @@ class Writer:
         ids = {i for i in ids if len(i) == 16}
         account_ids = {a for a in account_ids if len(a) == 16}
         async with self._pool.acquire() as conn, conn.transaction():
-            loaded = await store.prepare(conn, ids | pendings, pendings, account_ids, micros)
-            head_batch, prev_hash, now = loaded.head_batch, loaded.prev_hash, loaded.now
-            now_us = micros(now)
-            batch = Batch(now_us, loaded.accounts, loaded.stored, loaded.failed, loaded.holds,
+            loaded = await store.prepare(conn, transfer_ids=ids | pendings, pending_ids=pendings,
+                                         account_ids=account_ids)
+            now_us = micros(loaded.now)
+            batch = Batch(now_us, loaded.accounts, loaded.stored, loaded.failed,
+                          hold_states(pendings, loaded.resolved, loaded.open_until),
                           first_seq=loaded.last_seq + 1)
             results = [batch.apply(it.transfers, internal=it.internal) for it in items]
             totals = batch.totals_delta()
             created = batch.created
             if not created and not batch.burned:
                 return results
-            batch_no = head_batch + 1
-            hash_ = prev_hash
+            batch_no = loaded.head_batch + 1
+            hash_ = loaded.prev_hash
             if created:
-                hash_ = batch_hash(prev_hash, batch_no, created[0].seq, created[-1].seq, now_us, [
+                hash_ = batch_hash(loaded.prev_hash, batch_no, created[0].seq, created[-1].seq, now_us, [
                     transfer_bytes(s.seq, s.id, s.debit_account_id, s.credit_account_id, s.amount,
                                    s.pending_id, s.user_data, s.timeout_s, s.ledger, s.code, s.flags)
                     for s in created])
             opened, closed = batch.hold_changes()
             await store.commit_batch(
-                conn, batch=batch_no, created=created, now=now, prev_hash=prev_hash, hash_=hash_,
-                accounts=batch.dirty_accounts(),
+                conn, batch=batch_no, prev_hash=loaded.prev_hash, hash_=hash_, now=loaded.now,
+                created=created, accounts=batch.dirty_accounts(),
                 holds_opened=[(p, from_micros(e) if e is not None else None) for p, e in opened],
                 holds_closed=closed, burned=batch.burned, totals=totals)
         if created:
@@ -189,7 +179,7 @@ class Writer:
                 async with self._pool.acquire() as conn:
                     expired = await store.expired_holds(conn, BATCH_SIZE_MAX)
                 if expired:
-                    results = await self.submit([ExpiryVoid.of(p) for p in expired], internal=True)
+                    results = await self.submit([expiry_void(p) for p in expired], internal=True)
                     log.info("ledger.holds_expired", count=sum(r == R.OK for r in results))
             except asyncio.CancelledError:
                 raise

@@ -1,16 +1,15 @@
--- The ledger schema: accounts, immutable transfers, the hash chain.
+-- The ledger schema: accounts, immutable transfers, the hash chain, and the
+-- row types of the batch functions. Schema only: the functions live in
+-- ledger/sql/, one canonical file each (the triggers below call
+-- forbid_change and account_guard, which are applied before this file).
 -- Amounts are micro-credits in bigint; every balance is >= 0 and the balance
--- flags are enforced here as well as in the writer.
-
-CREATE FUNCTION ledger.forbid_change() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  RAISE EXCEPTION 'ledger.%: rows are append-only (% refused)', TG_TABLE_NAME, TG_OP
-    USING ERRCODE = 'integrity_constraint_violation';
-END $$;
+-- flags are enforced here as well as in the writer. The proto's uint32 fields
+-- (ledger, code, timeout_s) get bigint columns, so every value the API
+-- accepts can be stored.
 
 CREATE TABLE ledger.accounts (
   id               uuid PRIMARY KEY,
-  ledger           integer  NOT NULL CHECK (ledger > 0),
+  ledger           bigint   NOT NULL CHECK (ledger > 0),
   kind             smallint NOT NULL CHECK (kind BETWEEN 1 AND 5),
   flags            integer  NOT NULL CHECK (flags & ~3 = 0 AND flags <> 3),
   user_data        uuid,
@@ -26,18 +25,7 @@ CREATE TABLE ledger.accounts (
     CHECK (flags & 2 = 0 OR credits_pending + credits_posted <= debits_posted),
   UNIQUE (ledger, name)
 );
-
 -- Only the four balances of an account ever change; accounts are never deleted.
-CREATE FUNCTION ledger.account_guard() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF TG_OP = 'DELETE' OR NEW.id <> OLD.id OR NEW.ledger <> OLD.ledger OR NEW.kind <> OLD.kind
-     OR NEW.flags <> OLD.flags OR NEW.user_data IS DISTINCT FROM OLD.user_data
-     OR NEW.name IS DISTINCT FROM OLD.name OR NEW.created_at <> OLD.created_at THEN
-    RAISE EXCEPTION 'ledger.accounts: only balances may change (% refused)', TG_OP
-      USING ERRCODE = 'integrity_constraint_violation';
-  END IF;
-  RETURN NEW;
-END $$;
 CREATE TRIGGER accounts_guard BEFORE UPDATE OR DELETE ON ledger.accounts
   FOR EACH ROW EXECUTE FUNCTION ledger.account_guard();
 CREATE TRIGGER accounts_no_truncate BEFORE TRUNCATE ON ledger.accounts
@@ -63,9 +51,9 @@ CREATE TABLE ledger.transfers (
   amount              bigint  NOT NULL CHECK (amount >= 0),
   pending_id          uuid,
   user_data           uuid,
-  timeout_s           integer NOT NULL CHECK (timeout_s >= 0),
-  ledger              integer NOT NULL CHECK (ledger > 0),
-  code                integer NOT NULL CHECK (code > 0),
+  timeout_s           bigint  NOT NULL CHECK (timeout_s >= 0),
+  ledger              bigint  NOT NULL CHECK (ledger > 0),
+  code                bigint  NOT NULL CHECK (code > 0),
   flags               integer NOT NULL CHECK (flags & ~31 = 0),
   batch               bigint  NOT NULL REFERENCES ledger.batches (batch),
   created_at          timestamptz NOT NULL,
@@ -112,6 +100,8 @@ CREATE TABLE ledger.failed_transfers (
 );
 CREATE TRIGGER failed_append_only BEFORE UPDATE OR DELETE ON ledger.failed_transfers
   FOR EACH ROW EXECUTE FUNCTION ledger.forbid_change();
+CREATE TRIGGER failed_no_truncate BEFORE TRUNCATE ON ledger.failed_transfers
+  FOR EACH STATEMENT EXECUTE FUNCTION ledger.forbid_change();
 
 -- Working set of the expiry sweep: pending transfers not yet posted or voided.
 CREATE TABLE ledger.open_holds (
@@ -121,12 +111,49 @@ CREATE TABLE ledger.open_holds (
 CREATE INDEX open_holds_expiry ON ledger.open_holds (expires_at) WHERE expires_at IS NOT NULL;
 
 -- Per-ledger totals, moved by every batch: the database itself refuses a batch
--- whose debits and credits differ.
+-- whose debits and credits differ. numeric, since a ledger's summed balances
+-- may pass 2^63-1 while each account's cannot.
 CREATE TABLE ledger.totals (
-  ledger           integer PRIMARY KEY,
-  debits_pending   bigint NOT NULL DEFAULT 0,
-  debits_posted    bigint NOT NULL DEFAULT 0,
-  credits_pending  bigint NOT NULL DEFAULT 0,
-  credits_posted   bigint NOT NULL DEFAULT 0,
+  ledger           bigint PRIMARY KEY,
+  debits_pending   numeric NOT NULL DEFAULT 0,
+  debits_posted    numeric NOT NULL DEFAULT 0,
+  credits_pending  numeric NOT NULL DEFAULT 0,
+  credits_posted   numeric NOT NULL DEFAULT 0,
   CONSTRAINT double_entry CHECK (debits_pending = credits_pending AND debits_posted = credits_posted)
+);
+
+-- The rows that ledger.prepare_batch reads and ledger.apply_batch writes, one
+-- type per kind of row, with the columns' own names.
+
+-- An account as a batch loads (and locks) it.
+CREATE TYPE ledger.account_state AS (
+  id uuid, ledger bigint, flags integer,
+  debits_pending bigint, debits_posted bigint, credits_pending bigint, credits_posted bigint
+);
+-- An account's four balances after a batch.
+CREATE TYPE ledger.account_balances AS (
+  id uuid, debits_pending bigint, debits_posted bigint, credits_pending bigint, credits_posted bigint
+);
+-- A stored transfer's own fields (no seq, batch or balance history).
+CREATE TYPE ledger.transfer_fields AS (
+  id uuid, debit_account_id uuid, credit_account_id uuid, amount bigint, pending_id uuid,
+  user_data uuid, timeout_s bigint, ledger bigint, code bigint, flags integer
+);
+-- The transfer that resolved (posted, voided or expired) a pending one.
+CREATE TYPE ledger.resolution AS (pending_id uuid, flags integer);
+-- A row of ledger.open_holds.
+CREATE TYPE ledger.open_hold AS (pending_id uuid, expires_at timestamptz);
+-- An id burned by a business rejection, and the result that burned it.
+CREATE TYPE ledger.failed_id AS (id uuid, result smallint);
+-- A transfer a batch creates: its fields, its seq, and both accounts'
+-- balances right after it (the columns of ledger.transfers but batch and created_at).
+CREATE TYPE ledger.new_transfer AS (
+  seq bigint, id uuid, debit_account_id uuid, credit_account_id uuid, amount bigint, pending_id uuid,
+  user_data uuid, timeout_s bigint, ledger bigint, code bigint, flags integer,
+  dr_debits_pending bigint, dr_debits_posted bigint, dr_credits_pending bigint, dr_credits_posted bigint,
+  cr_debits_pending bigint, cr_debits_posted bigint, cr_credits_pending bigint, cr_credits_posted bigint
+);
+-- What a batch adds to one ledger's totals.
+CREATE TYPE ledger.totals_delta AS (
+  ledger bigint, debits_pending numeric, debits_posted numeric, credits_pending numeric, credits_posted numeric
 );

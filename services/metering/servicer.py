@@ -11,6 +11,7 @@ from asyncpg.pgproto import pgproto
 from idlegrid.common.errors import Conflict, InvalidArgument, NotFound
 from idlegrid.metering import store, usage
 from idlegrid.metering.settlement import SettlementWorker
+from idlegrid.metering.states import Settlement
 from idlegrid.metering.v1 import metering_pb2 as pb
 from idlegrid.metering.v1 import metering_pb2_grpc
 
@@ -71,7 +72,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
 
     async def RecordUsage(self, request, context):
         values = usage.validate(request.record, self._fee_bps)
-        row, created = await store.insert(self._pool, values, pb.SETTLEMENT_STATE_PENDING)
+        row, created = await store.insert(self._pool, values, Settlement.PENDING)
         if not created and not usage.same(row, values):
             raise Conflict("a different usage record exists for this job")
         if created:

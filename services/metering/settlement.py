@@ -7,14 +7,15 @@ a retry that answers ALREADY_APPLIED: every job is settled exactly once."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import asyncpg
 import grpc
 import structlog
 
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
-from idlegrid.metering import store
-from idlegrid.metering.v1 import metering_pb2 as pb
+from idlegrid.metering import states, store
+from idlegrid.metering.states import Settlement
 
 log = structlog.get_logger("metering.settlement")
 
@@ -26,12 +27,31 @@ BACKOFF_S_MAX = 60.0
 _S = lpb.OperationStatus
 # Ledger outcome -> (settlement state, error) for final answers.
 _FINAL = {
-    _S.OPERATION_STATUS_HOLD_EXPIRED: (pb.SETTLEMENT_STATE_EXPIRED, "the reservation expired before settlement"),
-    _S.OPERATION_STATUS_HOLD_NOT_FOUND: (pb.SETTLEMENT_STATE_REJECTED, "no reservation for this job"),
-    _S.OPERATION_STATUS_HOLD_ALREADY_RESOLVED: (pb.SETTLEMENT_STATE_REJECTED, "the reservation was resolved otherwise"),
-    _S.OPERATION_STATUS_CONFLICT: (pb.SETTLEMENT_STATE_REJECTED, "the job was settled with other amounts"),
-    _S.OPERATION_STATUS_EXCEEDS_RESERVATION: (pb.SETTLEMENT_STATE_REJECTED, "the cost exceeds the reservation"),
+    _S.OPERATION_STATUS_HOLD_EXPIRED: (Settlement.EXPIRED, "the reservation expired before settlement"),
+    _S.OPERATION_STATUS_HOLD_NOT_FOUND: (Settlement.REJECTED, "no reservation for this job"),
+    _S.OPERATION_STATUS_HOLD_ALREADY_RESOLVED: (Settlement.REJECTED, "the reservation was resolved otherwise"),
+    _S.OPERATION_STATUS_CONFLICT: (Settlement.REJECTED, "the job was settled with other amounts"),
+    _S.OPERATION_STATUS_EXCEEDS_RESERVATION: (Settlement.REJECTED, "the cost exceeds the reservation"),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What to do with one record after asking the ledger: move it to a
+    final ``state``, or keep it PENDING and ``retry`` later."""
+
+    state: Settlement
+    fee_micros: int = 0
+    provider_micros: int = 0
+    error: str = ""
+
+    @property
+    def retry(self) -> bool:
+        return self.state == Settlement.PENDING
+
+
+def _retry(error: str) -> Verdict:
+    return Verdict(Settlement.PENDING, error=error)
 
 
 class SettlementWorker:
@@ -78,12 +98,13 @@ class SettlementWorker:
             if not rows:
                 return False
             outcomes = await self._settle_batch(rows)
-            for r, (state, fee, provider, error, retry) in zip(rows, outcomes, strict=True):
-                if retry:
+            for r, v in zip(rows, outcomes, strict=True):
+                states.check(Settlement.PENDING, v.state, cost_micros=r["cost_micros"])
+                if v.retry:
                     delay = min(BACKOFF_S_MAX, 0.5 * 2 ** min(r["attempts"], 8))
-                    await store.retry_later(conn, r["job_id"], delay, error)
+                    await store.retry_later(conn, r["job_id"], delay, v.error)
                 else:
-                    await store.finish(conn, r["job_id"], state, fee, provider, error)
+                    await store.finish(conn, r["job_id"], v.state, v.fee_micros, v.provider_micros, v.error)
                     self.settled += 1
         return len(rows) == CLAIM_MAX
 
@@ -94,7 +115,7 @@ class SettlementWorker:
         return lpb.SettleRequest(job_id=r["job_id"].bytes, provider_account_id=provider.bytes if provider else b"",
                                  cost=r["cost_micros"], fee_bps=r["fee_bps"])
 
-    async def _settle_batch(self, rows) -> list[tuple[int, int, int, str, bool]]:
+    async def _settle_batch(self, rows) -> list[Verdict]:
         """One ledger call for every row (one group commit); rows are settled
         one by one only if the batch is refused as a whole."""
         try:
@@ -103,30 +124,30 @@ class SettlementWorker:
         except grpc.aio.AioRpcError as e:
             if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
                 return list(await asyncio.gather(*(self._settle(r) for r in rows)))  # find the bad one
-            return [(0, 0, 0, f"ledger unavailable: {e.code().name}", True)] * len(rows)
+            return [_retry(f"ledger unavailable: {e.code().name}")] * len(rows)
         return [self._outcome(r, x) for r, x in zip(rows, res.results, strict=True)]
 
-    async def _settle(self, r) -> tuple[int, int, int, str, bool]:
+    async def _settle(self, r) -> Verdict:
         job = r["job_id"].bytes
         try:
             res = await self._ledger.Settle(self._request(r), timeout=LEDGER_TIMEOUT_S)
         except grpc.aio.AioRpcError as e:
             if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
                 log.error("settlement.rejected", job_id=job.hex(), error=e.details())
-                return pb.SETTLEMENT_STATE_REJECTED, 0, 0, e.details() or "rejected", False
-            return 0, 0, 0, f"ledger unavailable: {e.code().name}", True
+                return Verdict(Settlement.REJECTED, error=e.details() or "rejected")
+            return _retry(f"ledger unavailable: {e.code().name}")
         return self._outcome(r, res)
 
     @staticmethod
-    def _outcome(r, res: lpb.OperationResponse) -> tuple[int, int, int, str, bool]:
+    def _outcome(r, res: lpb.OperationResponse) -> Verdict:
         job = r["job_id"].bytes
         if res.status in (_S.OPERATION_STATUS_OK, _S.OPERATION_STATUS_ALREADY_APPLIED):
             if r["cost_micros"] == 0:
-                return pb.SETTLEMENT_STATE_RELEASED, 0, 0, "", False
-            return pb.SETTLEMENT_STATE_SETTLED, res.fee, res.provider_amount, "", False
+                return Verdict(Settlement.RELEASED)
+            return Verdict(Settlement.SETTLED, res.fee, res.provider_amount)
         if r["cost_micros"] == 0 and res.status == _S.OPERATION_STATUS_HOLD_EXPIRED:
-            return pb.SETTLEMENT_STATE_RELEASED, 0, 0, "", False  # released by expiry: same effect
-        state, error = _FINAL.get(res.status, (pb.SETTLEMENT_STATE_REJECTED, "refused by the ledger"))
+            return Verdict(Settlement.RELEASED)  # released by expiry: same effect
+        state, error = _FINAL.get(res.status, (Settlement.REJECTED, "refused by the ledger"))
         log.warning("settlement.final_without_charge", job_id=job.hex(),
                     status=lpb.OperationStatus.Name(res.status))
-        return state, 0, 0, error, False
+        return Verdict(state, error=error)

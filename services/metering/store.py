@@ -1,4 +1,8 @@
-"""Metering's SQL: records, queries, and the settlement outbox."""
+"""Metering's SQL: records, queries, and the settlement outbox.
+
+Settlement states are written into the statements as literals (from
+:class:`Settlement`), not bound as parameters, so that the planner can use the
+outbox's partial index (``WHERE settlement = 1``)."""
 
 from __future__ import annotations
 
@@ -6,7 +10,10 @@ from datetime import timedelta
 
 import asyncpg
 
+from idlegrid.metering.states import Settlement
 from idlegrid.metering.usage import COLUMNS
+
+_PENDING, _SETTLED = int(Settlement.PENDING), int(Settlement.SETTLED)
 
 _INSERT = (
     f"INSERT INTO metering.usage ({', '.join(COLUMNS)}, settlement) VALUES "
@@ -15,10 +22,10 @@ _INSERT = (
 )
 
 
-async def insert(pool: asyncpg.Pool, values: tuple, settlement: int):
+async def insert(pool: asyncpg.Pool, values: tuple, settlement: Settlement):
     """(row, created): the new row, or the existing one for the same job."""
     async with pool.acquire() as conn:
-        row = await conn.fetchrow(_INSERT, *values, settlement)
+        row = await conn.fetchrow(_INSERT, *values, int(settlement))
         if row is not None:
             return row, True
         return await conn.fetchrow("SELECT * FROM metering.usage WHERE job_id = $1", values[0]), False
@@ -66,27 +73,29 @@ async def buckets(pool, f: dict, bucket_s: int, group_col: str | None, rows_max:
                    sum(completion_tokens) AS completion_tokens, sum(requests) AS requests,
                    sum(cost_micros) AS cost_micros, sum(fee_micros) AS fee_micros,
                    sum(provider_micros) AS provider_micros,
-                   sum(cost_micros) FILTER (WHERE settlement = 2) AS settled_cost_micros
+                   sum(cost_micros) FILTER (WHERE settlement = {_SETTLED}) AS settled_cost_micros
               FROM metering.usage{clause} GROUP BY 1, 2 ORDER BY 1, 2 LIMIT ${len(args)}""", *args)
 
 
 async def claim(conn, limit: int) -> list:
     """Pending settlements due now, locked for this worker (others skip them)."""
     return await conn.fetch(
-        """SELECT job_id, provider_account_id, cost_micros, fee_bps, attempts FROM metering.usage
-            WHERE settlement = 1 AND next_attempt_at <= clock_timestamp()
+        f"""SELECT job_id, provider_account_id, cost_micros, fee_bps, attempts FROM metering.usage
+            WHERE settlement = {_PENDING} AND next_attempt_at <= clock_timestamp()
             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED""", limit)
 
 
-async def finish(conn, job_id, settlement: int, fee: int, provider: int, error: str) -> None:
+async def finish(conn, job_id, settlement: Settlement, fee: int, provider: int, error: str) -> None:
+    """Moves a PENDING record to its final state (a final state never changes)."""
     await conn.execute(
-        """UPDATE metering.usage SET settlement = $2, fee_micros = $3, provider_micros = $4,
+        f"""UPDATE metering.usage SET settlement = $2, fee_micros = $3, provider_micros = $4,
                   settlement_error = $5, settled_at = clock_timestamp(), attempts = attempts + 1
-            WHERE job_id = $1 AND settlement = 1""", job_id, settlement, fee, provider, error)
+            WHERE job_id = $1 AND settlement = {_PENDING}""", job_id, int(settlement), fee, provider, error)
 
 
 async def retry_later(conn, job_id, delay_s: float, error: str) -> None:
+    """Keeps a record PENDING, due again after ``delay_s``."""
     await conn.execute(
-        """UPDATE metering.usage SET attempts = attempts + 1, settlement_error = $3,
+        f"""UPDATE metering.usage SET attempts = attempts + 1, settlement_error = $3,
                   next_attempt_at = clock_timestamp() + make_interval(secs => $2)
-            WHERE job_id = $1 AND settlement = 1""", job_id, delay_s, error)
+            WHERE job_id = $1 AND settlement = {_PENDING}""", job_id, delay_s, error)

@@ -8,11 +8,11 @@ from asyncpg.pgproto import pgproto
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from idlegrid.common.errors import InvalidArgument
+from idlegrid.common.money import AMOUNT_MAX
 from idlegrid.metering.v1 import metering_pb2 as pb
 
 NAME_LEN_MAX = 128
 TOKENS_MAX = 10**12
-AMOUNT_MAX = 2**63 - 1
 
 # Input columns, in order (the record's fields of the same names).
 COLUMNS = (

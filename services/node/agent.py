@@ -7,7 +7,7 @@ start``::
 
     agent = NodeAgent(options)
     await agent.start()                 # hardware, models, register, heartbeats
-    await agent.wait_for(READY)         # verified by the registry
+    await agent.wait_for(pb.NODE_STATE_READY)   # verified by the registry
     ...
     await agent.drain()                 # DRAINING, wait for in-flight work, deregister
 
@@ -20,6 +20,7 @@ its token (the registry lost it); it does not after a failed verification
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -41,9 +42,6 @@ from idlegrid.registry.v1 import registry_pb2_grpc
 log = structlog.get_logger("node.agent")
 
 AGENT_VERSION = "idlegrid-agent/0.1.0"
-READY = pb.NODE_STATE_READY
-DRAINING = pb.NODE_STATE_DRAINING
-OFFLINE = pb.NODE_STATE_OFFLINE
 # OFFLINE for these reasons: register again on our own.
 _REJOIN_REASONS = frozenset({pb.STATE_REASON_LEASE_EXPIRED, pb.STATE_REASON_REGISTRY_RESTARTED})
 
@@ -52,6 +50,14 @@ class VerificationFailed(FailedPrecondition):
     """The registry checked the node's Triton and refused it; the message says why."""
 
     reason = "verification_failed"
+
+
+class StreamEnd(enum.Enum):
+    """Why a heartbeat stream ended, and so what the agent does next."""
+
+    REJOIN = enum.auto()  # register again: OFFLINE for a reason to rejoin after, or the token was refused
+    RETRY = enum.auto()   # the stream broke: open another after a pause
+    STOP = enum.auto()    # the agent is leaving
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -131,7 +137,7 @@ class NodeAgent:
         VerificationFailed if verification fails first, TimeoutError."""
         async with asyncio.timeout(timeout_s):
             while self.state not in states:
-                if self.state == OFFLINE and self.reason == pb.STATE_REASON_VERIFICATION_FAILED:
+                if self.state == pb.NODE_STATE_OFFLINE and self.reason == pb.STATE_REASON_VERIFICATION_FAILED:
                     raise VerificationFailed(f"the registry refused the node: {self.detail}")
                 await self._status.changed.wait()
         return self.state
@@ -178,25 +184,21 @@ class NodeAgent:
     async def _heartbeats(self) -> None:
         backoff_s = 0.1
         while True:
-            outcome = await self._one_stream()
+            end = await self._one_stream()
             if self._leaving:
                 return
-            if outcome == "rejoin":
+            if end is StreamEnd.REJOIN:
                 try:
                     await self._register()
                     backoff_s = 0.1
                     continue
                 except Exception as e:  # noqa: BLE001 - the registry may be down: retry
                     log.warning("node.register_failed", error=str(e))
-            elif outcome == "ok":
-                backoff_s = 0.1
-                continue
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, self.options.backoff_max_s)
 
-    async def _one_stream(self) -> str:
-        """Heartbeats on one stream until it breaks. Returns "rejoin" when the
-        node must register again, "error" to retry after a pause, "stop"."""
+    async def _one_stream(self) -> StreamEnd:
+        """Heartbeats on one stream until it ends, and says why it ended."""
         call = self._stub.Heartbeat(metadata=bearer(self._node_token))
         reader = asyncio.create_task(self._read(call))
         try:
@@ -215,29 +217,29 @@ class NodeAgent:
             reader.cancel()
             call.cancel()
 
-    async def _read(self, call) -> str:
+    async def _read(self, call) -> StreamEnd:
         try:
             while True:
                 r = await call.read()
                 if r is grpc.aio.EOF:
-                    return "error"
+                    return StreamEnd.RETRY
                 if r.heartbeat_interval_ms:
                     self._interval_s = r.heartbeat_interval_ms / 1000
                 self._set(r.state, r.state_reason, r.state_detail)
-                if r.state == OFFLINE and r.state_reason in _REJOIN_REASONS and not self._leaving:
+                if r.state == pb.NODE_STATE_OFFLINE and r.state_reason in _REJOIN_REASONS and not self._leaving:
                     log.warning("node.rejoining", reason=pb.StateReason.Name(r.state_reason), detail=r.state_detail)
-                    return "rejoin"
+                    return StreamEnd.REJOIN
         except grpc.RpcError as e:
             return self._on_stream_error(e)
 
-    def _on_stream_error(self, e: grpc.RpcError) -> str:
+    def _on_stream_error(self, e: grpc.RpcError) -> StreamEnd:
         if self._leaving:
-            return "stop"
+            return StreamEnd.STOP
         if e.code() == grpc.StatusCode.UNAUTHENTICATED:
             log.warning("node.token_refused", detail=e.details())
-            return "rejoin"
+            return StreamEnd.REJOIN
         log.warning("node.heartbeat_stream_broken", code=e.code().name, detail=e.details())
-        return "error"
+        return StreamEnd.RETRY
 
     # ------------------------------------------------------------ leaving
 
@@ -246,7 +248,7 @@ class NodeAgent:
         (at most drain_timeout_s), then deregisters and stops. A node that is
         not READY (still verifying, say) has nothing to drain: it deregisters."""
         o = self.options
-        if self.state != OFFLINE:
+        if self.state != pb.NODE_STATE_OFFLINE:
             try:
                 r = await self._stub.Drain(pb.DrainRequest(node_id=self.node_id),
                                            metadata=bearer(self._node_token), timeout=o.rpc_timeout_s)

@@ -137,16 +137,3 @@ def load(path: Path) -> NodeConfig:
         raise ConfigError(f"cannot read the node config {path}: {e}") from None
     return parse(text, base=path.parent, source=str(path))
 
-
-def demo() -> NodeConfig:
-    """Prices for the demo Triton's models (``idlegrid node start --demo``)."""
-    from idlegrid.demo.names import ECHO_MODEL_NAME, LLM_MODEL_NAME
-    from idlegrid.demo.smollm2 import N_CTX_DEFAULT
-    from idlegrid.models.weights import weights_sha256
-
-    return NodeConfig(region="local", labels={"demo": "true"}, models={
-        LLM_MODEL_NAME: ModelPricing(name=LLM_MODEL_NAME, kind="llm", price_per_million_input_tokens=50_000,
-                                     price_per_million_output_tokens=200_000, context_length=N_CTX_DEFAULT,
-                                     weights_digest=f"sha256:{weights_sha256()}"),
-        ECHO_MODEL_NAME: ModelPricing(name=ECHO_MODEL_NAME, kind="tensor", price_per_request=10),
-    })

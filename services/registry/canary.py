@@ -30,8 +30,8 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from idlegrid.registry.v1 import registry_pb2 as pb
+from idlegrid.registry.validate import DETAIL_CHARS_MAX
 
-DETAIL_CHARS_MAX = 1_024
 CANARY_PROMPT = "Hi"
 CANARY_MAX_TOKENS = 2
 

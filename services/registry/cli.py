@@ -73,7 +73,8 @@ async def _create_provider(args, config: Config) -> int:
 
 async def _nodes(args, config: Config) -> int:
     from idlegrid.common.channel import open_channel
-    from idlegrid.registry import states
+    from idlegrid.common.node_states import REASON_NAMES, STATE_NAMES
+    from idlegrid.common.paging import PAGE_SIZE_MAX
     from idlegrid.registry.v1 import registry_pb2 as pb
     from idlegrid.registry.v1 import registry_pb2_grpc
 
@@ -81,12 +82,12 @@ async def _nodes(args, config: Config) -> int:
         stub = registry_pb2_grpc.RegistryServiceStub(ch)
         token = b""
         while True:
-            r = await _call(stub.ListNodes(pb.ListNodesRequest(page_size=1000, page_token=token, model=args.model),
-                                           timeout=10))
+            request = pb.ListNodesRequest(page_size=PAGE_SIZE_MAX, page_token=token, model=args.model)
+            r = await _call(stub.ListNodes(request, timeout=10))
             for n in r.nodes:
                 models = ",".join(m.offer.name for m in n.models)
-                out(f"{uuid.UUID(bytes=n.node_id)} {states.NAMES[n.state]:9} {n.endpoint:24} {models}"
-                    f"  ({states.REASON_NAMES.get(n.state_reason, '?')}: {n.state_detail})")
+                out(f"{uuid.UUID(bytes=n.node_id)} {STATE_NAMES[n.state]:9} {n.endpoint:24} {models}"
+                    f"  ({REASON_NAMES.get(n.state_reason, '?')}: {n.state_detail})")
             token = r.next_page_token
             if not token:
                 return 0

@@ -23,9 +23,10 @@ SNAPSHOT_CHUNK_MAX = 1_000
 LOAD_CHUNK_MAX = 1_000
 
 
-class Watcher:
-    """One subscriber's queue. Overflow closes it: a slow watcher never slows
-    the registry; it reconnects and resumes or takes a fresh snapshot."""
+class Subscription:
+    """One watcher's subscription: its bounded queue of messages. Overflow
+    closes it: a slow watcher never slows the registry; it reconnects and
+    resumes or takes a fresh snapshot."""
 
     __slots__ = ("_items", "_wake", "_max", "overflowed", "wants_load")
 
@@ -64,7 +65,7 @@ class WatchHub:
         self.epoch = os.urandom(16)
         self.revision = 0
         self._ring: deque[tuple[int, pb.WatchNodesResponse]] = deque(maxlen=buffer_max)
-        self._watchers: set[Watcher] = set()
+        self._watchers: set[Subscription] = set()
         self._queue_max = watcher_queue_max
         self._watchers_max = watchers_max
         self._snapshot_reuse_s = snapshot_reuse_s
@@ -97,8 +98,8 @@ class WatchHub:
                     w.offer(m)
 
     def subscribe(self, *, resume_epoch: bytes, resume_revision: int, wants_load: bool,
-                  snapshot: Callable[[], list[pb.Node]]) -> tuple[Watcher, list[pb.WatchNodesResponse]]:
-        """A new watcher and what it must be sent first: the buffered changes
+                  snapshot: Callable[[], list[pb.Node]]) -> tuple[Subscription, list[pb.WatchNodesResponse]]:
+        """A new subscription and what it must be sent first: the buffered changes
         after ``resume_revision`` when they are all still here, else a
         snapshot (in chunks) at the current revision."""
         if len(self._watchers) >= self._watchers_max:
@@ -106,7 +107,7 @@ class WatchHub:
         first = self._replay(resume_epoch, resume_revision)
         if first is None:
             first = self._snapshot_messages(snapshot)
-        w = Watcher(queue_max=self._queue_max, wants_load=wants_load)
+        w = Subscription(queue_max=self._queue_max, wants_load=wants_load)
         self._watchers.add(w)
         return w, first
 
@@ -122,7 +123,7 @@ class WatchHub:
         self._snapshot = (self.revision, now, messages)
         return messages
 
-    def unsubscribe(self, w: Watcher) -> None:
+    def unsubscribe(self, w: Subscription) -> None:
         self._watchers.discard(w)
 
     def _replay(self, epoch: bytes, revision: int) -> list[pb.WatchNodesResponse] | None:

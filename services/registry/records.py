@@ -4,7 +4,6 @@ the node changes, so snapshots and deltas cost a copy, not a rebuild."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -106,7 +105,3 @@ class LiveNode:
 
     def serves(self, model: str) -> bool:
         return any(o.name == model for o in self.offers)
-
-
-def now() -> float:
-    return time.time()

@@ -87,12 +87,13 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     async def WatchNodes(self, request, context):
         hub = self._reg.hub
-        watcher, first = hub.subscribe(resume_epoch=request.resume_epoch, resume_revision=request.resume_revision,
-                                       wants_load=not request.omit_load, snapshot=self._reg.snapshot)
+        subscription, first = hub.subscribe(
+            resume_epoch=request.resume_epoch, resume_revision=request.resume_revision,
+            wants_load=not request.omit_load, snapshot=self._reg.snapshot)
         try:
             for message in first:
                 yield message
             while True:
-                yield await watcher.next()
+                yield await subscription.next()
         finally:
-            hub.unsubscribe(watcher)
+            hub.unsubscribe(subscription)

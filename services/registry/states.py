@@ -10,6 +10,7 @@ the table does not allow is a bug and raises.
 
 from __future__ import annotations
 
+from idlegrid.common.node_states import REASON_NAMES, STATE_NAMES
 from idlegrid.registry.v1 import registry_pb2 as pb
 
 JOINING = pb.NODE_STATE_JOINING
@@ -37,21 +38,13 @@ REASONS: dict[int, frozenset[int]] = {
                         pb.STATE_REASON_DEREGISTERED, pb.STATE_REASON_REGISTRY_RESTARTED}),
 }
 
-NAMES = {JOINING: "joining", VERIFYING: "verifying", READY: "ready", DRAINING: "draining",
-         OFFLINE: "offline"}
+# Names in the registry's tables and messages: spelled once, from the proto's
+# enums, for every service (idlegrid.common.node_states).
+NAMES = STATE_NAMES
 BY_NAME = {v: k for k, v in NAMES.items()}
-REASON_NAMES = {
-    pb.STATE_REASON_REGISTERED: "registered",
-    pb.STATE_REASON_VERIFICATION_STARTED: "verification_started",
-    pb.STATE_REASON_VERIFIED: "verified",
-    pb.STATE_REASON_VERIFICATION_SKIPPED: "verification_skipped",
-    pb.STATE_REASON_VERIFICATION_FAILED: "verification_failed",
-    pb.STATE_REASON_DRAIN_REQUESTED: "drain_requested",
-    pb.STATE_REASON_LEASE_EXPIRED: "lease_expired",
-    pb.STATE_REASON_DEREGISTERED: "deregistered",
-    pb.STATE_REASON_REGISTRY_RESTARTED: "registry_restarted",
-}
 REASON_BY_NAME = {v: k for k, v in REASON_NAMES.items()}
+# Every state the proto defines has its row in both tables.
+assert ALLOWED.keys() == REASONS.keys() == NAMES.keys(), "a NodeState without a row in the state machine"
 
 
 class IllegalTransition(AssertionError):

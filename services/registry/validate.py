@@ -7,6 +7,7 @@ import ipaddress
 import re
 
 from idlegrid.common.errors import InvalidArgument
+from idlegrid.common.paging import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
 from idlegrid.registry.v1 import registry_pb2 as pb
 
 ID_BYTES = 16
@@ -31,8 +32,7 @@ AGENT_VERSION_CHARS_MAX = 64
 GPU_NAME_CHARS_MAX = 128
 LOAD_COUNT_MAX = 1_000_000
 LATENCY_US_MAX = 3_600_000_000
-PAGE_SIZE_DEFAULT = 100
-PAGE_SIZE_MAX = 1_000
+DETAIL_CHARS_MAX = 1_024      # a node's state_detail (longer causes are cut)
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _VERSION = re.compile(r"^[0-9]{1,19}$")

@@ -25,7 +25,9 @@ log = structlog.get_logger("registry.writer")
 Item = Change | Registration
 
 
-class Writer:
+class ChangeWriter:
+    """Writes node registrations and state changes, in order, in batches."""
+
     def __init__(self, pool: asyncpg.Pool, *, batch_max: int, pending_max: int) -> None:
         self._pool = pool
         self._batch_max = batch_max

@@ -12,6 +12,8 @@ from idlegrid.ledger.v1 import ledger_pb2_grpc
 from idlegrid.metering.v1 import metering_pb2_grpc
 from idlegrid.registry.v1 import registry_pb2_grpc
 from idlegrid.scheduler.jobs import Jobs
+from idlegrid.scheduler.metadata import MetadataFetcher
+from idlegrid.scheduler.recording import RECORDS_IN_FLIGHT_MAX
 from idlegrid.scheduler.servicer import SchedulerServicer
 from idlegrid.scheduler.triton import TritonPool
 from idlegrid.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -20,7 +22,8 @@ SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].ful
 
 
 async def start(config: Config, *, port: int | None = None, ledger_addr: str | None = None,
-                metering_addr: str | None = None, registry_addr: str | None = None) -> server.RunningServer:
+                metering_addr: str | None = None, registry_addr: str | None = None,
+                records_in_flight_max: int = RECORDS_IN_FLIGHT_MAX) -> server.RunningServer:
     token = config.token()
     channels = [open_channel(a, token=None, config=config) for a in (
         ledger_addr or config.addrs["ledger"], metering_addr or config.addrs["metering"],
@@ -32,11 +35,11 @@ async def start(config: Config, *, port: int | None = None, ledger_addr: str | N
     watcher = RegistryWatcher(table, registry)
     watcher.start()
     triton = TritonPool()
-    jobs = Jobs(table, triton, ledger, metering)
+    jobs = Jobs(table, triton, ledger, metering, records_in_flight_max=records_in_flight_max)
     running = await server.start(
         "scheduler",
         [server.Registration(scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
-                             SchedulerServicer(jobs), SERVICE_NAME)],
+                             SchedulerServicer(jobs, MetadataFetcher(table, triton)), SERVICE_NAME)],
         config=config, port=config.ports["scheduler"] if port is None else port, token=token,
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from idlegrid.scheduler.jobs import Jobs
+from idlegrid.scheduler.metadata import MetadataFetcher
 from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 from idlegrid.scheduler.v1 import scheduler_pb2_grpc
 
@@ -12,8 +13,9 @@ STREAM_BUFFER_MAX = 256
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
-    def __init__(self, jobs: Jobs) -> None:
+    def __init__(self, jobs: Jobs, metadata: MetadataFetcher) -> None:
         self._jobs = jobs
+        self._metadata = metadata
 
     async def Infer(self, request, context):
         return await self._jobs.run(request)
@@ -39,3 +41,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             if not task.done():
                 task.cancel()  # the client left: the job cancels the node's request and bills what it got
                 await asyncio.gather(task, return_exceptions=True)
+
+    async def GetModelMetadata(self, request, context):
+        return await self._metadata.get(request)

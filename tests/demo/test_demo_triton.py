@@ -1,20 +1,21 @@
 """The demo provider node's real Triton Inference Server on the CPU.
 
-One demo Triton (both models) serves most tests in this module; a failing
-node and a node that is killed get their own. Everything is real: the
+The session's shared demo Triton (both models) serves most tests in this
+module, and its shared failing one the failure test (tests/conftest.py:
+each must stop cleanly at the end); a node that is killed or stopped here
+gets its own. Everything is real: the
 tritonserver binary, SmolLM2 through llama-cpp-python, the official
 tritonclient over gRPC and HTTP. Generations are kept to a few tokens.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -35,23 +36,13 @@ from idlegrid.demo import (
 )
 from idlegrid.demo.leftovers import Leftovers, group_pids
 from idlegrid.models.weights import gguf_path
+from tests.harness import eventually
+
+pytestmark = pytest.mark.slow  # real demo Tritons, started and stopped
 
 CHAT = json.dumps({"messages": [{"role": "user", "content": "What is the capital of France?"}]})
 GREEDY = {"max_tokens": 12, "temperature": 0}
-
-
-@pytest.fixture(scope="module")
-def triton() -> Iterator[DemoTriton]:
-    node = start_demo_triton()
-    yield node
-    assert node.stop() == 0, node.log_tail()
-
-
-@pytest.fixture(scope="module")
-def failing_triton() -> Iterator[DemoTriton]:
-    node = start_demo_triton(fail=True)
-    yield node
-    node.stop()
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def llm_inputs(
@@ -266,7 +257,7 @@ def test_stop_shuts_the_node_down_cleanly() -> None:
     assert not node.workdir.exists()
 
 
-def test_node_stops_by_itself_when_its_launcher_dies_without_stopping_it() -> None:
+async def test_node_stops_by_itself_when_its_launcher_dies_without_stopping_it() -> None:
     launcher = (
         "import os\n"
         "from idlegrid.demo import start_demo_triton\n"
@@ -274,19 +265,17 @@ def test_node_stops_by_itself_when_its_launcher_dies_without_stopping_it() -> No
         "print(node.process.pid, node.workdir, flush=True)\n"
         "os.kill(os.getpid(), 9)\n"
     )
-    out = subprocess.run(
+    out = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-c", launcher],
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=REPO_ROOT,
     )
     pid, workdir = out.stdout.splitlines()[-1].split()
     try:
-        deadline = time.monotonic() + 120  # a bound on the wait, not a timing check
-        while group_pids(int(pid)) and time.monotonic() < deadline:
-            time.sleep(0.25)
-        assert group_pids(int(pid)) == []
+        await eventually(lambda: group_pids(int(pid)) == [], what="the orphaned node to stop", every_s=0.25)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

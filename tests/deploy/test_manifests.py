@@ -2,17 +2,16 @@
 (``kubectl kustomize``) to objects that are valid against the Kubernetes
 schemas (kubernetes-validate), every service the code defines has a
 Deployment, a Service and probes on the port its configuration gives it, every
-pod is locked down, and the compose file runs every service.
+pod is locked down. The compose file and the images: test_compose.py.
 
 The list of services comes from the code (the ports in
-``services/common/config.py``), so a new service without manifests fails here.
+``common/config.py``), so a new service without manifests fails here.
 """
 
 from __future__ import annotations
 
 import functools
 import posixpath
-import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -305,81 +304,3 @@ def test_dev_brings_its_own_database():
     secret = next(o for o in objects if o["kind"] == "Secret")
     assert {"database-url", "service-token"} <= secret["data"].keys()
     assert find(objects, "Service", "idlegrid-postgres") is not None
-
-
-_INTERPOLATION = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
-
-
-def _compose_variables() -> set[str]:
-    return {m.group(1) for m in _INTERPOLATION.finditer((DEPLOY / "compose.yaml").read_text())}
-
-
-def _env_example() -> dict[str, str]:
-    found = {}
-    for line in (DEPLOY / ".env.example").read_text().splitlines():
-        line = line.lstrip("# ").strip()
-        name, eq, value = line.partition("=")
-        if eq and re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
-            found[name] = value
-    return found
-
-
-def _compose() -> dict:
-    """compose.yaml with ${VAR:-default} and ${VAR:?error} interpolated, the
-    required variables set to stand-in values."""
-
-    def sub(m: re.Match) -> str:
-        return m.group(3) if m.group(2) == "-" else f"<{m.group(1).lower()}>"
-
-    return yaml.safe_load(_INTERPOLATION.sub(sub, (DEPLOY / "compose.yaml").read_text()))
-
-
-def test_compose_variables_are_all_in_the_env_example():
-    missing = _compose_variables() - _env_example().keys()
-    assert not missing, f"deploy/.env.example does not document {sorted(missing)}"
-
-
-def _depends_on_migrate(services: dict, name: str, seen: frozenset = frozenset()) -> bool:
-    deps = services[name].get("depends_on", {})
-    if deps.get("migrate", {}).get("condition") == "service_completed_successfully":
-        return True
-    return any(_depends_on_migrate(services, d, seen | {name}) for d in deps if d not in seen)
-
-
-def test_compose_runs_every_service_after_the_migrations():
-    services = _compose()["services"]
-    assert services["migrate"]["command"] == ["migrate"]
-    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for service in SERVICES:
-        assert service in services, f"compose.yaml has no {service}"
-        spec = services[service]
-        assert spec["command"] == [service, "serve"]
-        assert spec["healthcheck"]["test"][-2:] == [HEALTHCHECK, service]
-        assert spec.get("read_only") is True and "/tmp" in spec["tmpfs"]
-        assert _depends_on_migrate(services, service), f"{service} may start before the migrations"
-        for dep, cond in spec.get("depends_on", {}).items():
-            if dep in SERVICES:
-                assert cond["condition"] == "service_healthy", f"{service} waits for {dep} to be healthy"
-
-
-def test_compose_services_find_each_other_through_configuration():
-    services = _compose()["services"]
-    for service in SERVICES:
-        env = {k: str(v) for k, v in services[service]["environment"].items()}
-        config = Config.from_env(env)
-        assert config.bind_host == "0.0.0.0"
-        for other in GRPC_SERVICES:
-            host, _, port = config.addrs[other].rpartition(":")
-            assert host in services, f"{service}: {other} at {config.addrs[other]}: no such compose service"
-            assert int(port) == config.ports[other]
-
-
-def test_control_plane_image_is_the_base_package_run_as_a_non_root_user():
-    text = (DEPLOY / "Dockerfile").read_text()
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    assert "FROM python:3.11-slim" in text or "PYTHON_IMAGE=python:3.11-slim" in text
-    assert 'ENTRYPOINT ["idlegrid"]' in lines
-    assert "[node]" not in text and "'.[node" not in text, "the control plane does not need the node extra"
-    user = [line for line in lines if line.startswith("USER ")]
-    assert user and user[-1] not in ("USER root", "USER 0", "USER 0:0")
-    assert "HOME=/tmp" in text and "IDLEGRID_HOME=/tmp/" in text, "writes must land in /tmp"

@@ -13,7 +13,9 @@ from idlegrid.ledger.v1 import ledger_pb2 as lpb
 from idlegrid.ledger.v1 import ledger_pb2_grpc
 from idlegrid.registry.v1 import registry_pb2 as rpb
 from idlegrid.registry.v1 import registry_pb2_grpc
-from tests.conftest import TOKEN
+from tests.harness import TOKEN
+
+pytestmark = pytest.mark.slow  # a scenario: real services and a demo Triton
 
 LLM = "smollm2-135m-instruct"
 MSG = [{"role": "user", "content": "hi"}]

@@ -11,6 +11,8 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+pytestmark = pytest.mark.slow  # a scenario: real services and a demo Triton
+
 ECHO_PRICE = 1000
 
 

@@ -4,15 +4,15 @@ and the mapping of errors to statuses."""
 
 from __future__ import annotations
 
-import asyncio
-
 import asyncpg
 import httpx
 import openai
 import pytest
 
+from idlegrid.common.money import split_fee
 from idlegrid.ledger.audit import verify
-from idlegrid.ledger.market import split_fee
+
+pytestmark = pytest.mark.slow  # a scenario: real services and a demo Triton
 
 LLM = "smollm2-135m-instruct"
 FEE_BPS = 1000  # Config's default platform fee
@@ -25,12 +25,7 @@ def client(stack, key: str) -> openai.AsyncOpenAI:
 
 async def _quiet(stack) -> dict:
     """The provider's earnings once nothing is pending (earlier jobs settled)."""
-    for _ in range(400):
-        e = await stack.earnings()
-        if e["pending_micros"] == 0:
-            return e
-        await asyncio.sleep(0.05)
-    raise AssertionError("earnings never settled")
+    return await stack.quiet_earnings()
 
 
 async def test_models_lists_each_ready_model_with_price_range_and_node_count(stack):

@@ -16,6 +16,8 @@ from idlegrid.gateway.app import routes
 from idlegrid.gateway.keys import create_key
 from idlegrid.gateway.settings import GatewaySettings
 
+pytestmark = pytest.mark.slow  # a scenario: real services and a demo Triton
+
 
 async def test_healthz_and_readyz(stack):
     async with stack.client() as c:

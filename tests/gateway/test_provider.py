@@ -4,11 +4,12 @@ line items (paged), and their nodes."""
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
+import pytest
 
-from idlegrid.ledger.market import split_fee
+from idlegrid.common.money import split_fee
+
+pytestmark = pytest.mark.slow  # a scenario: real services and a demo Triton
 
 FEE_BPS = 1000
 
@@ -25,12 +26,7 @@ async def _echo(stack, key: str, n: int) -> list[str]:
 
 
 async def _settled_earnings(stack) -> dict:
-    for _ in range(400):
-        e = await stack.earnings()
-        if e["pending_micros"] == 0:
-            return e
-        await asyncio.sleep(0.05)
-    raise AssertionError("never settled")
+    return await stack.quiet_earnings()
 
 
 async def test_earnings_add_up_by_node_by_model_and_per_job(stack):

@@ -1,10 +1,9 @@
 """Small helpers shared by the ledger tests: building accounts and transfers,
 reading balances through the API, and running ``verify`` on the module's
-database."""
+database. To wait for something, use tests.harness.eventually."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 import asyncpg
@@ -22,7 +21,6 @@ EXPIRED = pb.TRANSFER_FLAG_EXPIRED
 R = pb.CreateTransferResult
 OK = pb.CREATE_TRANSFER_RESULT_OK
 EXISTS = pb.CREATE_TRANSFER_RESULT_EXISTS
-AMOUNT_MAX = 2**63 - 1
 
 
 def new_id() -> bytes:
@@ -88,20 +86,6 @@ async def row_counts(db_url: str) -> dict[str, int]:
         return out
     finally:
         await conn.close()
-
-
-async def wait_for(predicate, *, what: str, timeout_s: float = 30.0, interval_s: float = 0.05):
-    """Polls the async ``predicate`` until it returns something truthy (a bound
-    against hanging, not a timing assertion)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(interval_s)
 
 
 async def expiry_of(stub, account_id: bytes, pending_id: bytes) -> pb.Transfer | None:

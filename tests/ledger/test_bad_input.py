@@ -8,9 +8,9 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from idlegrid.common.money import AMOUNT_MAX
 from idlegrid.ledger.v1 import ledger_pb2 as pb
 from tests.ledger.support import (
-    AMOUNT_MAX,
     CMNED,
     DMNEC,
     LINKED,

@@ -7,6 +7,7 @@ applied exactly once, the balances must equal the sums, and verify passes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from idlegrid.bench.kit import free_port, spawn, wait_healthy
 from idlegrid.common.channel import open_channel
 from idlegrid.ledger.v1 import ledger_pb2 as pb
 from idlegrid.ledger.v1 import ledger_pb2_grpc
-from tests.conftest import TOKEN
+from tests.harness import TOKEN, eventually
 from tests.ledger.support import (
     LINKED,
     account,
@@ -36,6 +37,7 @@ REQUESTS_PER_CLIENT = 8
 ITEMS_PER_REQUEST = 20  # a linked chain of 3 and 17 plain transfers
 KILL_AFTER_ACKS = CLIENTS * REQUESTS_PER_CLIENT // 3
 RPC_TIMEOUT_S = 60
+KILL_WAIT_S = 2.0  # a bound on looking for the moment to kill, never a threshold
 
 
 class LedgerProcess:
@@ -126,19 +128,25 @@ async def test_sigkill_under_load_then_retry_applies_every_transfer_exactly_once
 
         async def killer() -> None:
             """Once a third of the requests are answered, freezes the process
-            (SIGSTOP) until the database holds more transfers than were
-            acknowledged, i.e. a batch committed whose answer has not arrived,
-            and kills it there (SIGKILL); after 200 tries it kills it anyway."""
+            (SIGSTOP) and looks at the database: when it holds more transfers
+            than were acknowledged (a batch committed whose answer has not
+            arrived), kills it there (SIGKILL); else lets it run on (SIGCONT)
+            and looks again. After KILL_WAIT_S without that moment, kills it anyway."""
             await enough.wait()
             conn = await asyncpg.connect(db_url)
+
+            async def frozen_after_an_unanswered_commit() -> bool:
+                os.kill(lp.proc.pid, signal.SIGSTOP)
+                committed = await conn.fetchval("SELECT count(*) FROM ledger.transfers")
+                if committed > len(acked) * ITEMS_PER_REQUEST:
+                    return True
+                os.kill(lp.proc.pid, signal.SIGCONT)
+                return False
+
             try:
-                for _ in range(200):
-                    os.kill(lp.proc.pid, signal.SIGSTOP)
-                    committed = await conn.fetchval("SELECT count(*) FROM ledger.transfers")
-                    if committed > len(acked) * ITEMS_PER_REQUEST:
-                        break
-                    os.kill(lp.proc.pid, signal.SIGCONT)
-                    await asyncio.sleep(0.002)
+                with contextlib.suppress(AssertionError):  # the moment did not come: kill anyway
+                    await eventually(frozen_after_an_unanswered_commit, what="an unanswered commit",
+                                     timeout_s=KILL_WAIT_S, every_s=0.002)
             finally:
                 await conn.close()
             killed.set()

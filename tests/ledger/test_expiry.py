@@ -6,6 +6,7 @@ nor voided, and a marketplace reservation that expired cannot be settled."""
 from __future__ import annotations
 
 from idlegrid.ledger.v1 import ledger_pb2 as pb
+from tests.harness import eventually
 from tests.ledger.support import (
     DMNEC,
     EXPIRED,
@@ -20,7 +21,6 @@ from tests.ledger.support import (
     run_verify,
     transfer,
     void,
-    wait_for,
 )
 
 S = pb.OperationStatus
@@ -39,7 +39,7 @@ async def test_pending_transfer_expires_releases_and_refuses_post_and_void(ledge
     # while held, the consumer cannot spend the held credits
     assert await create(ledger, transfer(consumer.id, funder.id, 201)) == ["EXCEEDS_CREDITS"]
 
-    exp = await wait_for(lambda: expiry_of(ledger, consumer.id, hold.id), what="the expiry sweep")
+    exp = await eventually(lambda: expiry_of(ledger, consumer.id, hold.id), what="the expiry sweep")
     assert exp.flags == VOID | EXPIRED
     assert (exp.debit_account_id, exp.credit_account_id, exp.amount) == (consumer.id, escrow.id, 300)
     assert await balances(ledger, consumer.id, escrow.id) == [(0, 0, 0, 500), (0, 0, 0, 0)]
@@ -69,7 +69,7 @@ async def test_resolved_or_untimed_holds_are_not_swept(ledger, db_url):
     assert await create(ledger, post(posted.id, 4)) == ["OK"]
     witness = transfer(a.id, b.id, 30, flags=PENDING, timeout_s=1)
     assert await create(ledger, witness) == ["OK"]
-    await wait_for(lambda: expiry_of(ledger, a.id, witness.id), what="the witness hold to expire")
+    await eventually(lambda: expiry_of(ledger, a.id, witness.id), what="the witness hold to expire")
     assert await expiry_of(ledger, a.id, posted.id) is None
     assert await expiry_of(ledger, a.id, forever.id) is None
     assert await balances(ledger, a.id, b.id) == [(20, 4, 0, 0), (0, 0, 20, 4)]
@@ -91,7 +91,7 @@ async def test_many_holds_expiring_together_are_all_released(ledger, db_url):
         (c,) = await balances(ledger, consumer.id)
         return c[0] == 0
 
-    await wait_for(released, what="all holds to be released")
+    await eventually(released, what="all holds to be released")
     r = await ledger.GetAccountTransfers(pb.GetAccountTransfersRequest(account_id=consumer.id, limit=1000))
     voids = [t for t in r.transfers if t.flags & EXPIRED]
     assert sorted(t.pending_id for t in voids) == sorted(h.id for h in holds)
@@ -116,7 +116,7 @@ async def test_settle_after_the_reservation_expired_is_hold_expired(ledger, db_u
     assert r.status == S.OPERATION_STATUS_OK
     assert (await balances(ledger, consumer.id))[0] == (400, 0, 0, 1_000)
     hold_id = r.transfer_ids[0]
-    await wait_for(lambda: expiry_of(ledger, consumer.id, hold_id), what="the reservation to expire")
+    await eventually(lambda: expiry_of(ledger, consumer.id, hold_id), what="the reservation to expire")
     assert (await balances(ledger, consumer.id))[0] == (0, 0, 0, 1_000)
     esc_before = (await balances(ledger, escrow))[0]
     settle = pb.SettleRequest(job_id=job, provider_account_id=provider.id, cost=300, fee_bps=1000)

@@ -2,36 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 
 import asyncpg
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from idlegrid.common.channel import open_channel
-from idlegrid.ledger import service as ledger_service
 from idlegrid.ledger.audit import verify
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
-from idlegrid.ledger.v1 import ledger_pb2_grpc
-from idlegrid.metering import service as metering_service
 from idlegrid.metering.v1 import metering_pb2 as pb
-from idlegrid.metering.v1 import metering_pb2_grpc
-from tests.conftest import TOKEN
+from tests.harness import eventually
+from tests.harness.stack import start_stack
 
 
 @pytest.fixture(scope="module")
 async def stack(config, db_url):
-    led = await ledger_service.start(config, port=0, database_url=db_url, sweep_interval_s=0.2)
-    met = await metering_service.start(config, port=0, database_url=db_url,
-                                       ledger_addr=f"127.0.0.1:{led.port}", poll_s=0.1)
-    async with open_channel(f"127.0.0.1:{led.port}", token=TOKEN) as lch, \
-            open_channel(f"127.0.0.1:{met.port}", token=TOKEN) as mch:
-        yield ledger_pb2_grpc.LedgerServiceStub(lch), metering_pb2_grpc.MeteringServiceStub(mch), met
-    await met.stop(1)
-    await led.stop(1)
+    """(ledger stub, metering stub, running metering) of a ledger and metering stack."""
+    s = await start_stack(config, db_url, parts=("ledger", "metering"))
+    yield s.ledger, s.metering, s.metering_srv
+    await s.stop()
 
 
 async def _accounts(ledger, credits: int):
@@ -54,13 +44,12 @@ def _record(job, consumer, provider, cost, outcome=pb.OUTCOME_COMPLETED, model="
                           outcome=outcome, started_at=now, finished_at=now)
 
 
-async def _wait_settled(metering, job, timeout_s=10.0) -> pb.UsageRecord:
-    deadline = time.monotonic() + timeout_s
-    while True:
+async def _wait_settled(metering, job) -> pb.UsageRecord:
+    async def done() -> pb.UsageRecord | None:
         r = await metering.GetJob(pb.GetJobRequest(job_id=job))
-        if r.settlement != pb.SETTLEMENT_STATE_PENDING or time.monotonic() > deadline:
-            return r
-        await asyncio.sleep(0.05)
+        return r if r.settlement != pb.SETTLEMENT_STATE_PENDING else None
+
+    return await eventually(done, what="the job's settlement")
 
 
 async def _verify(db_url):

@@ -13,8 +13,11 @@ import pytest
 from idlegrid.models.weights import gguf_path
 from idlegrid.node.agent import NodeAgent, VerificationFailed
 from idlegrid.registry.v1 import registry_pb2 as pb
+from tests.harness import WAIT_S, eventually
 from tests.node.support import ScriptedProbe, options, pricing, running
-from tests.registry.support import ECHO, LLM, WAIT_S, eventually
+from tests.registry.support import ECHO, LLM
+
+pytestmark = pytest.mark.slow  # a scenario: real services and a demo Triton
 
 READY, DRAINING, OFFLINE = pb.NODE_STATE_READY, pb.NODE_STATE_DRAINING, pb.NODE_STATE_OFFLINE
 

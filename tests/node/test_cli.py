@@ -11,8 +11,12 @@ import subprocess
 import sys
 import uuid
 
+import pytest
+
 from idlegrid.registry.v1 import registry_pb2 as pb
-from tests.registry.support import WAIT_S, eventually
+from tests.harness import WAIT_S, eventually
+
+pytestmark = pytest.mark.slow  # a scenario: real services and a demo Triton
 
 
 async def test_node_start_registers_and_drains_on_sigterm(reg, triton, tmp_path):

@@ -7,10 +7,10 @@ import grpc
 
 from idlegrid.registry.settings import RegistrySettings
 from idlegrid.registry.v1 import registry_pb2 as pb
+from tests.harness import eventually
 from tests.registry.support import (
     KeepAlive,
     beat,
-    eventually,
     next_delta,
     read_snapshot,
     registration,

@@ -3,13 +3,12 @@ routable only when the registry itself has checked every advertised model."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import asyncpg
 import grpc
+import pytest
 
-from idlegrid.demo import start_demo_triton
 from idlegrid.registry.v1 import registry_pb2 as pb
 from tests.registry.support import (
     ECHO,
@@ -24,6 +23,7 @@ from tests.registry.support import (
 )
 
 
+@pytest.mark.slow  # a real demo Triton
 async def test_a_node_is_verified_then_ready_with_canary_latencies_and_prices(reg, triton):
     p = await reg.provider()
     watch = reg.admin.WatchNodes(pb.WatchNodesRequest(omit_load=True))
@@ -47,6 +47,7 @@ async def test_a_node_is_verified_then_ready_with_canary_latencies_and_prices(re
     watch.cancel()
 
 
+@pytest.mark.slow  # a real demo Triton
 async def test_the_database_holds_the_node_its_models_and_every_state_change(reg, triton):
     p = await reg.provider()
     node = await reg.register(p, registration(triton.grpc_url, models=[echo_offer()]))
@@ -67,6 +68,7 @@ async def test_the_database_holds_the_node_its_models_and_every_state_change(reg
     assert model["name"] == ECHO and model["verified"] and model["canary_latency_us"] > 0
 
 
+@pytest.mark.slow  # a real demo Triton
 async def test_a_model_advertised_but_not_served_fails_verification(reg, triton):
     p = await reg.provider()
     ghost = pb.ModelOffer(name="not-served", kind=pb.MODEL_KIND_TENSOR, price=pb.Price(per_request=1))
@@ -86,6 +88,7 @@ async def test_a_triton_that_is_down_fails_verification(reg):
     assert "not reachable" in n.state_detail
 
 
+@pytest.mark.slow  # a real demo Triton
 async def test_a_tensor_model_advertised_as_a_language_model_fails_verification(reg, triton):
     p = await reg.provider()
     fake_llm = pb.ModelOffer(name=ECHO, kind=pb.MODEL_KIND_LLM, max_batch_size=64, context_length=4096,
@@ -96,6 +99,7 @@ async def test_a_tensor_model_advertised_as_a_language_model_fails_verification(
     assert "text_input" in n.state_detail
 
 
+@pytest.mark.slow  # a real demo Triton
 async def test_a_wrong_max_batch_size_fails_verification(reg, triton):
     p = await reg.provider()
     wrong = echo_offer()
@@ -105,18 +109,16 @@ async def test_a_wrong_max_batch_size_fails_verification(reg, triton):
     assert "max_batch_size 8" in n.state_detail
 
 
-async def test_a_failing_model_fails_its_canary(reg):
-    failing = await asyncio.to_thread(start_demo_triton, models=(ECHO,), fail=True)
-    try:
-        p = await reg.provider()
-        node = await reg.register(p, registration(failing.grpc_url, models=[echo_offer()]))
-        n = await reg.wait_state(node.node_id, pb.NODE_STATE_OFFLINE, pb.NODE_STATE_READY)
-    finally:
-        await asyncio.to_thread(failing.stop)
+@pytest.mark.slow  # a real demo Triton
+async def test_a_failing_model_fails_its_canary(reg, failing_triton):
+    p = await reg.provider()
+    node = await reg.register(p, registration(failing_triton.grpc_url, models=[echo_offer()]))
+    n = await reg.wait_state(node.node_id, pb.NODE_STATE_OFFLINE, pb.NODE_STATE_READY)
     assert n.state_reason == pb.STATE_REASON_VERIFICATION_FAILED
     assert "canary" in n.state_detail
 
 
+@pytest.mark.slow  # a real demo Triton
 async def test_registering_again_replaces_the_token_and_verifies_again(reg, triton):
     p = await reg.provider()
     first = await reg.register(p, registration(triton.grpc_url, models=[echo_offer()]))

@@ -1,6 +1,10 @@
+"""The money path for the scheduler tests: every service behind the gateway
+(tests/harness/stack.py) on the module's database, with node ``a`` serving
+both models of the session's shared demo Triton."""
+
 import pytest
 
-from tests.scheduler.stack import start_stack, stop_stack
+from tests.harness.stack import start_stack
 
 
 @pytest.fixture(scope="module")
@@ -8,4 +12,4 @@ async def stack(config, db_url):
     s = await start_stack(config, db_url)
     await s.add_node("a")
     yield s
-    await stop_stack(s)
+    await s.stop()

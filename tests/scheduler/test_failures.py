@@ -9,8 +9,10 @@ import grpc
 import pytest
 
 from idlegrid.metering.v1 import metering_pb2 as mpb
-from tests.scheduler.stack import start_stack, stop_stack
+from tests.harness.stack import start_stack, stop_stack
 from tests.scheduler.support import chat, echo
+
+pytestmark = pytest.mark.slow  # a scenario: real services and a demo Triton
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +87,16 @@ async def test_a_node_killed_mid_stream_bills_only_the_delivered_tokens(stack):
 
 
 async def test_a_slow_node_past_the_deadline_charges_only_what_was_streamed(stack):
+    # Two slow nodes: the demo model finishes a unary generation even after
+    # its caller left, so the streamed job gets a node of its own.
     await stack.add_node("slow", models=("smollm2-135m-instruct",), llm_delay_ms=400)
+    await stack.add_node("slow-stream", models=("smollm2-135m-instruct",), llm_delay_ms=400)
     consumer = await stack.consumer(10**9)
     unary = chat(consumer, "Tell me a long story.", max_tokens=100, node="slow", timeout_ms=1500)
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await stack.scheduler.Infer(unary)
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    streamed = chat(consumer, "Tell me a long story.", max_tokens=100, node="slow", timeout_ms=1500)
+    streamed = chat(consumer, "Tell me a long story.", max_tokens=100, node="slow-stream", timeout_ms=1500)
     texts = []
     with pytest.raises(grpc.aio.AioRpcError) as e:
         async for c in stack.scheduler.InferStream(streamed):

@@ -9,11 +9,15 @@ import grpc
 import numpy as np
 import pytest
 
-from idlegrid.ledger.market import split_fee
+from idlegrid.common.money import split_fee
 from idlegrid.metering.v1 import metering_pb2 as mpb
 from idlegrid.scheduler.pricing import llm_cost
 from idlegrid.scheduler.v1 import scheduler_pb2 as spb
+from tests.harness import eventually
+from tests.harness.books import usage_record
 from tests.scheduler.support import LLM, chat, echo, reason_of
+
+pytestmark = pytest.mark.slow  # a scenario: real services and a demo Triton
 
 
 def _price(stack, model=LLM):
@@ -149,7 +153,7 @@ async def test_a_client_that_leaves_mid_stream_pays_only_for_what_it_received(st
             if texts == 3:
                 break
     call.cancel()
-    await asyncio.sleep(0.2)
+    await eventually(lambda: usage_record(stack.metering, req.job_id), what="the cancelled job's usage")
     await stack.settled()
     rec = await stack.metering.GetJob(mpb.GetJobRequest(job_id=req.job_id))
     assert rec.outcome == mpb.OUTCOME_PARTIAL

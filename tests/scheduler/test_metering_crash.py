@@ -10,10 +10,12 @@ import asyncpg
 import pytest
 
 from idlegrid.bench.kit import free_port, spawn, wait_healthy
-from idlegrid.ledger.codes import CODE_EARNING
-from tests.conftest import TOKEN
-from tests.scheduler.stack import start_stack, stop_stack
+from idlegrid.ledger.v1 import ledger_pb2 as lpb
+from tests.harness import TOKEN
+from tests.harness.stack import start_stack, stop_stack
 from tests.scheduler.support import echo
+
+pytestmark = pytest.mark.slow  # a scenario: real services and a demo Triton
 
 
 def _metering(db_url: str, port: int, ledger_addr: str, log_path):
@@ -60,7 +62,7 @@ async def test_usage_recorded_before_a_metering_crash_is_settled_once_after_rest
         c = (await stack.balances([consumer]))[0]
         assert (c.debits_posted, c.debits_pending) == (cost, 0)
         earnings = await conn.fetch(
-            "SELECT user_data, count(*) AS n FROM ledger.transfers WHERE code = $1 GROUP BY user_data", CODE_EARNING)
+            "SELECT user_data, count(*) AS n FROM ledger.transfers WHERE code = $1 GROUP BY user_data", lpb.TRANSFER_CODE_EARNING)
         mine = {r["user_data"].bytes: r["n"] for r in earnings}
         assert all(mine.get(j.job_id) == 1 for j in jobs)  # exactly once each
         await stack.check_books()

@@ -66,9 +66,5 @@ CREATE TABLE registry.node_events (
 CREATE INDEX node_events_node ON registry.node_events (node_id, seq);
 
 -- History is append-only.
-CREATE FUNCTION registry.forbid_change() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'registry.node_events is append-only';
-END $$;
 CREATE TRIGGER node_events_append_only BEFORE UPDATE ON registry.node_events
     FOR EACH ROW EXECUTE FUNCTION registry.forbid_change();

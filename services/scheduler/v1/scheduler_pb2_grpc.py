@@ -44,6 +44,11 @@ class SchedulerServiceStub:
                 request_serializer=idlegrid_dot_scheduler_dot_v1_dot_scheduler__pb2.InferRequest.SerializeToString,
                 response_deserializer=idlegrid_dot_scheduler_dot_v1_dot_scheduler__pb2.InferChunk.FromString,
                 _registered_method=True)
+        self.GetModelMetadata = channel.unary_unary(
+                '/idlegrid.scheduler.v1.SchedulerService/GetModelMetadata',
+                request_serializer=idlegrid_dot_scheduler_dot_v1_dot_scheduler__pb2.GetModelMetadataRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_scheduler_dot_v1_dot_scheduler__pb2.ModelMetadata.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -65,6 +70,17 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModelMetadata(self, request, context):
+        """The KServe v2 metadata of a model (tensor names, datatypes and shapes,
+        which the registry does not keep), asked of a READY node that serves it
+        and cached per node revision. NOT_FOUND (model_not_found) when no ready
+        node serves the model (and version); UNAVAILABLE (node_unavailable) when
+        the node does not answer within timeout_ms.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +93,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.InferStream,
                     request_deserializer=idlegrid_dot_scheduler_dot_v1_dot_scheduler__pb2.InferRequest.FromString,
                     response_serializer=idlegrid_dot_scheduler_dot_v1_dot_scheduler__pb2.InferChunk.SerializeToString,
+            ),
+            'GetModelMetadata': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelMetadata,
+                    request_deserializer=idlegrid_dot_scheduler_dot_v1_dot_scheduler__pb2.GetModelMetadataRequest.FromString,
+                    response_serializer=idlegrid_dot_scheduler_dot_v1_dot_scheduler__pb2.ModelMetadata.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -133,6 +154,33 @@ class SchedulerService:
             '/idlegrid.scheduler.v1.SchedulerService/InferStream',
             idlegrid_dot_scheduler_dot_v1_dot_scheduler__pb2.InferRequest.SerializeToString,
             idlegrid_dot_scheduler_dot_v1_dot_scheduler__pb2.InferChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelMetadata(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.scheduler.v1.SchedulerService/GetModelMetadata',
+            idlegrid_dot_scheduler_dot_v1_dot_scheduler__pb2.GetModelMetadataRequest.SerializeToString,
+            idlegrid_dot_scheduler_dot_v1_dot_scheduler__pb2.ModelMetadata.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,13 @@ class SchedulerServiceStub:
     caller cancels, the node's request is cancelled and the delivered part is
     billed.
     """
+    GetModelMetadata: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetModelMetadataRequest, _scheduler_pb2.ModelMetadata]
+    """The KServe v2 metadata of a model (tensor names, datatypes and shapes,
+    which the registry does not keep), asked of a READY node that serves it
+    and cached per node revision. NOT_FOUND (model_not_found) when no ready
+    node serves the model (and version); UNAVAILABLE (node_unavailable) when
+    the node does not answer within timeout_ms.
+    """
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
@@ -64,6 +71,13 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     decision, then text deltas, then a final chunk with usage and cost. If the
     caller cancels, the node's request is cancelled and the delivered part is
     billed.
+    """
+    GetModelMetadata: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetModelMetadataRequest, _scheduler_pb2.ModelMetadata]  # type: ignore[assignment]
+    """The KServe v2 metadata of a model (tensor names, datatypes and shapes,
+    which the registry does not keep), asked of a READY node that serves it
+    and cached per node revision. NOT_FOUND (model_not_found) when no ready
+    node serves the model (and version); UNAVAILABLE (node_unavailable) when
+    the node does not answer within timeout_ms.
     """
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -84,6 +98,19 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         decision, then text deltas, then a final chunk with usage and cost. If the
         caller cancels, the node's request is cancelled and the delivered part is
         billed.
+        """
+
+    @_abc_1.abstractmethod
+    def GetModelMetadata(
+        self,
+        request: _scheduler_pb2.GetModelMetadataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ModelMetadata, _abc.Awaitable[_scheduler_pb2.ModelMetadata]]:
+        """The KServe v2 metadata of a model (tensor names, datatypes and shapes,
+        which the registry does not keep), asked of a READY node that serves it
+        and cached per node revision. NOT_FOUND (model_not_found) when no ready
+        node serves the model (and version); UNAVAILABLE (node_unavailable) when
+        the node does not answer within timeout_ms.
         """
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

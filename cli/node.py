@@ -1,4 +1,7 @@
-"""``idlegrid node start``: run the node agent on a provider's machine."""
+"""``idlegrid node start``: run the node agent on a provider's machine, in
+front of the provider's Triton or (``--demo``) of the demo Triton. A command
+and not part of the agent's package, because it puts the agent and the demo
+together."""
 
 from __future__ import annotations
 
@@ -57,7 +60,8 @@ def _read_node_id(path: Path) -> bytes | None:
 async def _start(args, config: Config) -> int:
     from idlegrid.common.server import wait_for_signal
     from idlegrid.node import config_file
-    from idlegrid.node.agent import READY, AgentOptions, NodeAgent, VerificationFailed
+    from idlegrid.node.agent import AgentOptions, NodeAgent, VerificationFailed
+    from idlegrid.registry.v1 import registry_pb2 as pb
 
     node_config = config_file.load(args.config) if args.config else None
     if node_config is None and not args.demo:
@@ -65,9 +69,10 @@ async def _start(args, config: Config) -> int:
     demo = None
     triton_url, metrics_url = args.triton_url, args.metrics_url
     if args.demo:
+        from idlegrid.cli import demo_node
         from idlegrid.demo.launcher import start_demo_triton
 
-        node_config = node_config or await asyncio.to_thread(config_file.demo)
+        node_config = node_config or await asyncio.to_thread(demo_node.node_config)
         demo = await asyncio.to_thread(start_demo_triton)
         triton_url, metrics_url = demo.grpc_url, metrics_url or demo.metrics_url
     id_file = args.node_id_file or config.home / "node-id"
@@ -82,7 +87,7 @@ async def _start(args, config: Config) -> int:
         id_file.write_text(f"{uuid.UUID(bytes=agent.node_id)}\n")
         log.info("node.started", node_id=str(uuid.UUID(bytes=agent.node_id)), triton=triton_url)
         stop = asyncio.create_task(wait_for_signal())
-        ready = asyncio.create_task(agent.wait_for(READY, timeout_s=None))
+        ready = asyncio.create_task(agent.wait_for(pb.NODE_STATE_READY, timeout_s=None))
         await asyncio.wait({stop, ready}, return_when=asyncio.FIRST_COMPLETED)
         if ready.done() and isinstance(ready.exception(), VerificationFailed):
             stop.cancel()

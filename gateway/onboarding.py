@@ -1,5 +1,6 @@
-"""Accounts: reading a ledger account, and creating a consumer or provider
-across the ledger and the registry without leaving half of one behind.
+"""Onboarding: creating a consumer or provider account across the ledger
+and the registry without leaving half of one behind, finding it again, and
+reading its ledger account back.
 
 A creation is idempotent by (kind, name): the ledger account id is derived
 from them, so a retry after a failure part-way finds the same ledger account
@@ -25,16 +26,15 @@ import re
 import uuid
 from dataclasses import dataclass
 
-import asyncpg
-
+from idlegrid.gateway import store
 from idlegrid.gateway.backends import Backends
 from idlegrid.gateway.errors import ApiError, bad_request, rpc
+from idlegrid.gateway.store import Db
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
 from idlegrid.registry.v1 import registry_pb2 as rpb
 
 NAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,100}$")
 KINDS = {"consumer": lpb.ACCOUNT_KIND_CONSUMER, "provider": lpb.ACCOUNT_KIND_PROVIDER}
-LEDGER_CREDITS = 1
 _A = lpb.CreateAccountResult
 
 
@@ -61,16 +61,16 @@ async def lookup(backends: Backends, account_id: bytes, *, timeout_s: float, met
     return r.accounts[0]
 
 
-async def provider_of(pool: asyncpg.Pool, account_id: bytes) -> bytes | None:
+async def provider_of(db: Db, account_id: bytes) -> bytes | None:
     """The registry provider created with this provider account, if any."""
-    pid = await pool.fetchval("SELECT provider_id FROM gateway.accounts WHERE account_id = $1",
-                              uuid.UUID(bytes=account_id))
-    return pid.bytes if pid is not None else None
+    row = await store.account_by_id(db, account_id)
+    return row.provider_id if row is not None else None
 
 
-async def created_kind(pool: asyncpg.Pool, account_id: bytes) -> str | None:
+async def created_kind(db: Db, account_id: bytes) -> str | None:
     """The kind of an account created through the gateway (None: there is none)."""
-    return await pool.fetchval("SELECT kind FROM gateway.accounts WHERE account_id = $1", uuid.UUID(bytes=account_id))
+    row = await store.account_by_id(db, account_id)
+    return row.kind if row is not None else None
 
 
 def check(kind: object, name: object) -> tuple[str, str]:
@@ -81,16 +81,16 @@ def check(kind: object, name: object) -> tuple[str, str]:
     return kind, name  # type: ignore[return-value]
 
 
-async def create_account(pool: asyncpg.Pool, backends: Backends, *, kind: str, name: str, timeout_s: float = 10.0,
+async def create_account(db: Db, backends: Backends, *, kind: str, name: str, timeout_s: float = 10.0,
                          metadata=()) -> CreatedAccount:
     """Creates a consumer or a provider (ledger account, and for a provider
     its registry provider and token). 409 when the name is taken."""
     kind, name = check(kind, name)
-    if await pool.fetchval("SELECT 1 FROM gateway.accounts WHERE kind = $1 AND name = $2", kind, name):
+    if await store.account_exists(db, kind=kind, name=name):
         raise ApiError(409, f"a {kind} named {name!r} exists", param="name", code="account_exists")
     account_id = account_id_for(kind, name)
     r = await rpc(backends.ledger.CreateAccounts(lpb.CreateAccountsRequest(accounts=[lpb.Account(
-        id=account_id, ledger=LEDGER_CREDITS, kind=KINDS[kind], name=f"{kind}:{name}",
+        id=account_id, ledger=lpb.LEDGER_ID_CREDITS, kind=KINDS[kind], name=f"{kind}:{name}",
         flags=lpb.ACCOUNT_FLAG_DEBITS_MUST_NOT_EXCEED_CREDITS)]), timeout=timeout_s, metadata=metadata))
     result = r.results[0]
     if result in (_A.CREATE_ACCOUNT_RESULT_NAME_TAKEN, _A.CREATE_ACCOUNT_RESULT_EXISTS_WITH_DIFFERENT_FIELDS):
@@ -110,20 +110,14 @@ async def create_account(pool: asyncpg.Pool, backends: Backends, *, kind: str, n
                                code="account_exists") from None
             raise
         provider_id, token = p.provider.provider_id, p.provider_token
-    inserted = await pool.fetchval(
-        """INSERT INTO gateway.accounts (account_id, kind, name, provider_id) VALUES ($1, $2, $3, $4)
-           ON CONFLICT DO NOTHING RETURNING 1""",
-        uuid.UUID(bytes=account_id), kind, name, uuid.UUID(bytes=provider_id) if provider_id else None)
-    if not inserted:
+    if not await store.insert_account(db, store.AccountRow(account_id, kind, name, provider_id)):
         raise ApiError(409, f"a {kind} named {name!r} exists", param="name", code="account_exists")
     return CreatedAccount(account_id, kind, name, provider_id, token)
 
 
-async def find_account(pool: asyncpg.Pool, *, kind: str, name: str) -> CreatedAccount | None:
+async def find_account(db: Db, *, kind: str, name: str) -> CreatedAccount | None:
     """An account created earlier through the gateway (no token: it was shown once)."""
-    row = await pool.fetchrow("SELECT account_id, provider_id FROM gateway.accounts WHERE kind = $1 AND name = $2",
-                              kind, name)
+    row = await store.account_by_name(db, kind=kind, name=name)
     if row is None:
         return None
-    pid = row["provider_id"]
-    return CreatedAccount(row["account_id"].bytes, kind, name, pid.bytes if pid else None, None)
+    return CreatedAccount(row.account_id, kind, name, row.provider_id, None)

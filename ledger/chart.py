@@ -1,4 +1,5 @@
-"""Account creation (idempotent by id) and the well-known accounts."""
+"""The chart of accounts: opening an account (idempotent by id: the same
+fields again answer EXISTS) and the platform's own well-known accounts."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from idlegrid.ledger.codes import (
     ZERO_ID,
 )
 from idlegrid.ledger.ids import well_known_account
-from idlegrid.ledger.store import U, U_opt
+from idlegrid.ledger.store.new_accounts import insert_accounts
 from idlegrid.ledger.v1 import ledger_pb2 as pb
+from idlegrid.ledger.values import Account
 
 A = pb.CreateAccountResult
 _NAME = re.compile(r"^[\w.:@/+-]{1,128}$")
@@ -30,7 +32,8 @@ WELL_KNOWN = {
 }
 
 
-def _validate(a: pb.Account) -> int:
+def _check(a: Account) -> int:
+    """CREATE_ACCOUNT_RESULT_OK or the first error in the fields."""
     if len(a.id) != 16:
         return A.CREATE_ACCOUNT_RESULT_ID_MUST_BE_16_BYTES
     if a.id == ZERO_ID:
@@ -54,32 +57,28 @@ def _validate(a: pb.Account) -> int:
     return A.CREATE_ACCOUNT_RESULT_OK
 
 
-async def create_accounts(pool: asyncpg.Pool, accounts: list[pb.Account]) -> list[int]:
+def _same(a: Account, b: Account) -> bool:
+    return (a.ledger, a.kind, a.flags, a.user_data, a.name) == (b.ledger, b.kind, b.flags, b.user_data, b.name)
+
+
+async def create_accounts(pool: asyncpg.Pool, accounts: list[Account]) -> list[int]:
+    """One CreateAccountResult per account; the valid ones are created in one transaction."""
     if not 1 <= len(accounts) <= BATCH_SIZE_MAX:
         raise InvalidArgument(f"accounts: between 1 and {BATCH_SIZE_MAX} items, got {len(accounts)}")
-    results = [_validate(a) for a in accounts]
+    results = [_check(a) for a in accounts]
     todo = [i for i, r in enumerate(results) if r == A.CREATE_ACCOUNT_RESULT_OK]
     if not todo:
         return results
-    async with pool.acquire() as conn, conn.transaction():
-        for i in todo:
-            a = accounts[i]
-            row = await conn.fetchrow(
-                """INSERT INTO ledger.accounts (id, ledger, kind, flags, user_data, name)
-                   VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING id""",
-                U(a.id), a.ledger, a.kind, a.flags, U_opt(a.user_data), a.name or None)
-            if row is not None:
-                continue
-            old = await conn.fetchrow(
-                "SELECT ledger, kind, flags, user_data, name FROM ledger.accounts WHERE id = $1", U(a.id))
-            if old is None:
-                results[i] = A.CREATE_ACCOUNT_RESULT_NAME_TAKEN
-            elif (old["ledger"], old["kind"], old["flags"], old["user_data"], old["name"]) == (
-                a.ledger, a.kind, a.flags, U_opt(a.user_data), a.name or None
-            ):
-                results[i] = A.CREATE_ACCOUNT_RESULT_EXISTS
-            else:
-                results[i] = A.CREATE_ACCOUNT_RESULT_EXISTS_WITH_DIFFERENT_FIELDS
+    taken = await insert_accounts(pool, [accounts[i] for i in todo])
+    for i, t in zip(todo, taken, strict=True):
+        if t is None:
+            continue
+        if t.existing is None:
+            results[i] = A.CREATE_ACCOUNT_RESULT_NAME_TAKEN
+        elif _same(t.existing, accounts[i]):
+            results[i] = A.CREATE_ACCOUNT_RESULT_EXISTS
+        else:
+            results[i] = A.CREATE_ACCOUNT_RESULT_EXISTS_WITH_DIFFERENT_FIELDS
     return results
 
 
@@ -87,7 +86,7 @@ async def ensure_well_known(pool: asyncpg.Pool, ledger: int = LEDGER_CREDITS) ->
     """Creates the platform's own accounts for ``ledger`` (idempotent)."""
     ids = {name: well_known_account(name, ledger) for name in WELL_KNOWN}
     results = await create_accounts(pool, [
-        pb.Account(id=ids[name], ledger=ledger, kind=kind, flags=flags, name=name)
+        Account(id=ids[name], ledger=ledger, kind=kind, flags=flags, name=name)
         for name, (kind, flags) in WELL_KNOWN.items()
     ])
     bad = [r for r in results if r not in (A.CREATE_ACCOUNT_RESULT_OK, A.CREATE_ACCOUNT_RESULT_EXISTS)]

@@ -1,0 +1,148 @@
+"""The node lifecycle in motion: every state change, and the verification
+that takes a new node from JOINING to READY (or OFFLINE).
+
+A change is checked against the state machine (states.py), applied to the
+live view, published to watchers and handed to the writer in one
+synchronous step, so watchers, memory and the tables see changes in the same
+order. The writer's room is checked first: a change that could not be
+written is never made.
+
+Verification runs in the background, at most ``verifications_max`` nodes at
+a time (JOINING waits for a slot). A node that registers again, or whose
+lease runs out, meanwhile makes the running verification stale: it checks
+the node's generation and state before each step and drops its result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import structlog
+
+from idlegrid.common.errors import FailedPrecondition, IdlegridError
+from idlegrid.registry import states
+from idlegrid.registry.canary import Verifier
+from idlegrid.registry.hub import WatchHub
+from idlegrid.registry.live import LiveView
+from idlegrid.registry.records import LiveNode, Verification
+from idlegrid.registry.settings import RegistrySettings
+from idlegrid.registry.store import Change
+from idlegrid.registry.v1 import registry_pb2 as pb
+from idlegrid.registry.validate import DETAIL_CHARS_MAX
+from idlegrid.registry.writer import ChangeWriter
+
+log = structlog.get_logger("registry")
+
+
+class Lifecycle:
+    def __init__(self, *, view: LiveView, hub: WatchHub, writer: ChangeWriter, verifier: Verifier,
+                 settings: RegistrySettings) -> None:
+        self._view = view
+        self._hub = hub
+        self._writer = writer
+        self._verifier = verifier
+        self._skip_verification = settings.skip_verification
+        self._slots = asyncio.Semaphore(settings.verifications_max)
+        self._verifications: dict[bytes, asyncio.Task] = {}
+
+    async def close(self) -> None:
+        """Cancels the verifications in progress."""
+        tasks = list(self._verifications.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------ state changes
+
+    def admit(self, node: LiveNode) -> None:
+        """A new node, already written, enters the live view and is published."""
+        node.revision = self._hub.next_revision()
+        self._view.add(node)
+        self._hub.publish(node.revision, pb.DELTA_KIND_UPSERTED, node.to_proto())
+
+    def apply(self, node: LiveNode, state: int, reason: int, detail: str, *, revoke: bool = False) -> float:
+        """Changes the state in memory and publishes it (no await): returns the time.
+        The caller writes it (see :meth:`transition`)."""
+        states.check(node.state, state, reason)
+        at = time.time()
+        node.state, node.reason, node.detail = state, reason, detail[:DETAIL_CHARS_MAX]
+        node.state_changed_at = at
+        if revoke:
+            node.token_digest = None
+        node.revision = self._hub.next_revision()
+        node.changed()
+        self._view.track(node)
+        self._hub.publish(node.revision, pb.DELTA_KIND_UPSERTED, node.to_proto())
+        return at
+
+    def transition(self, node: LiveNode, state: int, reason: int, detail: str = "", *, revoke: bool = False,
+                   verification: tuple[tuple[str, str, bool, int], ...] = ()) -> asyncio.Future:
+        """Applies a change and hands it to the writer; the future resolves
+        once it is written. ResourceExhausted, changing nothing, when the
+        writer has no room."""
+        self._writer.room()
+        at = self.apply(node, state, reason, detail, revoke=revoke)
+        return self._writer.submit(Change(node_id=node.id, state=state, reason=reason, detail=node.detail, at=at,
+                                          revoke_token=revoke, verification=verification))
+
+    async def drain(self, node: LiveNode, *, requested_by: str) -> None:
+        """READY → DRAINING; a node already draining stays as it is."""
+        if node.state == states.DRAINING:
+            return
+        if node.state != states.READY:
+            raise FailedPrecondition(f"the node is {states.NAMES[node.state]}; only a ready node drains "
+                                     "(deregister it instead)")
+        await self.transition(node, states.DRAINING, pb.STATE_REASON_DRAIN_REQUESTED, f"requested by {requested_by}")
+
+    async def deregister(self, node: LiveNode, *, requested_by: str) -> None:
+        """Any state → OFFLINE (deregistered), and the node's token is revoked."""
+        if node.state == states.OFFLINE and node.reason == pb.STATE_REASON_DEREGISTERED:
+            return
+        self.cancel_verification(node)
+        await self.transition(node, states.OFFLINE, pb.STATE_REASON_DEREGISTERED, f"requested by {requested_by}",
+                              revoke=True)
+
+    # ------------------------------------------------------------ verification
+
+    def start_verification(self, node: LiveNode) -> None:
+        task = asyncio.create_task(self._verify(node, node.generation), name="registry-verify")
+        self._verifications[node.id] = task
+
+        def forget(t: asyncio.Task) -> None:
+            if self._verifications.get(node.id) is t:
+                del self._verifications[node.id]
+
+        task.add_done_callback(forget)
+
+    def cancel_verification(self, node: LiveNode) -> None:
+        task = self._verifications.pop(node.id, None)
+        if task is not None:
+            task.cancel()
+
+    async def _verify(self, node: LiveNode, generation: int) -> None:
+        try:
+            async with self._slots:
+                if node.generation != generation or node.state != states.JOINING:
+                    return
+                await self.transition(node, states.VERIFYING, pb.STATE_REASON_VERIFICATION_STARTED)
+                result = await self._verifier.verify(node.endpoint, list(node.offers))
+            if node.generation != generation or node.state != states.VERIFYING:
+                return  # the lease ran out, or the node registered again, meanwhile
+            if not result.ok:
+                log.warning("registry.verification_failed", node_id=str(uuid.UUID(bytes=node.id)),
+                            detail=result.detail)
+                await self.transition(node, states.OFFLINE, pb.STATE_REASON_VERIFICATION_FAILED, result.detail)
+                return
+            rows = []
+            for o in node.offers:
+                v = Verification(verified=True, canary_latency_us=result.latency_us.get((o.name, o.version), 0))
+                node.verification[(o.name, o.version)] = v
+                rows.append((o.name, o.version, True, v.canary_latency_us))
+            reason = pb.STATE_REASON_VERIFICATION_SKIPPED if self._skip_verification else pb.STATE_REASON_VERIFIED
+            await self.transition(node, states.READY, reason, result.detail, verification=tuple(rows))
+        except asyncio.CancelledError:
+            raise
+        except IdlegridError as e:
+            log.error("registry.verification_not_recorded", node_id=str(uuid.UUID(bytes=node.id)), error=e.message)
