@@ -31,16 +31,38 @@ async def read(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_object(raw: bytes) -> dict:
+def parse_object(raw: bytes, *, what: str = "the request body") -> dict:
     if not raw:
-        raise bad_request("the request body is empty; send a JSON object")
+        raise bad_request(f"{what} is empty; send a JSON object")
     try:
         value = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
-        raise bad_request(f"the request body is not valid JSON: {e}") from None
+        raise bad_request(f"{what} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise bad_request(f"{what} is nested too deeply") from None
     if not isinstance(value, dict):
-        raise bad_request("the request body must be a JSON object")
+        raise bad_request(f"{what} must be a JSON object")
+    # A lone surrogate (written as a \uD800-\uDFFF escape) parses into a str
+    # that no UTF-8 encoder accepts; refuse it here rather than fail later.
+    if b"\\ud" in raw or b"\\uD" in raw:
+        _no_lone_surrogates(value)
     return value
+
+
+def _no_lone_surrogates(value: Any) -> None:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise bad_request("the request contains an unpaired UTF-16 surrogate") from None
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
 
 
 async def read_json(request: Request, limit: int) -> dict:

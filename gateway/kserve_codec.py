@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from idlegrid.gateway.bodies import parse_object
 from idlegrid.gateway.errors import bad_request
 from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 
@@ -127,12 +128,7 @@ def decode_request(raw: bytes, header_length: str | None) -> InferBody:
         head, binary = raw[:n], memoryview(raw)[n:]
     else:
         head, binary = raw, memoryview(b"")
-    try:
-        body = json.loads(head)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise bad_request(f"the inference request is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise bad_request("the inference request must be a JSON object")
+    body = parse_object(bytes(head), what="the inference request")
     unknown = sorted(set(body) - _REQUEST_FIELDS)
     if unknown:
         raise bad_request(f"unknown field {unknown[0]!r}", param=unknown[0])

@@ -4,8 +4,11 @@ that every route of the app is described here."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import swagger_ui_bundle
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from idlegrid.common.paging import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
@@ -142,6 +145,9 @@ def document() -> dict:
         "/openapi.json": {"get": _op("This document", "Operations", secure=False, errors=())},
         "/docs": {"get": _op("Interactive documentation", "Operations", secure=False, errors=(),
                              ok={"type": "string"})},
+        "/docs/assets/{name}": {"get": _op("A static asset of the documentation page (served from the package)",
+                                           "Operations", secure=False, errors=(404,), ok={"type": "string"},
+                                           path=("name",))},
     }
     return {
         "openapi": "3.1.0",
@@ -159,13 +165,27 @@ def document() -> dict:
     }
 
 
+# The interactive API docs: Swagger UI served from the installed package
+# (swagger-ui-bundle-v2), never from a CDN, so they work offline and under a
+# strict Content-Security-Policy (no inline script).
+_SWAGGER_DIR = Path(swagger_ui_bundle.swagger_ui_path)
+_ASSETS = frozenset({"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png", "favicon-16x16.png"})
 _DOCS = """<!doctype html>
-<html><head><meta charset="utf-8"><title>idlegrid gateway API</title>
-<link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css"></head>
-<body><div id="ui"></div>
-<script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
+<html lang="en"><head><meta charset="utf-8"><title>idlegrid gateway API</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="/docs/assets/swagger-ui.css">
+<link rel="icon" type="image/png" href="/docs/assets/favicon-32x32.png"></head>
+<body><main id="ui" data-url="/openapi.json"></main>
+<script src="/docs/assets/swagger-ui-bundle.js"></script>
+<script src="/docs/assets/init.js"></script>
 </body></html>"""
+_INIT = b'SwaggerUIBundle({url: document.getElementById("ui").dataset.url, dom_id: "#ui"});\n'
+_DOCS_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+                               "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff",
+}
+_TYPES = {".css": "text/css", ".js": "text/javascript", ".png": "image/png"}
 
 
 async def openapi_json(request: Request) -> Response:
@@ -173,8 +193,20 @@ async def openapi_json(request: Request) -> Response:
 
 
 async def docs(request: Request) -> Response:
-    return HTMLResponse(_DOCS)
+    return HTMLResponse(_DOCS, headers=_DOCS_HEADERS)
+
+
+async def docs_asset(request: Request) -> Response:
+    name = request.path_params["name"]
+    if name == "init.js":
+        return Response(_INIT, media_type="text/javascript", headers=_DOCS_HEADERS)
+    if name not in _ASSETS:
+        return JSONResponse({"error": {"message": "no such asset", "type": "invalid_request_error",
+                                       "param": None, "code": "not_found"}}, status_code=404)
+    return FileResponse(_SWAGGER_DIR / name, media_type=_TYPES[Path(name).suffix],
+                        headers={**_DOCS_HEADERS, "Cache-Control": "public, max-age=86400"})
 
 
 def routes() -> list[Route]:
-    return [Route("/openapi.json", openapi_json, methods=["GET"]), Route("/docs", docs, methods=["GET"])]
+    return [Route("/openapi.json", openapi_json, methods=["GET"]), Route("/docs", docs, methods=["GET"]),
+            Route("/docs/assets/{name}", docs_asset, methods=["GET"])]
