@@ -9,7 +9,12 @@ Checks, each reported precisely:
    the totals table;
 4. balance flags hold; every transfer names existing accounts;
 5. the open holds are exactly the unresolved pending transfers, and escrow's
-   pending credits equal the sum of its open holds and its posted balance is 0.
+   pending credits equal the sum of its open holds and its posted balance is 0;
+6. given the checkpoint log (``anchors``, read with a public key the database
+   never holds), the recomputed chain passes through every signed checkpoint
+   and no old tail is uncovered (idlegrid.ledger.checkpoint_audit). Without
+   it, someone holding the database credential could rewrite rows and
+   recompute the chain, and checks 1-5 would still pass.
 
 The rules here read the books through ``idlegrid.ledger.store.books`` (one
 consistent snapshot) and hold no SQL.
@@ -20,10 +25,12 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import asyncpg
 
 from idlegrid.ledger.chain import GENESIS, batch_hash, micros, transfer_bytes
+from idlegrid.ledger.checkpoint_audit import Anchors, check
 from idlegrid.ledger.codes import (
     CREDITS_MUST_NOT_EXCEED_DEBITS,
     DEBITS_MUST_NOT_EXCEED_CREDITS,
@@ -44,6 +51,7 @@ class Report:
     batches: int = 0
     transfers: int = 0
     accounts: int = 0
+    checkpoints: int | None = None  # checkpoints verified; None: not checked
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -55,25 +63,35 @@ class Report:
             self.problems.append(msg)
 
 
-async def verify(conn: asyncpg.Connection) -> Report:
-    """Audits the books on ``conn`` at one instant; the report lists every problem found."""
+async def verify(conn: asyncpg.Connection, *, anchors: Anchors | None = None,
+                 now: datetime | None = None) -> Report:
+    """Audits the books on ``conn`` at one instant, and against the signed
+    checkpoints in ``anchors`` when given (``now``: the verifier's clock, for
+    the age of an uncovered tail); the report lists every problem found."""
+    marks = {cp.batch for cp in anchors.valid} if anchors is not None else set()
     async with books.snapshot(conn) as book:
-        audit = _Audit(await book.batches())
+        batches = await book.batches()
+        audit = _Audit(batches, marks)
         async for t in book.transfers():
             audit.transfer(t)
         audit.end_of_history(await book.chain_head())
         audit.accounts(await book.accounts())
         audit.totals(await book.totals())
         audit.open_holds(await book.open_holds())
+    if anchors is not None:
+        audit.report.checkpoints = len(anchors.valid)
+        check(audit.report.add, anchors, audit.recomputed, batches, audit.last_batch, now or datetime.now(UTC))
     return audit.report
 
 
 class _Audit:
     """Replays the transfers in seq order, then checks the stored state against the replay."""
 
-    def __init__(self, batches: dict[int, BatchRecord]) -> None:
+    def __init__(self, batches: dict[int, BatchRecord], marks: set[int]) -> None:
         self.report = Report(batches=len(batches))
         self._batches = batches
+        self._marks = marks  # checkpointed batches: their recomputed hashes are kept
+        self.recomputed: dict[int, tuple[bytes, int]] = {}
         self._balances: dict[bytes, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
         self._pendings: dict[bytes, tuple[bytes, bytes, int]] = {}  # id -> (dr, cr, amount)
         self._resolved: set[bytes] = set()
@@ -142,7 +160,13 @@ class _Audit:
         if h != b.hash:
             self.report.add(f"batch {n} (seq {b.first_seq}..{b.last_seq}): hash mismatch: "
                             "its transfers were changed after commit")
+        if n in self._marks:
+            self.recomputed[n] = (h, b.last_seq)
         self._prev_hash, self._expected_batch = b.hash, n + 1
+
+    @property
+    def last_batch(self) -> int:
+        return self._expected_batch - 1
 
     def end_of_history(self, head: ChainHead) -> None:
         self._close_batch()

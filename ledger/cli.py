@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
+from pathlib import Path
 
 from idlegrid.common import db
 from idlegrid.common.config import Config
@@ -16,7 +17,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     lsub = p.add_subparsers(dest="ledger_command", required=True)
     s = lsub.add_parser("serve", help="run the ledger gRPC service")
     s.set_defaults(func=_serve)
-    v = lsub.add_parser("verify", help="prove the books: hash chain, balances, invariants")
+    v = lsub.add_parser("verify", help="prove the books: hash chain, signed checkpoints, balances, invariants")
+    v.add_argument("--public-key", action="append", type=Path, metavar="PEM",
+                   help="a public key the checkpoints may be signed with (repeatable; default "
+                        "IDLEGRID_LEDGER_CHECKPOINT_PUBLIC_KEY, else $IDLEGRID_HOME/ledger-checkpoint.pub)")
+    v.add_argument("--checkpoint-log", type=Path, metavar="PATH",
+                   help="the checkpoint log (default IDLEGRID_LEDGER_CHECKPOINT_LOG, else "
+                        "$IDLEGRID_HOME/ledger-checkpoints.jsonl)")
+    v.add_argument("--require-checkpoints", action="store_true",
+                   help="fail when no public key is found (as IDLEGRID_LEDGER_CHECKPOINTS=required)")
     v.set_defaults(func=_verify)
     b = lsub.add_parser("balance", help="show an account's balances")
     b.add_argument("account", help="account id (UUID) or name, e.g. escrow:jobs")
@@ -37,19 +46,35 @@ def out(line: str = "") -> None:
 async def _verify(args, config: Config) -> int:
     import asyncpg
 
+    from idlegrid.ledger import checkpoint_audit
     from idlegrid.ledger.audit import verify
+    from idlegrid.ledger.checkpoint_settings import CheckpointSettings
 
+    overrides: dict = {}
+    if args.public_key:
+        overrides["public_keys"] = tuple(args.public_key)
+    if args.checkpoint_log:
+        overrides["log"] = args.checkpoint_log
+    if args.require_checkpoints:
+        overrides["mode"] = "required"
+    settings = CheckpointSettings.from_env(home=config.home, embedded=config.database_url is None, **overrides)
+    anchors = checkpoint_audit.load(settings)  # before the snapshot: the log only grows
     conn = await asyncpg.connect(await db.resolve_url(config))
     try:
-        rep = await verify(conn)
+        rep = await verify(conn, anchors=anchors)
     finally:
         await conn.close()
+    if rep.checkpoints is None:
+        anchored = ("signed checkpoints NOT checked (no public key): a rewrite by someone holding the database "
+                    "credential would pass")
+    else:
+        anchored = f"{rep.checkpoints} signed checkpoints in {settings.log_path}"
     if rep.ok:
         out(f"ledger verify: OK ({rep.batches} batches, {rep.transfers} transfers, {rep.accounts} accounts; "
-            "hash chain intact, balances recomputed, debits = credits)")
+            f"hash chain intact, balances recomputed, debits = credits; {anchored})")
         return 0
     out(f"ledger verify: FAILED with {len(rep.problems)} problem(s) "
-        f"({rep.batches} batches, {rep.transfers} transfers, {rep.accounts} accounts):")
+        f"({rep.batches} batches, {rep.transfers} transfers, {rep.accounts} accounts; {anchored}):")
     for p in rep.problems:
         out(f"  - {p}")
     return 1

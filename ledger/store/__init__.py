@@ -5,7 +5,8 @@ text or talks to the database.
   round trip to write it (the functions in ledger/sql/), and the expiry sweep's read;
 - ``reads``: lookups and the paged histories of an account;
 - ``new_accounts``: account creation (idempotent by id);
-- ``books``: the read-only snapshot that ``ledger verify`` audits.
+- ``books``: the read-only snapshot that ``ledger verify`` audits;
+- ``checkpoints``: the checkpointer's reads of the chain head and its copy of each checkpoint.
 
 Every function takes a pool or a connection and returns plain values
 (``idlegrid.ledger.values``).
