@@ -21,6 +21,7 @@ from idlegrid.gateway import (
     provider_routes,
 )
 from idlegrid.gateway.context import Gateway
+from idlegrid.gateway.edge import EdgeMiddleware
 from idlegrid.gateway.errors import ApiError
 from idlegrid.gateway.metrics import metrics_endpoint
 from idlegrid.gateway.middleware import GatewayMiddleware
@@ -61,7 +62,9 @@ def routes() -> list[Route]:
 def create_app(gw: Gateway) -> Starlette:
     app = Starlette(
         routes=routes(),
-        middleware=[Middleware(GatewayMiddleware, metrics=gw.metrics, concurrency_max=gw.settings.concurrency_max)],
+        middleware=[Middleware(GatewayMiddleware, metrics=gw.metrics, concurrency_max=gw.settings.concurrency_max),
+                    Middleware(EdgeMiddleware, limiter=gw.ip_limiter, trusted=gw.settings.trusted_proxies,
+                               metrics=gw.metrics)],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
     )
     app.state.gw = gw

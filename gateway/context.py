@@ -11,6 +11,7 @@ from starlette.requests import Request
 from idlegrid.common.config import Config
 from idlegrid.gateway.auth import Authenticator, require
 from idlegrid.gateway.backends import Backends
+from idlegrid.gateway.edge import IpLimiter, KeySlots
 from idlegrid.gateway.metrics import Metrics
 from idlegrid.gateway.middleware import note, request_id
 from idlegrid.gateway.ratelimit import RateLimiter
@@ -27,6 +28,8 @@ class Gateway:
     auth: Authenticator
     limiter: RateLimiter
     metrics: Metrics
+    slots: KeySlots
+    ip_limiter: IpLimiter
 
     @property
     def rpc_timeout_s(self) -> float:
@@ -38,11 +41,12 @@ def gw(request: Request) -> Gateway:
 
 
 async def caller(request: Request, *scopes: str) -> KeyRecord:
-    """The authenticated key of this request (401), within its rate limit
-    (429), with one of ``scopes`` (403)."""
+    """The authenticated key of this request (401), within its requests in
+    flight (429) and its rate limit (429), with one of ``scopes`` (403)."""
     g = gw(request)
     rec = await g.auth.authenticate(request.headers.get("authorization"))
     note(request.scope, key_id=rec.key_id, key_scope=rec.scope)
+    g.slots.take(request.scope, rec.key_id)
     await g.limiter.take(rec)
     require(rec, *scopes)
     return rec

@@ -7,17 +7,17 @@ never reaches a client.
 | status | type | when |
 |---|---|---|
 | 400 | invalid_request_error | malformed JSON, a missing or bad field, an unsupported option |
-| 401 | authentication_error | missing, malformed, unknown or revoked API key |
+| 401 | authentication_error | missing, malformed, unknown, revoked or expired API key |
 | 402 | insufficient_funds | not enough credits for the job's maximum cost (or a payout) |
-| 403 | permission_error | the key's scope does not allow the route or the account |
+| 403 | permission_error | the key's scope does not allow the route or the account; an admin money cap |
 | 404 | not_found_error | unknown model, account, key or route |
 | 405 | invalid_request_error | wrong method for the route |
 | 409 | conflict_error | an idempotency key used before, a name taken |
 | 413 | invalid_request_error | request body (or prompt, or tensors) too large |
-| 429 | rate_limit_error | the key's rate limit (Retry-After says when to retry) |
+| 429 | rate_limit_error | the key's rate limit, the client IP's, or the key's requests in flight (Retry-After) |
 | 500 | server_error | a bug in the gateway (logged with the request id) |
 | 502 | server_error | a backend service failed unexpectedly |
-| 503 | service_unavailable | no ready node, a backend is down (Retry-After) |
+| 503 | service_unavailable | no ready node, a backend is down, no database connection in time (Retry-After) |
 | 504 | timeout_error | the job ran past its deadline |
 """
 

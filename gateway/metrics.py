@@ -1,6 +1,7 @@
 """Prometheus metrics of one gateway (its own registry, so that several
 gateways can run in one process): requests by route and status, latency,
-requests in flight. Served at GET /metrics."""
+requests in flight, key checks by outcome (``unknown_cached``: refused
+without database work), refusals at the edge by reason. Served at GET /metrics."""
 
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ class Metrics:
                                  ("method", "route"), buckets=LATENCY_BUCKETS_S, registry=self.registry)
         self.in_flight = Gauge("idlegrid_gateway_requests_in_flight", "Requests being answered now",
                                registry=self.registry)
+        self.key_checks = Counter("idlegrid_gateway_key_checks", "API keys looked up, by outcome (found, unknown, "
+                                  "unknown_cached: no database work, busy: no connection in time)", ("result",),
+                                  registry=self.registry)
+        self.refusals = Counter("idlegrid_gateway_edge_refusals", "Requests refused before any database work, "
+                                "by reason (ip_rate, key_concurrency)", ("reason",), registry=self.registry)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()

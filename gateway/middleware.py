@@ -19,6 +19,7 @@ log = structlog.get_logger("gateway.http")
 
 REQUEST_ID_HEADER = "x-request-id"
 NOTES_KEY = "idlegrid.notes"
+FINISH_KEY = "idlegrid.on_finish"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
@@ -26,6 +27,12 @@ def note(scope: Scope, **fields) -> None:
     """Adds fields (key_id, job_id, model, cost...) to the request's log line.
     Never pass a key or a body."""
     scope.setdefault(NOTES_KEY, {}).update(fields)
+
+
+def on_finish(scope: Scope, callback) -> None:
+    """Calls ``callback()`` when the request ends (its response sent, or it
+    failed): how a per-key slot is given back after a stream's last byte."""
+    scope.setdefault(FINISH_KEY, []).append(callback)
 
 
 def request_id(scope: Scope) -> str:
@@ -68,7 +75,7 @@ class GatewayMiddleware:
         self.metrics.in_flight.inc()
         try:
             if self.in_flight > self.concurrency_max:
-                await self._error(send_wrapper, scope, ApiError(
+                await self.error(send_wrapper, scope, ApiError(
                     503, "the gateway is at its limit of requests in flight; try again", code="overloaded",
                     headers={"Retry-After": "1"}))
             else:
@@ -76,9 +83,11 @@ class GatewayMiddleware:
         except Exception:  # noqa: BLE001 - a bug: logged here, never shown to the client
             log.error("http.unhandled", exc_info=True, path=scope.get("path"))
             if status == 0:
-                await self._error(send_wrapper, scope, ApiError(
+                await self.error(send_wrapper, scope, ApiError(
                     500, f"internal error (request id {rid})", code="internal_error"))
         finally:
+            for callback in scope.pop(FINISH_KEY, ()):
+                callback()
             self.in_flight -= 1
             self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - start
@@ -91,7 +100,7 @@ class GatewayMiddleware:
                   duration_ms=round(elapsed * 1000, 3), **fields)
 
     @staticmethod
-    async def _error(send: Send, scope: Scope, err: ApiError) -> None:
+    async def error(send: Send, scope: Scope, err: ApiError) -> None:
         kserve = scope.get("path", "").startswith("/v2")
         body = err.kserve_bytes() if kserve else err.json_bytes()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]

@@ -15,9 +15,12 @@ from idlegrid.common.paging import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
 
 VERSION = "0.1.0"
 _ERRORS = {
-    400: "invalid request", 401: "missing, malformed, unknown or revoked API key", 402: "not enough credits",
-    403: "the key's scope does not allow this", 404: "unknown model, account or key", 409: "conflict",
-    413: "request too large", 429: "rate limited (see Retry-After)", 503: "no node available or a backend is down",
+    400: "invalid request", 401: "missing, malformed, unknown, revoked or expired API key",
+    402: "not enough credits", 403: "the key's scope does not allow this, or an admin limit refuses it", 404: "unknown model, account or key", 409: "conflict",
+    413: "request too large",
+    429: "rate limited, per key or per client address, or too many of the key's requests in flight "
+         "(see Retry-After)",
+    503: "no node available, a backend is down or the database is busy (see Retry-After)",
     504: "deadline exceeded",
 }
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -71,6 +74,18 @@ _COMPLETION = {"type": "object", "required": ["model", "prompt"], "properties": 
     "prompt": _STR}}
 _MONEY = {"type": "object", "required": ["amount_micros", "idempotency_key"],
           "properties": {"amount_micros": _INT, "idempotency_key": _STR}}
+_CAPS = ("Capped per call, per admin key per UTC day and for all admin keys per UTC day "
+         "(IDLEGRID_GATEWAY_{action}_CALL_MAX_MICROS, _KEY_DAY_MAX_MICROS, _DAY_MAX_MICROS): over a cap, 403 "
+         "naming it, and nothing is done. Every call is audited (GET /v1/admin/audit).")
+_NULL_STR = {"type": ["string", "null"]}
+_AUDIT_PAGE = {"type": "object", "required": ["data"], "properties": {
+    "object": {"const": "list"}, "next_cursor": _NULL_STR,
+    "data": {"type": "array", "items": {"type": "object", "properties": {
+        "seq": _INT, "at": _STR, "actor": {"type": "string", "description": "the admin key id, or cli"},
+        "action": {"enum": ["create_account", "create_key", "revoke_key", "topup", "payout"]},
+        "result": {"enum": ["started", "ok", "already_applied", "refused", "failed"]},
+        "account_id": _NULL_STR, "key_id": _NULL_STR, "amount_micros": {"type": ["integer", "null"]},
+        "idempotency_key": _NULL_STR, "detail": _STR}}}}}
 _MODEL = ("model",)
 _MODEL_V = ("model", "version")
 _KSERVE_INFER = {"type": "object", "required": ["inputs"], "properties": {
@@ -115,15 +130,21 @@ def document() -> dict:
             "Create an API key (shown once)", "Admins", ok_status=201, errors=(400, 401, 403, 404, 429),
             body={"type": "object", "required": ["scope"], "properties": {
                 "scope": {"enum": ["consumer", "provider", "admin"]}, "account_id": _STR,
-                "rate_per_s": _INT, "burst": _INT}})},
+                "rate_per_s": _INT, "burst": _INT,
+                "expires_in_s": {"type": "integer", "minimum": 1,
+                                 "description": "life of the key; admin keys: default and at most "
+                                                "IDLEGRID_GATEWAY_ADMIN_KEY_TTL_S"}}})},
         "/v1/admin/keys/{key_id}": {"delete": _op("Revoke an API key, at once", "Admins", path=("key_id",),
                                                   errors=(401, 403, 404, 429))},
         "/v1/admin/accounts/{account_id}/topup": {"post": _op(
             "Add credits to a consumer account (idempotent by key)", "Admins", path=("account_id",), body=_MONEY,
-            errors=(400, 401, 403, 404, 409, 429))},
+            errors=(400, 401, 403, 404, 409, 429, 503), description=_CAPS.format(action="TOPUP"))},
         "/v1/admin/accounts/{account_id}/payout": {"post": _op(
             "Pay a provider out (idempotent by key)", "Admins", path=("account_id",), body=_MONEY,
-            errors=(400, 401, 402, 403, 404, 409, 429))},
+            errors=(400, 401, 402, 403, 404, 409, 429, 503), description=_CAPS.format(action="PAYOUT"))},
+        "/v1/admin/audit": {"get": _op(
+            "The audit trail of keys and admin actions, newest first", "Admins", query=_PAGE_Q,
+            errors=(400, 401, 403, 429), ok=_AUDIT_PAGE)},
         "/v2": {"get": _op("KServe v2 server metadata", "KServe v2", secure=False, errors=())},
         "/v2/health/live": {"get": _op("Live", "KServe v2", secure=False, errors=())},
         "/v2/health/ready": {"get": _op("Ready", "KServe v2", secure=False, errors=(503,))},

@@ -46,8 +46,9 @@ class _Lease:
 
 
 class RateLimiter:
-    def __init__(self, pool: asyncpg.Pool, *, rate_per_s: int, burst: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, rate_per_s: int, burst: int, acquire_timeout_s: float = 1.0) -> None:
         self._pool = pool
+        self._acquire_timeout_s = acquire_timeout_s
         self._rate = rate_per_s
         self._burst = burst
         self._leases: dict[str, _Lease] = {}
@@ -92,7 +93,11 @@ class RateLimiter:
 
     async def _draw(self, key_id: str, interval_s: float, burst: int, want: int) -> tuple[int, float]:
         try:
-            return await store.rate_take(self._pool, key_id=key_id, interval_s=interval_s, burst=burst, want=want)
+            async with store.connection(self._pool, timeout_s=self._acquire_timeout_s) as conn:
+                return await store.rate_take(conn, key_id=key_id, interval_s=interval_s, burst=burst, want=want)
+        except store.PoolBusy:
+            raise ApiError(503, "the gateway's database connections are all busy; try again", code="database_busy",
+                           headers={"Retry-After": "1"}) from None
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             log.warning("ratelimit.unavailable", error=type(e).__name__)
             raise ApiError(503, "cannot check the rate limit right now; try again", code="rate_limit_unavailable",

@@ -22,6 +22,7 @@ from idlegrid.gateway.app import create_app
 from idlegrid.gateway.auth import Authenticator
 from idlegrid.gateway.backends import SERVICES, Backends
 from idlegrid.gateway.context import Gateway
+from idlegrid.gateway.edge import IpLimiter, KeySlots
 from idlegrid.gateway.metrics import Metrics
 from idlegrid.gateway.ratelimit import RateLimiter
 from idlegrid.gateway.settings import GatewaySettings
@@ -97,7 +98,9 @@ class RunningGateway:
         bound to its registry provider), or an admin key."""
         provider_id = await onboarding.provider_of(self.gw.pool, account_id) if scope == "provider" and account_id \
             else None
-        return await keys.create_key(self.gw.pool, scope=scope, account_id=account_id, provider_id=provider_id)
+        expires_in_s = self.gw.settings.admin_key_ttl_s if scope == "admin" else None
+        return await keys.create_key(self.gw.pool, scope=scope, account_id=account_id, provider_id=provider_id,
+                                     expires_in_s=expires_in_s)
 
     async def top_up(self, account_id: bytes, amount_micros: int, idempotency_key: str) -> None:
         r = await self.gw.backends.ledger.TopUp(lpb.TopUpRequest(
@@ -142,17 +145,26 @@ async def start(config: Config, *, port: int | None = None, host: str | None = N
                  "registry": registry_addr}
         backends = Backends.open(config, {s: given[s] or config.addrs[s] for s in SERVICES})
         cleanup.append(backends.close)
-        auth = Authenticator(pool, url, cache_max=settings.key_cache_max)
+        metrics = Metrics()
+        auth = Authenticator(pool, url, cache_max=settings.key_cache_max,
+                             unknown_ttl_s=settings.unknown_key_ttl_ms / 1000,
+                             unknown_max=settings.unknown_key_cache_max,
+                             acquire_timeout_s=settings.db_acquire_timeout_s, metrics=metrics)
         await auth.start()
         cleanup.append(auth.stop)
         gw = Gateway(config=config, settings=settings, pool=pool, backends=backends, auth=auth,
-                     limiter=RateLimiter(pool, rate_per_s=settings.rate_per_s, burst=settings.burst),
-                     metrics=Metrics())
+                     limiter=RateLimiter(pool, rate_per_s=settings.rate_per_s, burst=settings.burst,
+                                         acquire_timeout_s=settings.db_acquire_timeout_s),
+                     metrics=metrics, slots=KeySlots(cap=settings.key_concurrency_max, metrics=metrics),
+                     ip_limiter=IpLimiter(rate_per_s=settings.ip_rate_per_s, burst=settings.ip_burst,
+                                          tracked_max=settings.ip_tracked_max))
         host = host or config.bind_host
         sock = _bind(host, config.ports["gateway"] if port is None else port)
         cleanup.append(_closer(sock))
+        # proxy_headers off: uvicorn would believe X-Forwarded-For from loopback; the
+        # gateway decides whom to believe (IDLEGRID_GATEWAY_TRUSTED_PROXIES, gateway/edge.py).
         uv = uvicorn.Config(create_app(gw), log_config=None, access_log=False, lifespan="off", server_header=False,
-                            timeout_graceful_shutdown=int(config.shutdown_grace_s))
+                            proxy_headers=False, timeout_graceful_shutdown=int(config.shutdown_grace_s))
         srv = _Server(uv)
         task = asyncio.create_task(_serve(srv, sock), name="gateway-http")
         deadline = asyncio.get_running_loop().time() + STARTUP_TIMEOUT_S

@@ -4,6 +4,7 @@ them), times as RFC 3339, amounts as integer micro-credits."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -28,6 +29,11 @@ MODEL_KINDS = {rpb.MODEL_KIND_LLM: "llm", rpb.MODEL_KIND_TENSOR: "tensor"}
 
 def uid(b: bytes) -> str | None:
     return str(uuid.UUID(bytes=b)) if len(b) == 16 else None
+
+
+def timestamp(t: dt.datetime | None) -> str | None:
+    """RFC 3339 in UTC ("...Z") of a database time."""
+    return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z") if t is not None else None
 
 
 def when(ts: Timestamp, present: bool = True) -> str | None:
