@@ -10,6 +10,7 @@ BENCHES = {
     "registry": "idlegrid.bench.registry",
     "dispatch": "idlegrid.bench.dispatch",
     "gateway": "idlegrid.bench.gateway",
+    "relay": "idlegrid.bench.relay",
 }
 
 

@@ -40,7 +40,7 @@ TOKEN = "bench-token"
 
 async def start_services(home: Path, names: list[str]) -> tuple[dict[str, str], list]:
     """Starts each service as its own process on free ports; returns addresses."""
-    ports = {n: free_port() for n in ("ledger", "metering", "registry", "scheduler", "gateway")}
+    ports = {n: free_port() for n in ("ledger", "metering", "registry", "relay", "scheduler", "gateway")}
     env = {"IDLEGRID_HOME": str(home), "IDLEGRID_SERVICE_TOKEN": TOKEN, "IDLEGRID_LOG_LEVEL": "warning",
            "IDLEGRID_LOG_FORMAT": "json"}
     for n, p in ports.items():
@@ -74,7 +74,8 @@ async def register_demo_node(addrs: dict[str, str], triton, models: tuple[str, .
 
     cfg = dataclasses.replace(cfg, models={k: v for k, v in cfg.models.items() if k in models})
     agent = NodeAgent(AgentOptions(registry_addr=addrs["registry"], provider_token=prov.provider_token,
-                                   triton_url=triton.grpc_url, metrics_url=triton.metrics_url, node_config=cfg))
+                                   triton_url=triton.grpc_url, metrics_url=triton.metrics_url, node_config=cfg,
+                                   relay_addrs=(addrs["relay"],)))
     await agent.start()
     await agent.wait_for(READY, timeout_s=120)
     return agent
@@ -101,7 +102,7 @@ async def run(args, config) -> int:
     procs: list = []
     agent = None
     try:
-        addrs, procs = await start_services(home, ["ledger", "metering", "registry", "scheduler"])
+        addrs, procs = await start_services(home, ["ledger", "metering", "registry", "relay", "scheduler"])
         agent = await register_demo_node(addrs, triton, ("echo",))
         consumer = await new_consumer(addrs["ledger"], 10**12)
         data = np.asarray([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)

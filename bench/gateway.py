@@ -162,7 +162,7 @@ async def run(args, config) -> int:
     home = Path(tempfile.mkdtemp(prefix="idlegrid-bench-gateway-"))
     os.environ.pop("IDLEGRID_DATABASE_URL", None)
     db_url = await asyncio.to_thread(db.embedded_url, home)  # this process keeps it running
-    ports = {name: free_port() for name in ("ledger", "registry", "scheduler", "metering", "gateway")}
+    ports = {name: free_port() for name in ("ledger", "registry", "relay", "scheduler", "metering", "gateway")}
     env = {"IDLEGRID_HOME": str(home), "IDLEGRID_DATABASE_URL": db_url, "IDLEGRID_SERVICE_TOKEN": TOKEN,
            "IDLEGRID_LOG_LEVEL": "warning", "IDLEGRID_LOG_FORMAT": "json",
            **{f"IDLEGRID_{n.upper()}_PORT": str(p) for n, p in ports.items()},
@@ -172,9 +172,10 @@ async def run(args, config) -> int:
     try:
         procs.append(spawn(["ledger", "serve"], env=env, log_path=home / "ledger.log"))
         await wait_healthy(f"127.0.0.1:{ports['ledger']}", proc=procs[-1], timeout_s=120)
-        for name in ("metering", "registry", "scheduler"):
+        backends = ("metering", "registry", "relay", "scheduler")
+        for name in backends:
             procs.append(spawn([name, "serve"], env=env, log_path=home / f"{name}.log"))
-        for name, proc in zip(("metering", "registry", "scheduler"), procs[1:], strict=True):
+        for name, proc in zip(backends, procs[1:], strict=True):
             await wait_healthy(f"127.0.0.1:{ports[name]}", proc=proc, timeout_s=120)
         procs.append(spawn(["gateway", "serve"], env=env, log_path=home / "gateway.log"))
         url = f"http://127.0.0.1:{ports['gateway']}"
@@ -185,7 +186,7 @@ async def run(args, config) -> int:
         triton = await triton_start
         agent = NodeAgent(AgentOptions(
             registry_addr=f"127.0.0.1:{ports['registry']}", provider_token=provider_token,
-            triton_url=triton.grpc_url, metrics_url=triton.metrics_url,
+            triton_url=triton.grpc_url, metrics_url=triton.metrics_url, relay_addrs=(f"127.0.0.1:{ports['relay']}",),
             node_config=NodeConfig(models={"echo": ModelPricing(name="echo", kind="tensor", price_per_request=1)})))
         await agent.start()
         await agent.wait_for(READY, timeout_s=120)

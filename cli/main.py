@@ -55,7 +55,8 @@ def _optional_modules() -> list:
 
     found = []
     for name in ("idlegrid.registry.cli", "idlegrid.cli.node", "idlegrid.scheduler.cli",
-                 "idlegrid.metering.cli", "idlegrid.gateway.cli", "idlegrid.cli.up", "idlegrid.cli.migrate", "idlegrid.cli.people"):
+                 "idlegrid.metering.cli", "idlegrid.relay.cli", "idlegrid.gateway.cli", "idlegrid.cli.up",
+                 "idlegrid.cli.migrate", "idlegrid.cli.people"):
         try:
             found.append(importlib.import_module(name))
         except ModuleNotFoundError as e:

@@ -1,7 +1,13 @@
 """``idlegrid node start``: run the node agent on a provider's machine, in
 front of the provider's Triton or (``--demo``) of the demo Triton. A command
 and not part of the agent's package, because it puts the agent and the demo
-together."""
+together.
+
+The node joins through a relay (``--relay``, default $IDLEGRID_RELAY_ADDR):
+one outbound connection, so it works from behind NAT and its Triton stays on
+loopback. ``--direct`` registers the Triton's address (node.toml ``endpoint``
+or ``--triton-url``) instead, for datacenter nodes on marketplaces whose
+operator enabled direct endpoints."""
 
 from __future__ import annotations
 
@@ -17,6 +23,8 @@ from idlegrid.common.errors import ConfigError
 
 log = structlog.get_logger("node")
 
+RELAYS_MAX = 16
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("node", help="the provider node agent")
@@ -31,6 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--provider-token-file", type=Path, help="file holding the provider token "
                                                             "(or provider_token_file in the config)")
     s.add_argument("--registry", help="registry address (default $IDLEGRID_REGISTRY_ADDR)")
+    s.add_argument("--relay", help="relay address(es), HOST:PORT[,HOST:PORT] (default $IDLEGRID_RELAY_ADDR)")
+    s.add_argument("--direct", action="store_true",
+                   help="register the Triton's address as a direct endpoint instead of linking through a relay "
+                        "(only where the operator enabled direct endpoints)")
     s.add_argument("--node-id-file", type=Path,
                    help="keeps the node id across restarts (default $IDLEGRID_HOME/node-id)")
     s.set_defaults(func=_start)
@@ -46,6 +58,14 @@ def _read_token(path: Path | None) -> str:
     if not token:
         raise ConfigError(f"the provider token file {path} is empty")
     return token
+
+
+def relays(value: str) -> tuple[str, ...]:
+    """``HOST:PORT[,HOST:PORT]`` → the relay addresses."""
+    addrs = tuple(a.strip() for a in value.split(",") if a.strip())
+    if not addrs or len(addrs) > RELAYS_MAX or not all(a.rpartition(":")[2].isdigit() for a in addrs):
+        raise ConfigError(f"--relay must be 1..{RELAYS_MAX} HOST:PORT separated by commas, got {value!r}")
+    return addrs
 
 
 def _read_node_id(path: Path) -> bytes | None:
@@ -76,16 +96,19 @@ async def _start(args, config: Config) -> int:
         demo = await asyncio.to_thread(start_demo_triton)
         triton_url, metrics_url = demo.grpc_url, metrics_url or demo.metrics_url
     id_file = args.node_id_file or config.home / "node-id"
+    relay_addrs = () if args.direct else relays(args.relay or config.addrs["relay"])
     agent = NodeAgent(AgentOptions(
         registry_addr=args.registry or config.addrs["registry"],
         provider_token=_read_token(args.provider_token_file or node_config.provider_token_file),
         triton_url=triton_url, metrics_url=metrics_url, node_config=node_config,
-        node_id=_read_node_id(id_file), channel_config=config))
+        node_id=_read_node_id(id_file), channel_config=config, relay_addrs=relay_addrs,
+        triton_pids=frozenset(demo.live_pids()) if demo is not None else frozenset()))
     try:
         await agent.start()
         id_file.parent.mkdir(parents=True, exist_ok=True)
         id_file.write_text(f"{uuid.UUID(bytes=agent.node_id)}\n")
-        log.info("node.started", node_id=str(uuid.UUID(bytes=agent.node_id)), triton=triton_url)
+        log.info("node.started", node_id=str(uuid.UUID(bytes=agent.node_id)), triton=triton_url,
+                 relay=",".join(relay_addrs) or "(direct)")
         stop = asyncio.create_task(wait_for_signal())
         ready = asyncio.create_task(agent.wait_for(pb.NODE_STATE_READY, timeout_s=None))
         await asyncio.wait({stop, ready}, return_when=asyncio.FIRST_COMPLETED)

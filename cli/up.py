@@ -1,11 +1,14 @@
 """``idlegrid up``: the whole marketplace on one machine.
 
 Starts the embedded PostgreSQL (or uses IDLEGRID_DATABASE_URL), the ledger,
-registry, metering, scheduler and gateway services in this process, and a demo
-provider node (a real Triton on the CPU with its node agent); creates a demo
+registry, metering, relay, scheduler and gateway services in this process, and
+a demo provider node (a real Triton on the CPU, on loopback, with its node
+agent) that joins through the relay like any node behind NAT; creates a demo
 partner with credits, a demo provider and their keys; prints how to use them
-and writes them to ``$IDLEGRID_HOME/demo.json``. Ctrl-C stops everything; a
-second run reuses the data and the demo accounts."""
+and writes them (and ``relay_addr``) to ``$IDLEGRID_HOME/demo.json``.
+``--no-demo-node`` starts everything but the demo node (join your own with
+``idlegrid node start --relay``). Ctrl-C stops everything; a second run
+reuses the data and the demo accounts."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from pathlib import Path
 
 from idlegrid.common import db, logs
 from idlegrid.common.config import Config
+from idlegrid.common.errors import ConfigError
 
 DEMO_CREDITS_MICROS = 100_000_000  # 100 credits
 
@@ -28,7 +32,30 @@ def register(sub) -> None:
     p = sub.add_parser("up", help="run the whole marketplace on this machine, with a demo node")
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
                    help="service logs on stderr (default: warning)")
+    p.add_argument("--relay-listen", metavar="HOST:PORT",
+                   help="where the relay listens for node agents (default 127.0.0.1:$IDLEGRID_RELAY_PORT); "
+                        "0.0.0.0:PORT lets nodes on other machines join")
+    p.add_argument("--no-demo-node", dest="demo_node", action="store_false",
+                   help="start everything but the demo node")
     p.set_defaults(func=_up)
+
+
+def _listen(value: str | None, default_port: int) -> tuple[str, int]:
+    """HOST:PORT of --relay-listen (ConfigError when malformed)."""
+    if not value:
+        return "127.0.0.1", default_port
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--relay-listen must be HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+def _advertised(host: str, port: int) -> str:
+    """The relay address the services on this machine and the demo node dial."""
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _say(msg: str) -> None:
@@ -95,6 +122,7 @@ def _examples(demo: dict) -> str:
 idlegrid is up.
 
   gateway        {url}   (API docs: {url}/docs)
+  relay          {demo['relay_addr']}   (nodes join: idlegrid node start --relay {demo['relay_addr']} ...)
   consumer key   {demo['consumer_key']}
   provider key   {demo['provider_key']}
   admin key      {demo['admin_key']}
@@ -133,12 +161,15 @@ async def _up(args, config: Config) -> int:
     from idlegrid.node.agent import AgentOptions, NodeAgent
     from idlegrid.registry import service as registry_service
     from idlegrid.registry.v1.registry_pb2 import NODE_STATE_READY as READY
+    from idlegrid.relay import service as relay_service
     from idlegrid.scheduler import service as scheduler_service
 
     logs.configure(fmt=config.log_format, level=args.log_level)
+    relay_host, relay_port = _listen(args.relay_listen, config.ports["relay"])
     demo_path = config.home / "demo.json"
     stops: list = []
-    total = 8
+    agent = None
+    total = 9 if args.demo_node else 8
     _say(f"idlegrid up: data in {config.home}")
     try:
         with _Step(1, total, "database" + (" (IDLEGRID_DATABASE_URL)" if config.database_url
@@ -153,34 +184,46 @@ async def _up(args, config: Config) -> int:
         with _Step(4, total, f"registry on :{config.ports['registry']}"):
             reg = await registry_service.start(config, database_url=url)
             stops.append(reg.stop)
-        with _Step(5, total, f"scheduler on :{config.ports['scheduler']}"):
+        with _Step(5, total, f"relay on {relay_host}:{relay_port}"):
+            advertise = config.relay_advertise_addr or (_advertised(relay_host, relay_port) if relay_port else None)
+            relay = await relay_service.start(config, host=relay_host, port=relay_port, advertise_addr=advertise)
+            stops.append(relay.stop)
+            relay_addr = relay.advertise_addr
+        with _Step(6, total, f"scheduler on :{config.ports['scheduler']}"):
             s = await scheduler_service.start(config)
             stops.append(s.stop)
-        with _Step(6, total, f"gateway on :{config.ports['gateway']}"):
+        with _Step(7, total, f"gateway on :{config.ports['gateway']}"):
             gw = await gateway_service.start(config, database_url=url)
             stops.append(gw.stop)
-        with _Step(7, total, "demo accounts and keys"):
+        with _Step(8, total, "demo accounts and keys"):
             demo = await _demo_accounts(gw, _read_demo(demo_path))
             demo["gateway_url"] = f"http://127.0.0.1:{gw.port}"
+            demo["relay_addr"] = relay_addr
             _write_private(demo_path, json.dumps(demo, indent=2) + "\n")
-        with _Step(8, total, "demo provider node (a real Triton on the CPU; the first start loads the model)"):
-            triton = await asyncio.to_thread(start_demo_triton)
-            stops.append(lambda: asyncio.to_thread(triton.stop))
-            node_id = uuid.UUID(demo["node_id"]).bytes if demo.get("node_id") else None
-            agent = NodeAgent(AgentOptions(
-                registry_addr=f"127.0.0.1:{reg.port}", provider_token=demo["provider_token"],
-                triton_url=triton.grpc_url, metrics_url=triton.metrics_url,
-                node_config=await asyncio.to_thread(demo_node.node_config), node_id=node_id, channel_config=config))
-            await agent.start()
-            stops.append(agent.stop)
-            await agent.wait_for(READY, timeout_s=180)
-            demo["node_id"] = str(uuid.UUID(bytes=agent.node_id))
-            _write_private(demo_path, json.dumps(demo, indent=2) + "\n")
+        if args.demo_node:
+            with _Step(9, total, "demo provider node, joining through the relay (a real Triton on the CPU, "
+                                 "on loopback; the first start loads the model)"):
+                triton = await asyncio.to_thread(start_demo_triton)
+                stops.append(lambda: asyncio.to_thread(triton.stop))
+                node_id = uuid.UUID(demo["node_id"]).bytes if demo.get("node_id") else None
+                agent = NodeAgent(AgentOptions(
+                    registry_addr=f"127.0.0.1:{reg.port}", provider_token=demo["provider_token"],
+                    triton_url=triton.grpc_url, metrics_url=triton.metrics_url, relay_addrs=(relay_addr,),
+                    node_config=await asyncio.to_thread(demo_node.node_config), node_id=node_id,
+                    channel_config=config))
+                await agent.start()
+                stops.append(agent.stop)
+                await agent.wait_for(READY, timeout_s=180)
+                demo["node_id"] = str(uuid.UUID(bytes=agent.node_id))
+                _write_private(demo_path, json.dumps(demo, indent=2) + "\n")
         demo["demo_file"] = str(demo_path)
         _say(_examples(demo))
         await wait_for_signal()
-        _say("\nstopping: draining the demo node, then the services ...")
-        await agent.drain()
+        if agent is not None:
+            _say("\nstopping: draining the demo node, then the services ...")
+            await agent.drain()
+        else:
+            _say("\nstopping the services ...")
     finally:
         for stop in reversed(stops):
             try:

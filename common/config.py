@@ -20,6 +20,7 @@ fails with its name. Nothing else in the code reads ``os.environ``.
 | IDLEGRID_REGISTRY_ADDR | 127.0.0.1:$IDLEGRID_REGISTRY_PORT | where clients find the registry |
 | IDLEGRID_SCHEDULER_ADDR | 127.0.0.1:$IDLEGRID_SCHEDULER_PORT | where clients find the scheduler |
 | IDLEGRID_METERING_ADDR | 127.0.0.1:$IDLEGRID_METERING_PORT | where clients find metering |
+| IDLEGRID_RELAY_ADVERTISE_ADDR | (the relay's bind host:port) | where the marketplace reaches this relay replica (recorded with each link) |
 | IDLEGRID_TLS_CERT / IDLEGRID_TLS_KEY | (unset) | PEM files: serve gRPC over TLS when both are set |
 | IDLEGRID_TLS_CA | (unset) | PEM file: clients verify servers with it (TLS on when set) |
 | IDLEGRID_DB_POOL_MAX | 10 | connections per service pool |
@@ -81,6 +82,7 @@ class Config:
     shutdown_grace_s: float = 30.0
     gateway_url: str | None = None
     api_key: str | None = None
+    relay_advertise_addr: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -91,6 +93,7 @@ class Config:
             "registry": env_int(env, "IDLEGRID_REGISTRY_PORT", 50052, lo=0, hi=65535),
             "scheduler": env_int(env, "IDLEGRID_SCHEDULER_PORT", 50053, lo=0, hi=65535),
             "metering": env_int(env, "IDLEGRID_METERING_PORT", 50054, lo=0, hi=65535),
+            "relay": env_int(env, "IDLEGRID_RELAY_PORT", 50055, lo=0, hi=65535),
             "gateway": env_int(env, "IDLEGRID_GATEWAY_PORT", 8080, lo=0, hi=65535),
         }
         addrs = {
@@ -117,6 +120,7 @@ class Config:
             shutdown_grace_s=float(env_int(env, "IDLEGRID_SHUTDOWN_GRACE_S", 30, lo=0, hi=3600)),
             gateway_url=env.get("IDLEGRID_GATEWAY_URL") or None,
             api_key=env.get("IDLEGRID_API_KEY") or None,
+            relay_advertise_addr=env.get("IDLEGRID_RELAY_ADVERTISE_ADDR") or None,
         )
 
     def token(self) -> str:

@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fail", action="store_true", help="every inference returns an error")
     p.add_argument("--fail-after", type=int, default=-1,
                    help="each model serves this many requests, then every inference errors")
+    p.add_argument("--llm-extra-tokens", type=int, default=0,
+                   help="a flooding node: generate this many tokens past max_tokens")
     p.add_argument("--n-threads", type=int, default=N_THREADS_DEFAULT, help="llama.cpp threads")
     p.add_argument(
         "--workspace", type=Path, default=None, help="pytriton workspace (must not exist)"
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         llm_delay_ms=args.llm_delay_ms,
         fail=args.fail,
         fail_after=args.fail_after,
+        llm_extra_tokens=args.llm_extra_tokens,
         n_threads=args.n_threads,
         workspace=args.workspace,
     )

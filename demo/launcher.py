@@ -145,6 +145,7 @@ def start_demo_triton(
     llm_delay_ms: int = 0,
     fail: bool = False,
     fail_after: int = -1,
+    llm_extra_tokens: int = 0,
     n_threads: int | None = None,
     startup_timeout_s: float = STARTUP_TIMEOUT_S,
 ) -> DemoTriton:
@@ -154,7 +155,9 @@ def start_demo_triton(
     ``llm_delay_ms`` adds a delay per generated token (a slow node);
     ``fail`` makes every inference return an error (a failing node);
     ``fail_after`` >= 0 lets each model serve that many requests first (a node
-    that passes the registry's canary, then fails).
+    that passes the registry's canary, then fails);
+    ``llm_extra_tokens`` makes the language model generate that many tokens
+    past each request's max_tokens (a node that floods its output).
     Raises DemoTritonError if the child exits or is not ready in time.
     """
     unknown = set(models) - set(MODEL_NAMES)
@@ -180,6 +183,8 @@ def start_demo_triton(
         cmd.append("--fail")
     if fail_after >= 0:
         cmd += ["--fail-after", str(fail_after)]
+    if llm_extra_tokens:
+        cmd += ["--llm-extra-tokens", str(llm_extra_tokens)]
     if n_threads is not None:
         cmd += ["--n-threads", str(n_threads)]
     env = dict(os.environ)

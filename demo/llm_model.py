@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import threading
 from collections.abc import AsyncIterator, Callable
 
@@ -106,7 +107,7 @@ class LlmModel:
 
     def __init__(
         self, llm: llama_cpp.Llama, *, token_delay_ms: int = 0, fail: bool = False,
-        fail_after: int = -1,
+        fail_after: int = -1, extra_tokens: int = 0,
     ) -> None:
         if token_delay_ms < 0:
             raise ValueError(f"token_delay_ms must be >= 0, got {token_delay_ms}")
@@ -115,6 +116,7 @@ class LlmModel:
         self._token_delay_s = token_delay_ms / 1000
         self._fail = fail
         self._fail_after = fail_after  # >= 0: serve this many requests, then fail
+        self._extra_tokens = extra_tokens  # > 0: a flooding node, past max_tokens
         self._served = 0
         self._worker = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="smollm2"
@@ -154,6 +156,8 @@ class LlmModel:
         if text_input is None:
             raise InvalidArgument("text_input is required")
         params = parse_sampling_params(_single_bytes(request, "sampling_parameters"))
+        if self._extra_tokens:
+            params = dataclasses.replace(params, max_tokens=params.max_tokens + self._extra_tokens)
         stream = bool(_flag(request, "stream"))
         exclude = _flag(request, "exclude_input_in_output")
         prepend_input = not stream if exclude is None else not exclude

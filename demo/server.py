@@ -46,6 +46,7 @@ class ServeOptions:
     llm_delay_ms: int = 0
     fail: bool = False
     fail_after: int = -1  # >= 0: each model serves this many requests, then fails
+    llm_extra_tokens: int = 0  # a flooding node: generates this many tokens past max_tokens
     n_threads: int = N_THREADS_DEFAULT
     workspace: Path | None = None
 
@@ -57,6 +58,8 @@ class ServeOptions:
             )
         if self.llm_delay_ms < 0:
             raise ValueError(f"llm_delay_ms must be >= 0, got {self.llm_delay_ms}")
+        if not 0 <= self.llm_extra_tokens <= 4096:
+            raise ValueError(f"llm_extra_tokens must be in [0, 4096], got {self.llm_extra_tokens}")
 
 
 def python_libdir_first(ld_library_path: str | None) -> str:
@@ -88,6 +91,7 @@ def serve(options: ServeOptions, stop: threading.Event) -> None:
             token_delay_ms=options.llm_delay_ms,
             fail=options.fail,
             fail_after=options.fail_after,
+            extra_tokens=options.llm_extra_tokens,
         )
     config = TritonConfig(
         http_address=options.host,

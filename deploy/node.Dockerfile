@@ -1,16 +1,19 @@
 # syntax=docker/dockerfile:1
 # A provider node: NVIDIA's Triton Inference Server with the idlegrid node
-# agent beside it. Triton serves the provider's model repository; the agent
-# registers the node with the registry, heartbeats, and drains on shutdown.
+# agent beside it. Triton serves the provider's model repository on loopback
+# only; the agent registers the node with the registry, holds one outbound
+# link to the marketplace's relay (jobs arrive over it), heartbeats, and
+# drains on shutdown. No inbound port: it works from behind NAT.
 #
 #   docker build -f deploy/node.Dockerfile -t idlegrid-node:dev .
-#   docker run --gpus all -p 8001:8001 \
+#   docker run --gpus all \
 #     -v /srv/models:/models:ro -v /srv/idlegrid:/etc/idlegrid:ro \
 #     -e IDLEGRID_REGISTRY_ADDR=registry.example.org:50052 \
+#     -e IDLEGRID_RELAY_ADDR=relay.example.org:50055 \
 #     -e IDLEGRID_TLS_CA=/etc/idlegrid/ca.crt idlegrid-node:dev
 #
-# /etc/idlegrid holds node.toml (prices, the public Triton endpoint, the
-# provider token file); see deploy/README.md.
+# /etc/idlegrid holds node.toml (prices, the provider token file); see
+# deploy/README.md.
 
 # Triton 25.x images are Ubuntu 24.04 with Python 3.12 (idlegrid needs >= 3.11).
 ARG TRITON_TAG=25.10-py3
@@ -44,6 +47,6 @@ ENV PATH=/opt/idlegrid/bin:$PATH \
 # triton-server is the unprivileged user NVIDIA's image ships.
 USER triton-server
 WORKDIR /tmp
-# 8001: Triton gRPC, the endpoint the registry verifies and schedulers dispatch to.
-EXPOSE 8001
+# No EXPOSE: Triton listens on loopback only and the agent dials out to the
+# relay (IDLEGRID_RELAY_ADDR); the node needs no inbound port.
 ENTRYPOINT ["/usr/local/bin/idlegrid-node"]

@@ -9,14 +9,13 @@ import asyncpg
 from asyncpg.pgproto import pgproto
 
 from idlegrid.common.errors import Conflict, InvalidArgument, NotFound
+from idlegrid.common.paging import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
 from idlegrid.metering import store, usage
 from idlegrid.metering.settlement import SettlementWorker
 from idlegrid.metering.states import Settlement
 from idlegrid.metering.v1 import metering_pb2 as pb
 from idlegrid.metering.v1 import metering_pb2_grpc
 
-PAGE_MAX = 1000
-PAGE_DEFAULT = 100
 BUCKETS_MAX = 10_000
 BUCKET_S_MIN, BUCKET_S_MAX, BUCKET_S_DEFAULT = 60, 2_592_000, 3600
 _UTC = __import__("datetime").UTC
@@ -88,9 +87,9 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         return usage.to_pb(row)
 
     async def ListUsage(self, request, context):
-        limit = request.limit or PAGE_DEFAULT
-        if limit > PAGE_MAX:
-            raise InvalidArgument(f"limit must be at most {PAGE_MAX}")
+        limit = request.limit or PAGE_SIZE_DEFAULT
+        if limit > PAGE_SIZE_MAX:
+            raise InvalidArgument(f"limit must be at most {PAGE_SIZE_MAX}")
         after = _after(request.page_token) if request.page_token else None
         rows = await store.page(self._pool, _filter(request.filter), limit + 1, after)
         more = len(rows) > limit

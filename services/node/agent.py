@@ -15,87 +15,71 @@ The agent registers again by itself when the registry says the node went
 OFFLINE for a lease that ran out or a registry restart, or no longer accepts
 its token (the registry lost it); it does not after a failed verification
 (the provider must fix the node) or a deregistration.
+
+Linked mode (``relay_addrs`` set; how a node behind NAT joins): the node
+registers without an endpoint and holds ONE outbound link to a relay
+(link.py), through which the registry verifies it and the schedulers reach
+it; Triton stays on loopback. Each registration (new token) opens the link
+again. Heartbeats say for how long the agent has held no link
+(``unlinked_for_ms``), and a link change sends one at once, so a relay that
+died without telling the registry takes the node OFFLINE within seconds.
+
+Idle means idle: the pause loop (pausing.py) pauses the node while its owner
+uses the GPU, outside its serving schedule or over its limits (node.toml),
+and resumes it when all is clear.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 import uuid
-from dataclasses import dataclass, field
 
 import grpc
 import structlog
 
 from idlegrid.common.auth import bearer
 from idlegrid.common.channel import open_channel
-from idlegrid.common.config import Config
-from idlegrid.common.errors import FailedPrecondition, from_rpc_error
+from idlegrid.common.errors import from_rpc_error
 from idlegrid.node import hardware
-from idlegrid.node.config_file import NodeConfig
 from idlegrid.node.discovery import discover
+from idlegrid.node.gpu_activity import GpuActivity, NvmlActivity
+from idlegrid.node.link import NodeLink
 from idlegrid.node.load import LoadProbe, TritonLoadProbe
+from idlegrid.node.options import (
+    REJOIN_REASONS,
+    AgentOptions,
+    Status,
+    StreamEnd,
+    VerificationFailed,
+)
+from idlegrid.node.pausing import Clock, PauseLoop, utc_now
 from idlegrid.registry.v1 import registry_pb2 as pb
 from idlegrid.registry.v1 import registry_pb2_grpc
 
 log = structlog.get_logger("node.agent")
 
-AGENT_VERSION = "idlegrid-agent/0.1.0"
-# OFFLINE for these reasons: register again on our own.
-_REJOIN_REASONS = frozenset({pb.STATE_REASON_LEASE_EXPIRED, pb.STATE_REASON_REGISTRY_RESTARTED})
-
-
-class VerificationFailed(FailedPrecondition):
-    """The registry checked the node's Triton and refused it; the message says why."""
-
-    reason = "verification_failed"
-
-
-class StreamEnd(enum.Enum):
-    """Why a heartbeat stream ended, and so what the agent does next."""
-
-    REJOIN = enum.auto()  # register again: OFFLINE for a reason to rejoin after, or the token was refused
-    RETRY = enum.auto()   # the stream broke: open another after a pause
-    STOP = enum.auto()    # the agent is leaving
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AgentOptions:
-    registry_addr: str
-    provider_token: str
-    triton_url: str
-    node_config: NodeConfig
-    metrics_url: str | None = None       # Triton's Prometheus endpoint, for queue depth
-    node_id: bytes | None = None         # re-register this node (a restarted agent)
-    channel_config: Config | None = None  # TLS settings for the registry channel
-    rpc_timeout_s: float = 10.0
-    discovery_timeout_s: float = 10.0
-    drain_quiet_s: float = 2.0           # no work seen for this long: drained
-    drain_poll_s: float = 0.25
-    drain_timeout_s: float = 60.0        # deregister anyway after this
-    backoff_max_s: float = 10.0          # reconnects and re-registrations
-    agent_version: str = AGENT_VERSION
-
-
-@dataclass(slots=True)
-class _Status:
-    state: int = pb.NODE_STATE_UNSPECIFIED
-    reason: int = pb.STATE_REASON_UNSPECIFIED
-    detail: str = ""
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
+__all__ = ["AgentOptions", "NodeAgent", "VerificationFailed"]
 
 class NodeAgent:
     def __init__(self, options: AgentOptions, *, hardware_inventory: pb.Hardware | None = None,
-                 offers: list[pb.ModelOffer] | None = None, probe: LoadProbe | None = None) -> None:
-        """``hardware_inventory``, ``offers`` and ``probe`` replace detection,
-        discovery from Triton and the Triton load probe (tests and the bench)."""
+                 offers: list[pb.ModelOffer] | None = None, probe: LoadProbe | None = None,
+                 activity: GpuActivity | None = None, clock: Clock = utc_now) -> None:
+        """``hardware_inventory``, ``offers``, ``probe``, ``activity`` and
+        ``clock`` replace detection, discovery from Triton, the Triton load
+        probe, NVML and the wall clock (tests and the bench)."""
         self.options = options
+        self._activity = activity
+        self._clock = clock
+        self.link: NodeLink | None = None
+        self.pausing: PauseLoop | None = None
+        self._unlinked_since = time.monotonic()
+        self._nudge = asyncio.Event()     # a link change: heartbeat now
+        self._busy = False                # Triton had work at the last sample
         self._hardware = hardware_inventory
         self._offers = offers
         self._probe = probe
-        self._status = _Status()
+        self._status = Status()
         self._channel: grpc.aio.Channel | None = None
         self._stub: registry_pb2_grpc.RegistryServiceStub | None = None
         self._node_token = ""
@@ -157,11 +141,52 @@ class NodeAgent:
                                           nvml=await asyncio.to_thread(hardware.Nvml.open))
         await self._register()
         self._beats = asyncio.create_task(self._heartbeats(), name="node-heartbeats")
+        idle = o.node_config.idle
+        if self._activity is None:
+            self._activity = await asyncio.to_thread(NvmlActivity.open, triton_process_names=idle.triton_process_names)
+        self.pausing = PauseLoop(activity=self._activity, policy=idle, state=lambda: (self.state, self.detail),
+                                 set_paused=self.set_paused, triton_busy=self._triton_busy,
+                                 triton_pids=lambda: o.triton_pids, clock=self._clock)
+        self.pausing.start()
+
+    @property
+    def linked_mode(self) -> bool:
+        return bool(self.options.relay_addrs)
+
+    def _triton_busy(self) -> bool:
+        return self._busy or (self.link is not None and self.link.in_flight > 0)
+
+    def _on_link(self, linked: bool) -> None:
+        self._unlinked_since = None if linked else time.monotonic()
+        self._nudge.set()
+
+    def _unlinked_for_ms(self) -> int:
+        if not self.linked_mode or self._unlinked_since is None:
+            return 0
+        return max(1, min(int((time.monotonic() - self._unlinked_since) * 1000), 2**32 - 1))
+
+    async def _relink(self) -> None:
+        """Opens the link again with the node's current token (after each registration)."""
+        o = self.options
+        if self.link is not None:
+            await self.link.stop()
+        self.link = NodeLink(relay_addrs=o.relay_addrs, node_id=self.node_id, node_token=self._node_token,
+                             triton_url=o.triton_url, channel_config=o.channel_config, on_change=self._on_link,
+                             backoff_max_s=o.backoff_max_s, agent_version=o.agent_version)
+        self._on_link(False)
+        await self.link.start()
+
+    async def set_paused(self, paused: bool, detail: str) -> None:
+        """SetPaused; the registry's answer is the node's state."""
+        r = await self._stub.SetPaused(pb.SetPausedRequest(node_id=self.node_id, paused=paused, detail=detail),
+                                       metadata=bearer(self._node_token), timeout=self.options.rpc_timeout_s)
+        self._set(r.node.state, r.node.state_reason, r.node.state_detail)
 
     async def _register(self, *, as_new: bool = False) -> None:
         o, nc = self.options, self.options.node_config
         request = pb.RegisterNodeRequest(
-            node_id=b"" if as_new else self.node_id or b"", endpoint=nc.endpoint or o.triton_url, hardware=self._hardware,
+            node_id=b"" if as_new else self.node_id or b"",
+            endpoint="" if self.linked_mode else nc.endpoint or o.triton_url, hardware=self._hardware,
             region=nc.region, labels=dict(nc.labels), models=self._offers, agent_version=o.agent_version)
         try:
             r = await self._stub.RegisterNode(request, metadata=bearer(o.provider_token), timeout=o.rpc_timeout_s)
@@ -178,6 +203,8 @@ class NodeAgent:
         log.info("node.registered", node_id=str(uuid.UUID(bytes=r.node_id)), interval_ms=r.heartbeat_interval_ms,
                  models=[m.name for m in self._offers])
         self._set(r.state, pb.STATE_REASON_REGISTERED, "")
+        if self.linked_mode:
+            await self._relink()
 
     # ------------------------------------------------------------ heartbeats
 
@@ -204,12 +231,17 @@ class NodeAgent:
         try:
             while not reader.done():
                 load = await self._probe.sample()
+                self._busy = load.in_flight > 0 or load.queue_depth > 0
+                self._nudge.clear()
                 try:
-                    await call.write(pb.HeartbeatRequest(node_id=self.node_id, load=load))
+                    await call.write(pb.HeartbeatRequest(node_id=self.node_id, load=load,
+                                                         unlinked_for_ms=self._unlinked_for_ms()))
                 except (grpc.RpcError, asyncio.InvalidStateError):
                     break  # the reader has (or will have) the cause
                 self.heartbeats_sent += 1
-                await asyncio.wait([reader], timeout=self._interval_s)
+                nudged = asyncio.create_task(self._nudge.wait())
+                await asyncio.wait([reader, nudged], timeout=self._interval_s, return_when=asyncio.FIRST_COMPLETED)
+                nudged.cancel()
             return await reader
         except grpc.RpcError as e:
             return self._on_stream_error(e)
@@ -226,7 +258,7 @@ class NodeAgent:
                 if r.heartbeat_interval_ms:
                     self._interval_s = r.heartbeat_interval_ms / 1000
                 self._set(r.state, r.state_reason, r.state_detail)
-                if r.state == pb.NODE_STATE_OFFLINE and r.state_reason in _REJOIN_REASONS and not self._leaving:
+                if r.state == pb.NODE_STATE_OFFLINE and r.state_reason in REJOIN_REASONS and not self._leaving:
                     log.warning("node.rejoining", reason=pb.StateReason.Name(r.state_reason), detail=r.state_detail)
                     return StreamEnd.REJOIN
         except grpc.RpcError as e:
@@ -292,6 +324,12 @@ class NodeAgent:
         """Stops heartbeating and closes the channel without telling the
         registry (the lease runs out): what a crash looks like."""
         self._leaving = True
+        if self.pausing is not None:
+            await self.pausing.stop()
+            self.pausing = None
+        if self.link is not None:
+            await self.link.stop()
+            self.link = None
         if self._beats is not None:
             self._beats.cancel()
             await asyncio.gather(self._beats, return_exceptions=True)

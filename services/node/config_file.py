@@ -25,6 +25,21 @@ Format (all keys optional except the models to offer)::
 
     [models.echo]
     price_per_request = 5
+
+    # Idle means idle (all optional). The node pauses (no new jobs; running
+    # jobs finish) while its owner uses the GPU, outside these windows, or
+    # over a limit, and resumes within seconds when all is clear again.
+    [schedule]
+    serve = ["22:00-07:00"]             # HH:MM-HH:MM windows, may cross midnight; default: always
+    timezone = "Europe/Berlin"          # IANA name; default: the machine's local time
+
+    [idle]
+    poll_interval_ms = 1000             # how often the GPU is looked at (100..60000)
+    power_w_max = 300                   # pause above this power draw (W); default: no limit
+    temperature_c_max = 83              # pause above this GPU temperature (°C); default: no limit
+    foreign_utilization_pct_max = 10    # GPU utilisation Triton does not explain (0..100)
+    foreign_memory_mib_max = 256        # GPU memory in use outside Triton's processes (MiB)
+    triton_process_names = ["tritonserver"]   # processes that are Triton's own
 """
 
 from __future__ import annotations
@@ -36,10 +51,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from idlegrid.common.errors import ConfigError
+from idlegrid.node.idle_policy import MIB, IdlePolicy, parse_window
 
 PRICE_MAX = 10**12
 CONTEXT_LENGTH_MAX = 1 << 24
-_TOP_KEYS = {"endpoint", "region", "provider_token_file", "labels", "models"}
+_TOP_KEYS = {"endpoint", "region", "provider_token_file", "labels", "models", "schedule", "idle"}
+_SCHEDULE_KEYS = {"serve", "timezone"}
+_IDLE_KEYS = {"poll_interval_ms", "power_w_max", "temperature_c_max", "foreign_utilization_pct_max",
+              "foreign_memory_mib_max", "triton_process_names"}
+WINDOWS_MAX = 24
+PROCESS_NAMES_MAX = 16
 _MODEL_KEYS = {"price_per_million_input_tokens", "price_per_million_output_tokens", "price_per_request",
                "context_length", "weights_file", "weights_digest", "version", "kind"}
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -65,6 +86,7 @@ class NodeConfig:
     region: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     provider_token_file: Path | None = None
+    idle: IdlePolicy = IdlePolicy()
 
 
 def _int(table: Mapping, key: str, where: str, hi: int) -> int:
@@ -127,7 +149,53 @@ def parse(text: str, *, base: Path | None = None, source: str = "node config") -
             weights_file=path, weights_digest=digest)
     token_file = _str(data, "provider_token_file", "")
     return NodeConfig(models=models, endpoint=_str(data, "endpoint", ""), region=data.get("region", ""),
-                      labels=labels, provider_token_file=Path(token_file) if token_file else None)
+                      labels=labels, provider_token_file=Path(token_file) if token_file else None,
+                      idle=_idle(data, source))
+
+
+def _table(data: Mapping, name: str, keys: set[str], source: str) -> Mapping:
+    table = data.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [{name}] must be a table")
+    unknown = table.keys() - keys
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)} in [{name}]")
+    return table
+
+
+def _idle(data: Mapping, source: str) -> IdlePolicy:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    schedule = _table(data, "schedule", _SCHEDULE_KEYS, source)
+    idle = _table(data, "idle", _IDLE_KEYS, source)
+    serve = schedule.get("serve", [])
+    if not isinstance(serve, list) or len(serve) > WINDOWS_MAX or not all(isinstance(w, str) for w in serve):
+        raise ConfigError(f"{source}: schedule.serve must be a list of at most {WINDOWS_MAX} \"HH:MM-HH:MM\"")
+    try:
+        windows = tuple(parse_window(w) for w in serve)
+    except ValueError as e:
+        raise ConfigError(f"{source}: schedule.serve: {e}") from None
+    tz = None
+    if (name := _str(schedule, "timezone", "schedule")) is not None:
+        try:
+            tz = ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"{source}: schedule.timezone {name!r} is not a known time zone") from None
+    names = idle.get("triton_process_names", ["tritonserver"])
+    if (not isinstance(names, list) or len(names) > PROCESS_NAMES_MAX
+            or not all(isinstance(n, str) and 0 < len(n) <= 64 for n in names)):
+        raise ConfigError(f"{source}: idle.triton_process_names must be a list of at most {PROCESS_NAMES_MAX} names")
+    poll_ms = _int(idle, "poll_interval_ms", "idle", 60_000) if "poll_interval_ms" in idle else 1000
+    if poll_ms < 100:
+        raise ConfigError(f"{source}: idle.poll_interval_ms must be in 100..60000, got {poll_ms}")
+    return IdlePolicy(
+        serve=windows, timezone=tz, power_w_max=_int(idle, "power_w_max", "idle", 100_000),
+        temperature_c_max=_int(idle, "temperature_c_max", "idle", 200),
+        foreign_utilization_pct_max=_int(idle, "foreign_utilization_pct_max", "idle", 100)
+        if "foreign_utilization_pct_max" in idle else 10,
+        foreign_memory_bytes_max=(_int(idle, "foreign_memory_mib_max", "idle", 1 << 20)
+                                  if "foreign_memory_mib_max" in idle else 256) * MIB,
+        triton_process_names=tuple(names), poll_interval_s=poll_ms / 1000)
 
 
 def load(path: Path) -> NodeConfig:

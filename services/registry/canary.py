@@ -13,6 +13,11 @@ Checks, in order, each under a deadline (the whole run under another):
    recorded as the model's canary latency.
 The first failing check ends the run; its description is the node's
 state_detail.
+
+The registry reaches the node as the marketplace does (see
+idlegrid.common.node_link): through the relay that holds its link, with the
+node named in the metadata, or at an operator-enabled direct endpoint; never
+at an address the provider names in linked mode.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
+from idlegrid.common.node_link import NODE_ID_HEADER
 from idlegrid.registry.v1 import registry_pb2 as pb
 from idlegrid.registry.validate import DETAIL_CHARS_MAX
 
@@ -44,8 +50,23 @@ class Result:
     latency_us: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where and how the canary reaches a node's Triton."""
+
+    address: str                          # the relay holding the link, or a direct endpoint
+    headers: dict[str, str] = field(default_factory=dict)   # node id and service credential for a relay
+    ssl: bool = False
+    root_certificates: str | None = None  # PEM file; None: the system's roots
+
+    @property
+    def label(self) -> str:
+        node = self.headers.get(NODE_ID_HEADER)
+        return f"node {node} via relay {self.address}" if node else f"triton at {self.address}"
+
+
 class Verifier(Protocol):
-    async def verify(self, endpoint: str, offers: Sequence[pb.ModelOffer]) -> Result: ...
+    async def verify(self, target: Target, offers: Sequence[pb.ModelOffer]) -> Result: ...
 
 
 class Failed(Exception):
@@ -66,20 +87,22 @@ class TritonVerifier:
     canary_timeout_s: float = 30.0
     total_timeout_s: float = 60.0
 
-    async def verify(self, endpoint: str, offers: Sequence[pb.ModelOffer]) -> Result:
+    async def verify(self, target: Target, offers: Sequence[pb.ModelOffer]) -> Result:
         result = Result(ok=False, detail="")
-        client = aioclient.InferenceServerClient(url=endpoint)
+        client = aioclient.InferenceServerClient(url=target.address, ssl=target.ssl,
+                                                 root_certificates=target.root_certificates)
+        h = target.headers or None
         try:
             async with asyncio.timeout(self.total_timeout_s):
-                await self._server(client, endpoint)
+                await self._server(client, target.label, h)
                 for o in offers:
-                    result.latency_us[(o.name, o.version)] = await self._model(client, o)
+                    result.latency_us[(o.name, o.version)] = await self._model(client, o, h)
             result.ok = True
             result.detail = f"{len(offers)} model(s) verified"
         except Failed as e:
             result.detail = _short(str(e))
         except TimeoutError:
-            result.detail = f"verification of {endpoint} took longer than {self.total_timeout_s:g} s"
+            result.detail = f"verification of {target.label} took longer than {self.total_timeout_s:g} s"
         finally:
             await client.close()
         if not result.ok:
@@ -94,20 +117,22 @@ class TritonVerifier:
         except TimeoutError:
             raise Failed(f"{what}: no answer within {self.call_timeout_s:g} s") from None
 
-    async def _server(self, client, endpoint: str) -> None:
-        ready = await self._call(f"triton at {endpoint} is not reachable",
-                                 client.is_server_ready(client_timeout=self.call_timeout_s))
+    async def _server(self, client, label: str, h) -> None:
+        ready = await self._call(f"{label} is not reachable",
+                                 client.is_server_ready(headers=h, client_timeout=self.call_timeout_s))
         if not ready:
-            raise Failed(f"triton at {endpoint} is not ready")
+            raise Failed(f"{label} is not ready")
 
-    async def _model(self, client, o: pb.ModelOffer) -> int:
+    async def _model(self, client, o: pb.ModelOffer, h) -> int:
         label, t = _label(o), self.call_timeout_s
         ready = await self._call(f"{label} readiness",
-                                 client.is_model_ready(o.name, o.version, client_timeout=t))
+                                 client.is_model_ready(o.name, o.version, headers=h, client_timeout=t))
         if not ready:
             raise Failed(f"{label} is not ready on the node's Triton")
-        meta = await self._call(f"{label} metadata", client.get_model_metadata(o.name, o.version, client_timeout=t))
-        cfg = (await self._call(f"{label} config", client.get_model_config(o.name, o.version, client_timeout=t))).config
+        meta = await self._call(f"{label} metadata",
+                                client.get_model_metadata(o.name, o.version, headers=h, client_timeout=t))
+        cfg = (await self._call(f"{label} config",
+                                client.get_model_config(o.name, o.version, headers=h, client_timeout=t))).config
         inputs = {i.name: i for i in meta.inputs}
         outputs = {i.name: i for i in meta.outputs}
         if cfg.max_batch_size != o.max_batch_size:
@@ -124,10 +149,10 @@ class TritonVerifier:
         decoupled = cfg.model_transaction_policy.decoupled
         start = time.perf_counter()
         if decoupled:
-            got = await self._stream(client, o, request)
+            got = await self._stream(client, o, request, h)
         else:
             res = await self._call(f"{label} canary inference", client.infer(
-                o.name, request, model_version=o.version, client_timeout=self.canary_timeout_s))
+                o.name, request, model_version=o.version, headers=h, client_timeout=self.canary_timeout_s))
             got = {out.name for out in res.get_response().outputs}
         latency_us = int((time.perf_counter() - start) * 1e6)
         if o.kind == pb.MODEL_KIND_LLM and "text_output" not in got:
@@ -139,7 +164,7 @@ class TritonVerifier:
                          f"{sorted(got - outputs.keys())}")
         return latency_us
 
-    async def _stream(self, client, o: pb.ModelOffer, request) -> set[str]:
+    async def _stream(self, client, o: pb.ModelOffer, request, h) -> set[str]:
         """One request on a decoupled model, read to its first response that
         carries outputs (a language model in non-streaming mode sends exactly
         one); the stream is then closed."""
@@ -151,7 +176,7 @@ class TritonVerifier:
             await done.wait()  # keep the stream open until the answer
 
         got: set[str] = set()
-        responses = client.stream_infer(requests(), stream_timeout=self.canary_timeout_s)
+        responses = client.stream_infer(requests(), stream_timeout=self.canary_timeout_s, headers=h)
         try:
             async with asyncio.timeout(self.canary_timeout_s):
                 async for result, error in responses:
@@ -213,6 +238,6 @@ class SkipVerifier:
     """Benchmarks and tests only (registry setting skip_verification): trusts
     every offer without contacting the node."""
 
-    async def verify(self, endpoint: str, offers: Sequence[pb.ModelOffer]) -> Result:
+    async def verify(self, target: Target, offers: Sequence[pb.ModelOffer]) -> Result:
         return Result(ok=True, detail="verification skipped (registry setting skip_verification)",
                       latency_us={})

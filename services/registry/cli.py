@@ -31,7 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def settings_from(args):
-    """The RegistrySettings that ``registry serve``'s flags ask for."""
+    """The RegistrySettings that ``registry serve``'s flags and the
+    environment (the direct-endpoint policy) ask for."""
+    import os
+
     from idlegrid.registry.settings import RegistrySettings
 
     extra = {}
@@ -39,7 +42,7 @@ def settings_from(args):
         extra["heartbeat_interval_ms"] = args.heartbeat_interval_ms
     if args.lease_intervals is not None:
         extra["lease_intervals"] = args.lease_intervals
-    return RegistrySettings(skip_verification=args.skip_verification, **extra)
+    return RegistrySettings.from_env(os.environ, skip_verification=args.skip_verification, **extra)
 
 
 async def _serve(args, config: Config) -> int:
@@ -86,7 +89,8 @@ async def _nodes(args, config: Config) -> int:
             r = await _call(stub.ListNodes(request, timeout=10))
             for n in r.nodes:
                 models = ",".join(m.offer.name for m in n.models)
-                out(f"{uuid.UUID(bytes=n.node_id)} {STATE_NAMES[n.state]:9} {n.endpoint:24} {models}"
+                where = n.endpoint or (f"via {n.link.relay_addr}" if n.HasField("link") else "(no link)")
+                out(f"{uuid.UUID(bytes=n.node_id)} {STATE_NAMES[n.state]:9} {where:24} {models}"
                     f"  ({REASON_NAMES.get(n.state_reason, '?')}: {n.state_detail})")
             token = r.next_page_token
             if not token:

@@ -73,8 +73,9 @@ class Leases:
         """The hot path: memory only."""
         node.load = load
         node.load_at = time.time()
-        if node.state != states.OFFLINE:
-            node.lease_deadline = self._loop.time() + self._lease_s
+        # Renewed in every state: only live nodes' leases are checked, and a
+        # node OFFLINE for a lost link that links again starts with a fresh one.
+        node.lease_deadline = self._loop.time() + self._lease_s
         self._view.dirty_loads.add(node)
         self.heartbeats_total += 1
 

@@ -38,6 +38,21 @@ class Verification:
     canary_latency_us: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Link:
+    """Where a linked node's link is held (soft state: not written; after a
+    registry restart the agents register and link again)."""
+
+    relay_id: str
+    relay_addr: str
+    link_id: bytes
+    attached_at: float
+
+    def to_proto(self) -> pb.NodeLink:
+        return pb.NodeLink(relay_id=self.relay_id, relay_addr=self.relay_addr, link_id=self.link_id,
+                           attached_at=ts(self.attached_at))
+
+
 @dataclass(slots=True, eq=False)
 class LiveNode:
     id: bytes
@@ -62,6 +77,7 @@ class LiveNode:
     load_at: float = 0.0
     lease_deadline: float = 0.0          # loop.time() after which the lease has run out
     generation: int = 0                  # bumped by each registration; stale verifications check it
+    link: Link | None = None             # a linked node's relay link, while it holds one
     _proto: pb.Node | None = None
 
     def changed(self) -> None:
@@ -82,6 +98,7 @@ class LiveNode:
                 revision=self.revision, heartbeat_interval_ms=self.heartbeat_interval_ms,
                 registered_at=ts(self.registered_at), state_changed_at=ts(self.state_changed_at),
                 agent_version=self.agent_version,
+                link=self.link.to_proto() if self.link is not None else None,
             )
         return self._proto
 
@@ -102,6 +119,11 @@ class LiveNode:
         if load is not None:
             out.load.CopyFrom(load)
         return out
+
+    @property
+    def linked(self) -> bool:
+        """Reached through a relay link (no direct endpoint)."""
+        return not self.endpoint
 
     def serves(self, model: str) -> bool:
         return any(o.name == model for o in self.offers)

@@ -5,7 +5,13 @@ provider's agent registers a node (a new one, or one of its own again: a
 restarted agent) and gets a node token; every registration mints a new one,
 so the old token stops working. A new node is written before it enters
 memory, so a failed registration leaves nothing behind; a node registered
-again goes back to JOINING and is verified again.
+again goes back to JOINING, loses its link (the agent links again with its
+new token) and is verified again.
+
+A node registers without an endpoint (linked: reached only through its relay
+link) or, where the operator enabled direct endpoints, with one: admitted by
+direct.py (public addresses only, resolved once and pinned) and unique among
+the live nodes (ALREADY_EXISTS).
 """
 
 from __future__ import annotations
@@ -18,13 +24,14 @@ import asyncpg
 import structlog
 
 from idlegrid.common.errors import (
+    AlreadyExists,
     Conflict,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
 )
-from idlegrid.registry import credentials, states, store, validate
+from idlegrid.registry import credentials, direct, states, store, validate
 from idlegrid.registry.leases import Leases
 from idlegrid.registry.live import LiveView
 from idlegrid.registry.records import LiveNode, Provider
@@ -55,8 +62,10 @@ class Principal:
 
 class Registrar:
     def __init__(self, *, pool: asyncpg.Pool, settings: RegistrySettings, view: LiveView, writer: ChangeWriter,
-                 lifecycle: Lifecycle, leases: Leases) -> None:
+                 lifecycle: Lifecycle, leases: Leases, resolver: direct.Resolver | None = None) -> None:
         self._pool = pool
+        self.resolver = resolver or direct.system_resolver
+        self._claimed: set[str] = set()  # direct endpoints of registrations in progress
         self._settings = settings
         self._view = view
         self._writer = writer
@@ -116,6 +125,9 @@ class Registrar:
         if who.node is not None:
             raise PermissionDenied("RegisterNode takes the provider token, not a node token")
         validate.registration(request)
+        endpoint = ""
+        if request.endpoint:
+            endpoint = await direct.admit(request.endpoint, self._settings, self.resolver)
         view, writer, lifecycle = self._view, self._writer, self._lifecycle
         node_id = request.node_id or uuid.uuid4().bytes
         node = view.nodes.get(node_id)
@@ -130,10 +142,15 @@ class Registrar:
                 raise PermissionDenied("the node belongs to another provider")
         if node_id in view.registering:
             raise Conflict("a registration of this node is already in progress")
+        if endpoint and (endpoint in self._claimed or any(
+                n.endpoint == endpoint and n.id != node_id for n in view.live)):
+            raise AlreadyExists(f"endpoint {endpoint} is already another live node's")
         if node is None and len(view.nodes) + len(view.registering) >= self._settings.nodes_max:
             raise ResourceExhausted(f"the registry holds its maximum of {self._settings.nodes_max} nodes")
         writer.room()
         view.registering.add(node_id)
+        if endpoint:
+            self._claimed.add(endpoint)
         try:
             token, digest = credentials.mint(credentials.NODE, node_id)
             if node is None and request.node_id:  # left the live view: back from the database
@@ -142,37 +159,41 @@ class Registrar:
                 node.heartbeat_interval_ms = self._settings.heartbeat_interval_ms
                 view.add(node)
             if node is None:
-                node = self._new_node(node_id, who.provider, request, digest)
+                node = self._new_node(node_id, who.provider, request, digest, endpoint)
                 await writer.submit(Registration.of(node))
                 self._leases.renew(node)
                 lifecycle.admit(node)
             else:
                 lifecycle.cancel_verification(node)
                 writer.room()
-                self._reset(node, request, digest)
+                self._reset(node, request, digest, endpoint)
                 written = writer.submit(Registration.of(node))
                 lifecycle.apply(node, states.JOINING, pb.STATE_REASON_REGISTERED, "registered again")
                 await written
         finally:
             view.registering.discard(node_id)
-        lifecycle.start_verification(node)
-        log.info("registry.node_registered", node_id=str(uuid.UUID(bytes=node_id)), endpoint=node.endpoint,
+            self._claimed.discard(endpoint)
+        lifecycle.start_verification(node)  # a linked node waits in JOINING for its link
+        log.info("registry.node_registered", node_id=str(uuid.UUID(bytes=node_id)), endpoint=node.endpoint or "(link)",
                  models=[o.name for o in node.offers])
         return node, token
 
-    def _new_node(self, node_id: bytes, provider: Provider, r: pb.RegisterNodeRequest, digest: bytes) -> LiveNode:
+    def _new_node(self, node_id: bytes, provider: Provider, r: pb.RegisterNodeRequest, digest: bytes,
+                  endpoint: str) -> LiveNode:
         at = time.time()
         return LiveNode(
-            id=node_id, provider=provider, token_digest=digest, endpoint=r.endpoint, hardware=r.hardware,
+            id=node_id, provider=provider, token_digest=digest, endpoint=endpoint, hardware=r.hardware,
             region=r.region, labels=dict(r.labels), offers=list(r.models), agent_version=r.agent_version,
             registered_at=at, state=states.JOINING, reason=pb.STATE_REASON_REGISTERED, detail="",
             state_changed_at=at, heartbeat_interval_ms=self._settings.heartbeat_interval_ms)
 
-    def _reset(self, node: LiveNode, r: pb.RegisterNodeRequest, digest: bytes) -> None:
+    def _reset(self, node: LiveNode, r: pb.RegisterNodeRequest, digest: bytes, endpoint: str) -> None:
         """A node registered again: what it now says of itself, a new token,
-        a new generation (stale verifications see it), a fresh lease."""
+        no link (the agent links again with the new token), a new generation
+        (stale verifications see it), a fresh lease."""
         node.token_digest = digest
-        node.endpoint, node.hardware, node.region = r.endpoint, r.hardware, r.region
+        node.link = None
+        node.endpoint, node.hardware, node.region = endpoint, r.hardware, r.region
         node.labels, node.offers, node.agent_version = dict(r.labels), list(r.models), r.agent_version
         node.registered_at = time.time()
         node.verification = {}

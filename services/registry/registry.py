@@ -6,6 +6,7 @@
 - transitions (transitions.py): every state change over the state machine
   (states.py), and verification;
 - leases (leases.py): heartbeats, the sweep, eviction and load reports;
+- links (links.py): which relay holds each linked node's link;
 - reads (reads.py): one node, a page of nodes, a snapshot;
 - the writer (writer.py) and the watch hub (hub.py): every state change is
   applied in memory, published to watchers and handed to the one ordered
@@ -17,11 +18,15 @@ from __future__ import annotations
 import asyncpg
 import structlog
 
-from idlegrid.registry import reads, states, store
+from idlegrid.common.errors import Unauthenticated
+from idlegrid.registry import reads, states, store, validate
 from idlegrid.registry.canary import Verifier
+from idlegrid.registry.direct import Resolver
 from idlegrid.registry.hub import WatchHub
 from idlegrid.registry.leases import Leases
+from idlegrid.registry.links import Links
 from idlegrid.registry.live import LiveView
+from idlegrid.registry.reach import Reach
 from idlegrid.registry.records import LiveNode, Provider
 from idlegrid.registry.registration import Principal, Registrar
 from idlegrid.registry.settings import RegistrySettings
@@ -33,7 +38,8 @@ log = structlog.get_logger("registry")
 
 
 class Registry:
-    def __init__(self, pool: asyncpg.Pool, settings: RegistrySettings, verifier: Verifier) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: RegistrySettings, verifier: Verifier, *,
+                 reach: Reach | None = None, resolver: Resolver | None = None) -> None:
         self.settings = settings
         self._pool = pool
         self._writer = ChangeWriter(pool, batch_max=settings.write_batch_max, pending_max=4 * settings.nodes_max)
@@ -42,10 +48,11 @@ class Registry:
                             snapshot_reuse_s=settings.load_report_interval_ms / 1000)
         self.view = LiveView()
         self._lifecycle = Lifecycle(view=self.view, hub=self.hub, writer=self._writer, verifier=verifier,
-                                    settings=settings)
+                                    settings=settings, reach=reach or Reach())
         self._leases = Leases(view=self.view, hub=self.hub, lifecycle=self._lifecycle, settings=settings)
         self._registrar = Registrar(pool=pool, settings=settings, view=self.view, writer=self._writer,
-                                    lifecycle=self._lifecycle, leases=self._leases)
+                                    lifecycle=self._lifecycle, leases=self._leases, resolver=resolver)
+        self._links = Links(view=self.view, lifecycle=self._lifecycle, leases=self._leases)
 
     @property
     def providers(self) -> dict[bytes, Provider]:
@@ -68,7 +75,9 @@ class Registry:
     async def open(self) -> None:
         """Loads the live view from the database and starts the background
         work. Nodes that were live get a fresh lease; nodes caught mid-
-        verification go OFFLINE (their agents register again)."""
+        verification go OFFLINE (their agents register again), and so do
+        linked nodes: their links are not stored; their agents register and
+        link again."""
         self._leases.open()
         async with self._pool.acquire() as conn:
             for p in await store.load_providers(conn):
@@ -80,7 +89,12 @@ class Registry:
             self._leases.renew(n)
             self.view.add(n)
         for n in loaded:
-            if n.state in (states.JOINING, states.VERIFYING):
+            if n.state == states.OFFLINE:
+                continue
+            if n.linked:
+                self._lifecycle.transition(n, states.OFFLINE, pb.STATE_REASON_REGISTRY_RESTARTED,
+                                           "the registry restarted; the node registers and links again")
+            elif n.state in (states.JOINING, states.VERIFYING):
                 self._lifecycle.transition(n, states.OFFLINE, pb.STATE_REASON_REGISTRY_RESTARTED,
                                            "the registry restarted during verification; register again")
         await self._writer.flush()
@@ -92,6 +106,10 @@ class Registry:
         await self._leases.close()
         await self._lifecycle.close()
         await self._writer.stop()
+
+    def use_resolver(self, resolver: Resolver) -> None:
+        """How direct endpoints' hosts resolve from now on (a test seam)."""
+        self._registrar.resolver = resolver
 
     # ------------------------------------------------------------ for the servicer
 
@@ -116,6 +134,28 @@ class Registry:
         node = self._registrar.owned(who, node_id)
         await self._lifecycle.deregister(node, requested_by=who.requester)
         return node
+
+    async def pause(self, who: Principal, request: pb.SetPausedRequest) -> LiveNode:
+        node = self._registrar.owned(who, request.node_id)
+        await self._lifecycle.pause(node, paused=request.paused, detail=validate.pause_detail(request.detail))
+        return node
+
+    def attach_link(self, node_token: str | None, request: pb.AttachLinkRequest) -> LiveNode:
+        """A relay reports a node's new link; the node's own token proves the node."""
+        validate.attach(request)
+        who = self._registrar.authenticate(node_token)
+        if who.node is None:
+            raise Unauthenticated("AttachLink takes the node's token in x-idlegrid-node-token")
+        node = self._registrar.owned(who, request.node_id)
+        return self._links.attach(node, request)
+
+    async def detach_link(self, request: pb.DetachLinkRequest) -> bool:
+        validate.node_id(request.node_id)
+        validate.link_id(request.link_id)
+        return await self._links.detach(request.node_id, request.link_id)
+
+    async def agent_unlinked(self, node: LiveNode, unlinked_for_ms: int) -> None:
+        await self._links.agent_unlinked(node, unlinked_for_ms)
 
     def get(self, node_id: bytes) -> LiveNode:
         return reads.get(self.view, node_id)

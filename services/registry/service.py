@@ -11,6 +11,8 @@ import structlog
 from idlegrid.common import db, server
 from idlegrid.common.config import Config
 from idlegrid.registry.canary import SkipVerifier, TritonVerifier, Verifier
+from idlegrid.registry.direct import Resolver
+from idlegrid.registry.reach import Reach
 from idlegrid.registry.registry import Registry
 from idlegrid.registry.servicer import NODE_METHODS, SERVICE_NAME, RegistryServicer
 from idlegrid.registry.settings import RegistrySettings
@@ -46,8 +48,9 @@ class RunningRegistry:
 
 
 async def start(config: Config, *, port: int | None = None, database_url: str | None = None,
-                settings: RegistrySettings | None = None) -> RunningRegistry:
-    """Starts the registry; stop() closes everything."""
+                settings: RegistrySettings | None = None, resolver: Resolver | None = None) -> RunningRegistry:
+    """Starts the registry; stop() closes everything. ``resolver``: how
+    direct endpoints' hosts resolve (tests inject theirs)."""
     settings = settings or RegistrySettings()
     if settings.skip_verification:
         log.warning("registry.verification_disabled",
@@ -55,7 +58,9 @@ async def start(config: Config, *, port: int | None = None, database_url: str | 
     url = database_url or await db.resolve_url(config)
     pool = await db.create_pool(url, max_size=config.db_pool_max)
     await db.migrate(pool, "registry", MIGRATIONS)
-    registry = Registry(pool, settings, verifier_for(settings))
+    reach = Reach(service_token=config.token(), relay_ca=str(config.tls_ca) if config.tls_ca else None,
+                  direct_tls=settings.direct_require_tls)
+    registry = Registry(pool, settings, verifier_for(settings), reach=reach, resolver=resolver)
     await registry.open()
     running = await server.start(
         "registry",

@@ -1,9 +1,10 @@
 """gRPC servicer of the registry: proto in, domain calls, proto out.
 
-CreateProvider, GetNode, ListNodes and WatchNodes sit behind the service
-token (checked by the shared interceptor). RegisterNode, Heartbeat, Drain and
-Deregister are open methods for the interceptor and authenticate here, with
-provider and node credentials.
+CreateProvider, GetNode, ListNodes, WatchNodes, AttachLink and DetachLink
+sit behind the service token (checked by the shared interceptor); AttachLink
+also proves the node with its token in ``x-idlegrid-node-token``.
+RegisterNode, Heartbeat, Drain, Deregister and SetPaused are open methods for
+the interceptor and authenticate here, with provider and node credentials.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import grpc
 
 from idlegrid.common.errors import PermissionDenied, Unauthenticated
+from idlegrid.common.node_link import NODE_TOKEN_HEADER
 from idlegrid.registry import credentials, validate
 from idlegrid.registry.records import LiveNode
 from idlegrid.registry.registry import Registry
@@ -19,11 +21,19 @@ from idlegrid.registry.v1 import registry_pb2_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RegistryService"].full_name
 # Methods that authenticate with provider and node tokens instead of the service token.
-NODE_METHODS = tuple(f"/{SERVICE_NAME}/{m}" for m in ("RegisterNode", "Heartbeat", "Drain", "Deregister"))
+NODE_METHODS = tuple(f"/{SERVICE_NAME}/{m}" for m in ("RegisterNode", "Heartbeat", "Drain", "Deregister",
+                                                                 "SetPaused"))
 
 
 def _token(context: grpc.aio.ServicerContext) -> str | None:
     return credentials.from_metadata(context.invocation_metadata())
+
+
+def _node_token(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == NODE_TOKEN_HEADER:
+            return value.removeprefix("Bearer ")
+    return None
 
 
 def _beat_response(node: LiveNode, settings, received: int) -> pb.HeartbeatResponse:
@@ -62,6 +72,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 raise PermissionDenied("node_id is not the node of this token")
             check_load(beat.load)
             reg.heartbeat(node, beat.load)
+            if beat.unlinked_for_ms and node.link is not None:
+                await reg.agent_unlinked(node, beat.unlinked_for_ms)
             received += 1
             if (node.revision, node.heartbeat_interval_ms) != told:
                 told = (node.revision, node.heartbeat_interval_ms)
@@ -77,6 +89,18 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         who = self._reg.authenticate(_token(context))
         node = await self._reg.deregister(who, request.node_id)
         return pb.DeregisterResponse(node=node.to_proto())
+
+    async def SetPaused(self, request, context):
+        who = self._reg.authenticate(_token(context))
+        node = await self._reg.pause(who, request)
+        return pb.SetPausedResponse(node=node.to_proto())
+
+    async def AttachLink(self, request, context):
+        node = self._reg.attach_link(_node_token(context), request)
+        return pb.AttachLinkResponse(node=node.to_proto())
+
+    async def DetachLink(self, request, context):
+        return pb.DetachLinkResponse(detached=await self._reg.detach_link(request))
 
     async def GetNode(self, request, context):
         return pb.GetNodeResponse(node=self._reg.get(request.node_id).to_proto())

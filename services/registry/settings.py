@@ -1,12 +1,24 @@
 """The registry's own settings: intervals, deadlines and limits, with safe,
-named defaults. ``idlegrid registry serve`` sets a few from its flags; tests
-pass their own."""
+named defaults. ``idlegrid registry serve`` sets a few from its flags and the
+direct-endpoint policy from the environment (:meth:`RegistrySettings.from_env`,
+read once at start-up); tests pass their own.
+
+| variable | default | meaning |
+|---|---|---|
+| IDLEGRID_REGISTRY_DIRECT_ENDPOINTS | off | on: nodes may register a direct Triton endpoint (datacenter providers) |
+| IDLEGRID_REGISTRY_DIRECT_ALLOW_CIDRS | (empty) | comma-separated CIDRs where private addresses are allowed |
+| IDLEGRID_REGISTRY_DIRECT_REQUIRE_TLS | off | on: the registry speaks TLS to direct endpoints (production) |
+"""
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from idlegrid.common.errors import ConfigError
+
+ALLOW_CIDRS_MAX = 64
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,6 +46,13 @@ class RegistrySettings:
     watcher_queue_max: int = 10_000       # messages queued per watcher before it is dropped
     offline_retention_s: int = 3_600      # OFFLINE nodes leave the live view after this
     write_batch_max: int = 1_000          # state changes per database statement
+    # Direct endpoints (an operator opt-in; off: every node is reached through
+    # its relay link). On: public addresses only, except inside
+    # direct_allow_cidrs; resolved once and pinned; unique across live nodes.
+    direct_endpoints: bool = False
+    direct_allow_cidrs: tuple[str, ...] = ()
+    direct_require_tls: bool = False
+    resolve_timeout_ms: int = 5_000       # resolving a direct endpoint's host
 
     def __post_init__(self) -> None:
         bounds = {
@@ -51,12 +70,39 @@ class RegistrySettings:
             "watcher_queue_max": (1, 10_000_000),
             "offline_retention_s": (0, 365 * 86_400),
             "write_batch_max": (1, 100_000),
+            "resolve_timeout_ms": (10, 60_000),
         }
         for name, (lo, hi) in bounds.items():
             value = getattr(self, name)
             if not lo <= value <= hi:
                 raise ConfigError(f"registry setting {name} must be in [{lo}, {hi}], got {value}")
+        if len(self.direct_allow_cidrs) > ALLOW_CIDRS_MAX:
+            raise ConfigError(f"registry setting direct_allow_cidrs holds at most {ALLOW_CIDRS_MAX} networks")
+        for cidr in self.direct_allow_cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(f"registry setting direct_allow_cidrs: {cidr!r} is not a CIDR") from None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides) -> RegistrySettings:
+        """The direct-endpoint policy from the environment (see the table
+        above), with ``overrides`` (the serve command's flags)."""
+        direct = {
+            "direct_endpoints": _on_off(env, "IDLEGRID_REGISTRY_DIRECT_ENDPOINTS"),
+            "direct_require_tls": _on_off(env, "IDLEGRID_REGISTRY_DIRECT_REQUIRE_TLS"),
+            "direct_allow_cidrs": tuple(c.strip() for c in env.get("IDLEGRID_REGISTRY_DIRECT_ALLOW_CIDRS", "")
+                                        .split(",") if c.strip()),
+        }
+        return cls(**{**direct, **overrides})
 
     @property
     def lease_s(self) -> float:
         return self.heartbeat_interval_ms * self.lease_intervals / 1000.0
+
+
+def _on_off(env: Mapping[str, str], name: str) -> bool:
+    value = (env.get(name) or "off").strip().lower()
+    if value not in ("on", "off"):
+        raise ConfigError(f"{name} must be on or off, got {value!r}")
+    return value == "on"

@@ -1,10 +1,18 @@
 """The node lifecycle as an explicit state machine.
 
     JOINING ──▶ VERIFYING ──▶ READY ──▶ DRAINING
-       └───────────┴──────────┴───────────┴──▶ OFFLINE
+       │            ▲  │         ▲ │         │
+       │  (link)    │  │  resume │ ▼ pause   │
+       │            │  │       PAUSED ──▶ DRAINING
+       └────────────┼──┴─────────┴─┴─────────┴──▶ OFFLINE
+                    └──(a new link: verify again)─┘
     any state ──(registration)──▶ JOINING
 
-Only READY is routable. Every change goes through :func:`check`; a change
+Only READY is routable. A linked node (no direct endpoint) is verified only
+once its link attached (JOINING waits for it); a node whose link drops goes
+OFFLINE (LINK_LOST), and a new link takes it through VERIFYING again. PAUSED:
+its owner needs the GPU; no new work, running jobs finish; PAUSED → PAUSED
+only updates the detail. Every change goes through :func:`check`; a change
 the table does not allow is a bug and raises.
 """
 
@@ -18,24 +26,29 @@ VERIFYING = pb.NODE_STATE_VERIFYING
 READY = pb.NODE_STATE_READY
 DRAINING = pb.NODE_STATE_DRAINING
 OFFLINE = pb.NODE_STATE_OFFLINE
+PAUSED = pb.NODE_STATE_PAUSED
 
 ALLOWED: dict[int, frozenset[int]] = {
     JOINING: frozenset({VERIFYING, OFFLINE, JOINING}),
     VERIFYING: frozenset({READY, OFFLINE, JOINING}),
-    READY: frozenset({DRAINING, OFFLINE, JOINING}),
+    READY: frozenset({DRAINING, OFFLINE, JOINING, PAUSED}),
+    PAUSED: frozenset({READY, DRAINING, OFFLINE, JOINING, PAUSED}),
     DRAINING: frozenset({OFFLINE, JOINING}),
     # OFFLINE → OFFLINE: only the reason changes (a lease-expired node deregistered).
-    OFFLINE: frozenset({JOINING, OFFLINE}),
+    # OFFLINE → VERIFYING: a node whose link was lost holds a new one.
+    OFFLINE: frozenset({JOINING, OFFLINE, VERIFYING}),
 }
 
 # The reasons that may lead into each state.
 REASONS: dict[int, frozenset[int]] = {
     JOINING: frozenset({pb.STATE_REASON_REGISTERED}),
     VERIFYING: frozenset({pb.STATE_REASON_VERIFICATION_STARTED}),
-    READY: frozenset({pb.STATE_REASON_VERIFIED, pb.STATE_REASON_VERIFICATION_SKIPPED}),
+    READY: frozenset({pb.STATE_REASON_VERIFIED, pb.STATE_REASON_VERIFICATION_SKIPPED, pb.STATE_REASON_RESUMED}),
+    PAUSED: frozenset({pb.STATE_REASON_PAUSED}),
     DRAINING: frozenset({pb.STATE_REASON_DRAIN_REQUESTED}),
     OFFLINE: frozenset({pb.STATE_REASON_VERIFICATION_FAILED, pb.STATE_REASON_LEASE_EXPIRED,
-                        pb.STATE_REASON_DEREGISTERED, pb.STATE_REASON_REGISTRY_RESTARTED}),
+                        pb.STATE_REASON_DEREGISTERED, pb.STATE_REASON_REGISTRY_RESTARTED,
+                        pb.STATE_REASON_LINK_LOST}),
 }
 
 # Names in the registry's tables and messages: spelled once, from the proto's

@@ -11,6 +11,12 @@ Verification runs in the background, at most ``verifications_max`` nodes at
 a time (JOINING waits for a slot). A node that registers again, or whose
 lease runs out, meanwhile makes the running verification stale: it checks
 the node's generation and state before each step and drops its result.
+A linked node is verified through its link (reach.py): without one it waits
+in JOINING; when its link moves to another relay mid-verification, the run
+starts again through the new one.
+
+PAUSED (SetPaused): a READY node whose owner needs the GPU; no new work;
+resumed → READY.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from idlegrid.registry import states
 from idlegrid.registry.canary import Verifier
 from idlegrid.registry.hub import WatchHub
 from idlegrid.registry.live import LiveView
+from idlegrid.registry.reach import Reach
 from idlegrid.registry.records import LiveNode, Verification
 from idlegrid.registry.settings import RegistrySettings
 from idlegrid.registry.store import Change
@@ -35,11 +42,14 @@ from idlegrid.registry.writer import ChangeWriter
 
 log = structlog.get_logger("registry")
 
+LINK_MOVES_MAX = 3  # verification runs again at most this often when the link moves
+
 
 class Lifecycle:
     def __init__(self, *, view: LiveView, hub: WatchHub, writer: ChangeWriter, verifier: Verifier,
-                 settings: RegistrySettings) -> None:
+                 settings: RegistrySettings, reach: Reach) -> None:
         self._view = view
+        self._reach = reach
         self._hub = hub
         self._writer = writer
         self._verifier = verifier
@@ -66,6 +76,7 @@ class Lifecycle:
         """Changes the state in memory and publishes it (no await): returns the time.
         The caller writes it (see :meth:`transition`)."""
         states.check(node.state, state, reason)
+        assert not (state == states.READY and node.linked and node.link is None), "a linked node READY without a link"
         at = time.time()
         node.state, node.reason, node.detail = state, reason, detail[:DETAIL_CHARS_MAX]
         node.state_changed_at = at
@@ -76,6 +87,17 @@ class Lifecycle:
         self._view.track(node)
         self._hub.publish(node.revision, pb.DELTA_KIND_UPSERTED, node.to_proto())
         return at
+
+    def publish(self, node: LiveNode) -> None:
+        """A change that is not a state change (the node's link): watchers
+        see the node again; nothing is written."""
+        node.revision = self._hub.next_revision()
+        node.changed()
+        self._hub.publish(node.revision, pb.DELTA_KIND_UPSERTED, node.to_proto())
+
+    def room(self) -> None:
+        """ResourceExhausted when a transition could not be written now."""
+        self._writer.room()
 
     def transition(self, node: LiveNode, state: int, reason: int, detail: str = "", *, revoke: bool = False,
                    verification: tuple[tuple[str, str, bool, int], ...] = ()) -> asyncio.Future:
@@ -88,10 +110,10 @@ class Lifecycle:
                                           revoke_token=revoke, verification=verification))
 
     async def drain(self, node: LiveNode, *, requested_by: str) -> None:
-        """READY → DRAINING; a node already draining stays as it is."""
+        """READY (or PAUSED) → DRAINING; a node already draining stays as it is."""
         if node.state == states.DRAINING:
             return
-        if node.state != states.READY:
+        if node.state not in (states.READY, states.PAUSED):
             raise FailedPrecondition(f"the node is {states.NAMES[node.state]}; only a ready node drains "
                                      "(deregister it instead)")
         await self.transition(node, states.DRAINING, pb.STATE_REASON_DRAIN_REQUESTED, f"requested by {requested_by}")
@@ -104,7 +126,25 @@ class Lifecycle:
         await self.transition(node, states.OFFLINE, pb.STATE_REASON_DEREGISTERED, f"requested by {requested_by}",
                               revoke=True)
 
+    async def pause(self, node: LiveNode, *, paused: bool, detail: str) -> None:
+        """READY → PAUSED (PAUSED → PAUSED: a new detail), or PAUSED → READY.
+        Resuming a node that is not paused changes nothing."""
+        if not paused:
+            if node.state == states.PAUSED:
+                await self.transition(node, states.READY, pb.STATE_REASON_RESUMED, detail or "the GPU is idle again")
+            return
+        detail = detail or "paused by its owner"
+        if node.state == states.PAUSED and node.detail == detail:
+            return
+        if node.state not in (states.READY, states.PAUSED):
+            raise FailedPrecondition(f"the node is {states.NAMES[node.state]}; only a ready node pauses")
+        await self.transition(node, states.PAUSED, pb.STATE_REASON_PAUSED, detail)
+
     # ------------------------------------------------------------ verification
+
+    def verifying(self, node: LiveNode) -> bool:
+        """A verification of the node is queued or running."""
+        return node.id in self._verifications
 
     def start_verification(self, node: LiveNode) -> None:
         task = asyncio.create_task(self._verify(node, node.generation), name="registry-verify")
@@ -124,12 +164,23 @@ class Lifecycle:
     async def _verify(self, node: LiveNode, generation: int) -> None:
         try:
             async with self._slots:
-                if node.generation != generation or node.state != states.JOINING:
+                if node.generation != generation or not _waits_for_verification(node):
                     return
+                if self._reach.target(node) is None:
+                    return  # a linked node without its link yet: AttachLink starts it again
                 await self.transition(node, states.VERIFYING, pb.STATE_REASON_VERIFICATION_STARTED)
-                result = await self._verifier.verify(node.endpoint, list(node.offers))
-            if node.generation != generation or node.state != states.VERIFYING:
-                return  # the lease ran out, or the node registered again, meanwhile
+                for _ in range(LINK_MOVES_MAX):
+                    link, target = node.link, self._reach.target(node)
+                    if target is None:
+                        return  # the link dropped: DetachLink took the node OFFLINE
+                    result = await self._verifier.verify(target, list(node.offers))
+                    if node.generation != generation or node.state != states.VERIFYING:
+                        return  # the lease ran out, the link dropped or the node registered again
+                    if node.link is link:
+                        break
+                    # The link moved to another relay meanwhile: verify through the new one.
+                else:
+                    result.ok, result.detail = False, "the node's link kept moving during verification"
             if not result.ok:
                 log.warning("registry.verification_failed", node_id=str(uuid.UUID(bytes=node.id)),
                             detail=result.detail)
@@ -146,3 +197,9 @@ class Lifecycle:
             raise
         except IdlegridError as e:
             log.error("registry.verification_not_recorded", node_id=str(uuid.UUID(bytes=node.id)), error=e.message)
+
+
+def _waits_for_verification(node: LiveNode) -> bool:
+    """JOINING, or OFFLINE because its link was lost (a new link attached)."""
+    return node.state == states.JOINING or (node.state == states.OFFLINE
+                                            and node.reason == pb.STATE_REASON_LINK_LOST)

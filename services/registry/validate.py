@@ -33,6 +33,8 @@ GPU_NAME_CHARS_MAX = 128
 LOAD_COUNT_MAX = 1_000_000
 LATENCY_US_MAX = 3_600_000_000
 DETAIL_CHARS_MAX = 1_024      # a node's state_detail (longer causes are cut)
+RELAY_ID_CHARS_MAX = 128
+LINK_ID_BYTES = 16
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _VERSION = re.compile(r"^[0-9]{1,19}$")
@@ -153,7 +155,8 @@ def offers(models) -> list[pb.ModelOffer]:
 def registration(request: pb.RegisterNodeRequest) -> None:
     if request.node_id:
         node_id(request.node_id)
-    endpoint(request.endpoint)
+    if request.endpoint:  # empty: a linked node
+        endpoint(request.endpoint)
     if not request.HasField("hardware"):
         raise InvalidArgument("hardware is required")
     hardware(request.hardware)
@@ -179,3 +182,25 @@ def page_size(value: int) -> int:
     if value > PAGE_SIZE_MAX:
         raise InvalidArgument(f"page_size must be at most {PAGE_SIZE_MAX}, got {value}")
     return value or PAGE_SIZE_DEFAULT
+
+
+def attach(request: pb.AttachLinkRequest) -> None:
+    node_id(request.node_id)
+    if not 1 <= len(request.relay_id) <= RELAY_ID_CHARS_MAX or not request.relay_id.isprintable():
+        raise InvalidArgument(f"relay_id must be 1..{RELAY_ID_CHARS_MAX} printable chars")
+    try:
+        endpoint(request.relay_addr)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"relay_addr: {e.message}") from None
+    link_id(request.link_id)
+
+
+def link_id(value: bytes) -> None:
+    if len(value) != LINK_ID_BYTES:
+        raise InvalidArgument(f"link_id must be {LINK_ID_BYTES} bytes, got {len(value)}")
+
+
+def pause_detail(value: str) -> str:
+    if len(value) > DETAIL_CHARS_MAX or not value.isprintable():
+        raise InvalidArgument(f"detail must be 0..{DETAIL_CHARS_MAX} printable chars")
+    return value

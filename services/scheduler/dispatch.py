@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from idlegrid.common.node_view import NodeTable
-from idlegrid.scheduler import routing
+from idlegrid.scheduler import bounds, routing
 from idlegrid.scheduler.planning import Job
 from idlegrid.scheduler.triton import NodeError, TritonPool
 from idlegrid.scheduler.v1 import scheduler_pb2 as spb
@@ -25,6 +25,8 @@ from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 log = structlog.get_logger("scheduler.dispatch")
 
 Emit = Callable[[spb.InferChunk], Awaitable[None]]
+# The metadata already fetched for a choice's model at a version (no call), or None
+KnownMetadata = Callable[[routing.Choice, str], spb.ModelMetadata | None]
 
 
 @dataclass(slots=True)
@@ -66,8 +68,12 @@ def sampling_parameters(job: Job) -> dict:
 
 
 class Dispatcher:
-    def __init__(self, triton: TritonPool) -> None:
+    """``known_metadata``: the outputs' metadata already fetched for a node's
+    model, which bounds what a tensor job may send back (bounds.py)."""
+
+    def __init__(self, triton: TritonPool, *, known_metadata: KnownMetadata | None = None) -> None:
         self._triton = triton
+        self._known_metadata = known_metadata
 
     async def run(self, job: Job, out: Outcome, emit: Emit | None) -> None:
         """Tries the plan's nodes in order until one answers; with ``emit``,
@@ -99,9 +105,11 @@ class Dispatcher:
 
     async def _infer(self, job: Job, choice: routing.Choice, out: Outcome, emit: Emit | None) -> None:
         req = job.request
+        version = choice.model.offer.version
+        meta = self._known_metadata(choice, version) if self._known_metadata is not None else None
         out.outputs = await self._triton.infer(
-            choice.info.node.endpoint, req.model, choice.model.offer.version, req.tensors,
-            request_id=req.job_id.hex(), timeout_s=job.timeout_s)
+            choice.info.node, req.model, version, req.tensors, request_id=req.job_id.hex(),
+            timeout_s=job.timeout_s, bound=bounds.for_tensors(meta, list(req.tensors.outputs)))
         out.delivered = out.complete = True
         if emit is not None:
             await emit(spb.InferChunk(routing=routing_pb(out)))
@@ -109,9 +117,9 @@ class Dispatcher:
     async def _generate(self, job: Job, choice: routing.Choice, out: Outcome, emit: Emit | None) -> None:
         req = job.request
         async for piece in self._triton.generate(
-                choice.info.node.endpoint, req.model, choice.model.offer.version, job.text_input,
+                choice.info.node, req.model, choice.model.offer.version, job.text_input,
                 sampling_parameters(job), stream=emit is not None, request_id=req.job_id.hex(),
-                timeout_s=job.timeout_s):
+                timeout_s=job.timeout_s, bound=bounds.for_llm(job.max_tokens)):
             if not out.delivered and emit is not None:
                 await emit(spb.InferChunk(routing=routing_pb(out)))
             out.node_in = piece.input_tokens or out.node_in

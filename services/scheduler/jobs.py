@@ -45,10 +45,10 @@ LEDGER_TIMEOUT_S = 10.0
 
 class Jobs:
     def __init__(self, table: NodeTable, triton: TritonPool, ledger, metering, *,
-                 records_in_flight_max: int = RECORDS_IN_FLIGHT_MAX) -> None:
+                 records_in_flight_max: int = RECORDS_IN_FLIGHT_MAX, known_metadata=None) -> None:
         self._table = table
         self._ledger = ledger  # LedgerServiceStub carrying the service token
-        self._dispatcher = Dispatcher(triton)
+        self._dispatcher = Dispatcher(triton, known_metadata=known_metadata)
         self._recorder = UsageRecorder(metering, records_in_flight_max=records_in_flight_max)
 
     async def run(self, req: spb.InferRequest, emit: Emit | None = None) -> spb.InferResponse:

@@ -89,8 +89,9 @@ class MetadataFetcher:
             return hit[1]
         timeout_s = (req.timeout_ms or TIMEOUT_MS_DEFAULT) / 1000
         try:
-            meta = await self._triton.client(info.node.endpoint).get_model_metadata(
-                req.model, version, client_timeout=timeout_s)
+            client, headers = self._triton.route(info.node)
+            meta = await client.get_model_metadata(req.model, version, headers=headers,
+                                                   client_timeout=timeout_s)
         except (InferenceServerException, NodeError):
             raise Unavailable(f"the node serving {req.model!r} did not answer with its metadata; try again",
                               reason="node_unavailable") from None
@@ -102,6 +103,12 @@ class MetadataFetcher:
             del self._items[next(iter(self._items))]  # the oldest answer
         self._items[key] = (time.monotonic(), answer)
         return answer
+
+    def known(self, info: NodeInfo, model: str, version: str) -> spb.ModelMetadata | None:
+        """The answer already cached for ``info``'s model (no call, any age:
+        a node's tensors change only with its revision)."""
+        hit = self._items.get((info.node_id, info.node.revision, model, version))
+        return hit[1] if hit is not None else None
 
     async def _synced(self) -> None:
         if self._table.synced.is_set():

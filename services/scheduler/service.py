@@ -34,12 +34,15 @@ async def start(config: Config, *, port: int | None = None, ledger_addr: str | N
     table = NodeTable()
     watcher = RegistryWatcher(table, registry)
     watcher.start()
-    triton = TritonPool()
-    jobs = Jobs(table, triton, ledger, metering, records_in_flight_max=records_in_flight_max)
+    triton = TritonPool(token=token, tls_ca=str(config.tls_ca) if config.tls_ca else None,
+                        tls_name=config.addrs["relay"].rsplit("/", 1)[-1].rpartition(":")[0].strip("[]") or None)
+    metadata = MetadataFetcher(table, triton)
+    jobs = Jobs(table, triton, ledger, metering, records_in_flight_max=records_in_flight_max,
+                known_metadata=lambda choice, version: metadata.known(choice.info, choice.model.offer.name, version))
     running = await server.start(
         "scheduler",
         [server.Registration(scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
-                             SchedulerServicer(jobs, MetadataFetcher(table, triton)), SERVICE_NAME)],
+                             SchedulerServicer(jobs, metadata), SERVICE_NAME)],
         config=config, port=config.ports["scheduler"] if port is None else port, token=token,
     )
 

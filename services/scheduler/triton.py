@@ -1,5 +1,9 @@
 """Dispatch to a node's Triton with ``tritonclient.grpc.aio`` over one
-persistent channel per endpoint.
+persistent channel per address: the relay holding the node's link (the node
+named in the call's metadata, with the service token), or an
+operator-enabled direct endpoint (see common/node_link.py). Every call also
+carries the bound on what the node may send back (bounds.py), enforced here
+as the replies arrive.
 
 Language models follow the tensor conventions of Triton's vLLM backend and
 are called through the streaming API (they are decoupled): one request per
@@ -18,9 +22,15 @@ import tritonclient.grpc.aio as tc
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
+from idlegrid.common import node_link
+from idlegrid.common.auth import AUTH_KEY
+from idlegrid.registry.v1 import registry_pb2 as rpb
+from idlegrid.scheduler.bounds import BoundExceeded, Meter, ReplyBound
 from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 
-CLIENTS_MAX = 4096
+CLIENTS_MAX = 4096  # channels held at once: relay replicas plus direct endpoints
+_CHANNEL_ARGS = (("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20),
+                 ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_permit_without_calls", 1))
 
 
 class NodeError(Exception):
@@ -36,27 +46,54 @@ class Piece:
 
 
 class TritonPool:
-    def __init__(self) -> None:
-        self._clients: dict[str, tc.InferenceServerClient] = {}
+    """``token``: the service credential the relays ask for (never sent to a
+    direct endpoint). ``tls_ca``: a PEM file; relays are reached over TLS
+    verified with it when set, against ``tls_name`` (the relays' service
+    name: a replica is dialled at its pod address, which no certificate names)."""
 
-    def client(self, endpoint: str) -> tc.InferenceServerClient:
-        c = self._clients.get(endpoint)
+    def __init__(self, *, token: str = "", tls_ca: str | None = None, tls_name: str | None = None) -> None:
+        self._clients: dict[str, tc.InferenceServerClient] = {}
+        self._auth = f"Bearer {token}" if token else ""
+        self._tls_ca = tls_ca
+        self._tls_name = tls_name
+
+    def client(self, address: str, *, relay: bool = False) -> tc.InferenceServerClient:
+        c = self._clients.get(address)
         if c is None:
             if len(self._clients) >= CLIENTS_MAX:
                 raise NodeError("too many node connections")
-            c = tc.InferenceServerClient(url=endpoint)
-            self._clients[endpoint] = c
+            tls = relay and self._tls_ca is not None
+            args = None
+            if tls and self._tls_name:
+                args = [*_CHANNEL_ARGS, ("grpc.ssl_target_name_override", self._tls_name)]
+            c = tc.InferenceServerClient(url=address, ssl=tls, root_certificates=self._tls_ca if tls else None,
+                                         channel_args=args)
+            self._clients[address] = c
         return c
+
+    def route(self, node: rpb.Node, bound: ReplyBound | None = None) -> tuple[tc.InferenceServerClient, dict]:
+        """The client and the headers for a call to ``node``'s Triton."""
+        try:
+            address, headers = node_link.target(node)
+        except node_link.NoRoute as e:
+            raise NodeError(str(e)) from None
+        relay = node_link.NODE_ID_HEADER in headers
+        if relay and self._auth:
+            headers[AUTH_KEY] = self._auth
+        if bound is not None:
+            headers.update(bound.headers())
+        return self.client(address, relay=relay), headers
 
     async def close(self) -> None:
         for c in self._clients.values():
             await c.close()
         self._clients.clear()
 
-    async def generate(self, endpoint: str, model: str, version: str, text_input: str,
+    async def generate(self, node: rpb.Node, model: str, version: str, text_input: str,
                        params: dict, *, stream: bool, request_id: str,
-                       timeout_s: float) -> AsyncIterator[Piece]:
-        """Yields the generated text piece by piece (one piece when not streaming)."""
+                       timeout_s: float, bound: ReplyBound) -> AsyncIterator[Piece]:
+        """Yields the generated text piece by piece (one piece when not
+        streaming); NodeError once the node sends more than ``bound``."""
         inputs = [_bytes("text_input", text_input.encode()), _bytes("sampling_parameters", json.dumps(params).encode()),
                   _bool("stream", stream), _bool("exclude_input_in_output", True)]
         for flag in ("return_finish_reason", "return_num_input_tokens", "return_num_output_tokens"):
@@ -65,13 +102,19 @@ class TritonPool:
         async def requests():
             yield {"model_name": model, "model_version": version, "inputs": inputs, "request_id": request_id}
 
-        it = self.client(endpoint).stream_infer(requests(), stream_timeout=timeout_s)
+        client, headers = self.route(node, bound)
+        meter = Meter(bound)
+        it = client.stream_infer(requests(), stream_timeout=timeout_s, headers=headers)
         try:
             async for result, error in it:
                 if error is not None:
                     raise NodeError(str(error))
-                if result.get_response().outputs:
+                resp = result.get_response()
+                meter.add(resp.ByteSize())
+                if resp.outputs:
                     yield _piece(result)
+        except BoundExceeded as e:
+            raise NodeError(f"cut off: {e}") from None
         except InferenceServerException as e:
             raise NodeError(str(e)) from e
         except asyncio.CancelledError:
@@ -85,16 +128,21 @@ class TritonPool:
         finally:
             it.cancel()  # a no-op when done; cancels the node's request otherwise
 
-    async def infer(self, endpoint: str, model: str, version: str, req: spb.TensorInput, *,
-                    request_id: str, timeout_s: float) -> list[spb.Tensor]:
+    async def infer(self, node: rpb.Node, model: str, version: str, req: spb.TensorInput, *,
+                    request_id: str, timeout_s: float, bound: ReplyBound) -> list[spb.Tensor]:
         inputs = [to_infer_input(t) for t in req.inputs]
         outputs = [InferRequestedOutput(n) for n in req.outputs] or None
+        client, headers = self.route(node, bound)
         try:
-            result = await self.client(endpoint).infer(model, inputs, model_version=version, outputs=outputs,
-                                                       request_id=request_id, client_timeout=timeout_s)
+            result = await client.infer(model, inputs, model_version=version, outputs=outputs,
+                                        request_id=request_id, client_timeout=timeout_s, headers=headers)
         except InferenceServerException as e:
             raise NodeError(str(e)) from e
         resp = result.get_response()
+        try:
+            Meter(bound).add(resp.ByteSize())
+        except BoundExceeded as e:
+            raise NodeError(f"cut off: {e}") from None
         out = []
         for i, o in enumerate(resp.outputs):
             contents = resp.raw_output_contents[i] if i < len(resp.raw_output_contents) else b""
@@ -161,4 +209,4 @@ def _piece(result) -> Piece:
     return Piece(s, _scalar(result, "num_input_tokens"), _scalar(result, "num_output_tokens"), reason)
 
 
-__all__ = ["NodeError", "Piece", "TritonPool", "triton_to_np_dtype"]
+__all__ = ["NodeError", "Piece", "ReplyBound", "TritonPool", "triton_to_np_dtype"]

@@ -94,3 +94,27 @@ def test_control_plane_image_is_the_base_package_run_as_a_non_root_user():
     user = [line for line in lines if line.startswith("USER ")]
     assert user and user[-1] not in ("USER root", "USER 0", "USER 0:0")
     assert "HOME=/tmp" in text and "IDLEGRID_HOME=/tmp/" in text, "writes must land in /tmp"
+
+
+def test_compose_publishes_the_relay_for_node_agents():
+    """Nodes dial out to the relay: compose publishes it and names the
+    address it advertises for its links."""
+    relay = _compose()["services"]["relay"]
+    assert relay["command"] == ["relay", "serve"]
+    assert any(str(p).endswith(f":{Config.from_env({}).ports['relay']}") for p in relay["ports"])
+    assert relay["environment"]["IDLEGRID_RELAY_ADVERTISE_ADDR"] == "relay:50055"
+
+
+def test_node_image_binds_triton_to_loopback_and_joins_through_the_relay():
+    """Nothing in the provider's node container listens on its network
+    interfaces: every Triton port is on loopback and the agent dials the
+    relay; the image exposes no port."""
+    script = (DEPLOY / "node-entrypoint.sh").read_text()
+    triton = script[script.index("tritonserver --model-repository"):script.index("triton_pid=$!")]
+    for flag in ("--grpc-address=127.0.0.1", "--http-address=127.0.0.1", "--metrics-address=127.0.0.1"):
+        assert flag in triton, f"tritonserver without {flag}"
+    agent = script[script.index("idlegrid node start"):script.index("agent_pid=$!")]
+    assert "--triton-url 127.0.0.1:8001" in agent and '--relay "$relay"' in agent
+    assert 'relay="${IDLEGRID_RELAY_ADDR:?' in script
+    dockerfile = [line.strip() for line in (DEPLOY / "node.Dockerfile").read_text().splitlines()]
+    assert not [line for line in dockerfile if line.startswith("EXPOSE")], "the node needs no inbound port"

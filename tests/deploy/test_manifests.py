@@ -30,7 +30,8 @@ TARGETS = ("base", "overlays/dev", "overlays/production")
 SERVICES = tuple(Config.from_env({}).ports)
 HTTP_SERVICES = frozenset({"gateway"})  # REST; every other service speaks gRPC
 GRPC_SERVICES = tuple(s for s in SERVICES if s not in HTTP_SERVICES)
-AUTOSCALED = ("gateway", "scheduler")  # stateless: HPA and PDB
+AUTOSCALED = ("gateway", "scheduler", "relay")  # stateless: HPA and PDB
+NO_DATABASE = frozenset({"scheduler", "relay"})  # services that hold no state of their own
 # The oldest Kubernetes the manifests target (native gRPC probes are GA since
 # 1.27) and the newest whose schemas kubernetes-validate ships.
 K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
@@ -231,7 +232,7 @@ def test_secrets_come_from_a_secret_never_from_configuration(target):
     for service in SERVICES:
         _, container = service_deployment(objects, service)
         env = {v["name"]: v for v in container.get("env", [])}
-        wanted = {"IDLEGRID_SERVICE_TOKEN"} | ({"IDLEGRID_DATABASE_URL"} if service != "scheduler" else set())
+        wanted = {"IDLEGRID_SERVICE_TOKEN"} | ({"IDLEGRID_DATABASE_URL"} if service not in NO_DATABASE else set())
         for var in wanted:
             assert var in env, f"{service}: no {var}"
             ref = env[var].get("valueFrom", {}).get("secretKeyRef")
@@ -304,3 +305,26 @@ def test_dev_brings_its_own_database():
     secret = next(o for o in objects if o["kind"] == "Secret")
     assert {"database-url", "service-token"} <= secret["data"].keys()
     assert find(objects, "Service", "idlegrid-postgres") is not None
+
+
+def test_production_gives_node_agents_a_public_relay_endpoint():
+    """Agents behind NAT dial out to the relays: production has a public
+    Service on the relay's port that selects the relay pods."""
+    objects = render("overlays/production")
+    dep, container = service_deployment(objects, "relay")
+    port = Config.from_env(config_map_data(objects, container)).ports["relay"]
+    svc = find(objects, "Service", "idlegrid-relay-public")
+    assert svc is not None and svc["spec"]["type"] in ("LoadBalancer", "NodePort")
+    assert selects(svc["spec"]["selector"], dep["spec"]["template"]["metadata"]["labels"])
+    assert [resolve_port(container, p["targetPort"]) for p in svc["spec"]["ports"]] == [port]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_each_relay_replica_advertises_its_own_address(target):
+    """The scheduler and the registry dial the replica that holds a node's
+    link, so each pod records its own address, not the Service's."""
+    objects = render(target)
+    _, container = service_deployment(objects, "relay")
+    env = {v["name"]: v for v in container["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["IDLEGRID_RELAY_ADVERTISE_ADDR"]["value"] == "$(POD_IP):50055"

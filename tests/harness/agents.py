@@ -1,6 +1,9 @@
 """Node agents joining a stack: a real NodeAgent in this process in front of
 a demo Triton from the session pool, registered, verified by the registry and
-READY, and, when a scheduler runs, routable."""
+READY, and, when a scheduler runs, routable. When the stack runs a relay the
+node joins through it (linked mode: the registry's verification and every job
+reach its Triton down the agent's link), as a node behind NAT does; the
+agent is given every relay replica of the stack."""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ class Node:
 
 
 async def add_node(stack, name: str, *, node_config: config_file.NodeConfig | None = None,
-                   provider_token: str | None = None, **triton_options) -> Node:
+                   provider_token: str | None = None, direct: bool = False, **triton_options) -> Node:
     """Starts an agent for ``name`` under the stack's provider (or
     ``provider_token``) and waits until it is READY and routable.
 
@@ -40,7 +43,9 @@ async def add_node(stack, name: str, *, node_config: config_file.NodeConfig | No
     only them). A special mode (``fail_after``, ``llm_delay_ms``, ...) gets a
     Triton of its own, which the test may kill.
     ``node_config``: the agent's prices and labels (default: the demo's,
-    labelled ``node=name``, for the models served)."""
+    labelled ``node=name``, for the models served). ``direct``: register the
+    Triton's endpoint instead of joining through the relay (the registry
+    must allow direct endpoints)."""
     own = bool(set(triton_options) - {"models"})
     if own:
         triton = await asyncio.to_thread(POOL.own, **triton_options)
@@ -51,10 +56,11 @@ async def add_node(stack, name: str, *, node_config: config_file.NodeConfig | No
         served = triton_options.get("models", tuple(demo.models))
         node_config = dataclasses.replace(demo, labels={"node": name},
                                           models={k: v for k, v in demo.models.items() if k in served})
+    linked = {} if direct or "relay" not in stack.addrs else {"relay_addrs": stack.relay_addrs()}
     agent = NodeAgent(AgentOptions(registry_addr=stack.addrs["registry"],
                                    provider_token=provider_token or stack.provider_token,
                                    triton_url=triton.grpc_url, metrics_url=triton.metrics_url,
-                                   node_config=node_config))
+                                   node_config=node_config, **linked))
     node = Node(name, triton, agent, own)
     try:
         await agent.start()

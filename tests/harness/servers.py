@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import importlib
 
-ORDER = ("ledger", "metering", "registry", "scheduler", "gateway")
+ORDER = ("ledger", "metering", "registry", "relay", "scheduler", "gateway")
 BACKEND = ORDER[:-1]  # what the scheduler tests run: everything behind the gateway
 LEDGER_SWEEP_INTERVAL_S = 0.2
 METERING_POLL_S = 0.1
 
 
-def _options(part: str, addrs: dict[str, str], db_url: str, registry_settings, gateway_settings) -> dict:
+def relay_settings():
+    """The relay's defaults, with a link that stops answering noticed within
+    a second or two."""
+    from idlegrid.relay.settings import RelaySettings
+
+    return RelaySettings(ping_interval_ms=500, pong_timeout_ms=2_000)
+
+
+def options(part: str, addrs: dict[str, str], db_url: str, registry_settings=None, gateway_settings=None) -> dict:
     """The keyword arguments of ``idlegrid.<part>.service.start`` besides
     the config and the port."""
     if part == "ledger":
@@ -29,6 +37,8 @@ def _options(part: str, addrs: dict[str, str], db_url: str, registry_settings, g
             registry_settings = RegistrySettings(heartbeat_interval_ms=500, sweep_interval_ms=50,
                                                  load_report_interval_ms=100)
         return {"database_url": db_url, "settings": registry_settings}
+    if part == "relay":
+        return {"registry_addr": addrs["registry"], "settings": relay_settings()}
     backends = {f"{p}_addr": addrs[p] for p in ("ledger", "metering", "registry")}
     if part == "scheduler":
         return backends
@@ -47,11 +57,18 @@ async def start(stack, parts: tuple[str, ...], *, ports: dict[str, int], registr
     child process) is not started."""
     unknown = set(parts) - set(ORDER)
     assert not unknown, f"unknown parts {sorted(unknown)}; known: {ORDER}"
+    host = dial_host(stack.config)
     for part in ORDER:
         if part not in parts or part in stack.addrs:
             continue
         service = importlib.import_module(f"idlegrid.{part}.service")
-        options = _options(part, stack.addrs, stack.db_url, registry_settings, gateway_settings)
-        srv = await service.start(stack.config, port=ports.get(part, 0), **options)
+        kw = options(part, stack.addrs, stack.db_url, registry_settings, gateway_settings)
+        srv = await service.start(stack.config, port=ports.get(part, 0), **kw)
         stack.servers[part] = srv
-        stack.addrs[part] = srv.url if part == "gateway" else f"127.0.0.1:{srv.port}"
+        stack.addrs[part] = srv.url if part == "gateway" else f"{host}:{srv.port}"
+
+
+def dial_host(config) -> str:
+    """Where the services of ``config`` are reached: their bind host (a test
+    may bind them to one interface), loopback when they listen on all."""
+    return "127.0.0.1" if config.bind_host in ("0.0.0.0", "::", "") else config.bind_host

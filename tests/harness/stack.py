@@ -1,7 +1,9 @@
 """The one builder for the services a test runs: any prefix of the money path
-(ledger, metering, registry, scheduler, gateway), each a real server
+(ledger, metering, registry, relay, scheduler, gateway), each a real server
 in-process on a free port, on one database. Node agents join with
-:meth:`Stack.add_node`; the Tritons behind them come from the session pool.
+:meth:`Stack.add_node`, through the relay (linked mode, as nodes behind NAT
+do) when one runs; the Tritons behind them come from the session pool.
+:meth:`Stack.add_relay` starts another relay replica.
 
     stack = await start_stack(config, db_url)                 # all but the gateway
     stack = await start_stack(config, db_url, parts=PARTS)    # everything
@@ -50,6 +52,7 @@ class Stack:
     extra: dict = field(default_factory=dict)
     stubs: dict[str, object] = field(default_factory=dict)
     channels: list = field(default_factory=list)
+    relays: list = field(default_factory=list)  # replicas beyond the first (add_relay)
 
     # -- parts
     @property
@@ -79,6 +82,23 @@ class Stack:
     @property
     def registry_srv(self):
         return self.servers.get("registry")
+
+    @property
+    def relay_srv(self):
+        return self.servers.get("relay")
+
+    def relay_addrs(self) -> tuple[str, ...]:
+        """Every running relay replica, the first one first (what agents dial)."""
+        first = (self.addrs["relay"],) if "relay" in self.addrs else ()
+        return first + tuple(f"{servers.dial_host(self.config)}:{r.port}" for r in self.relays)
+
+    async def add_relay(self):
+        """Another relay replica on a free port, for the same registry."""
+        from idlegrid.relay import service
+
+        relay = await service.start(self.config, port=0, **servers.options("relay", self.addrs, self.db_url))
+        self.relays.append(relay)
+        return relay
 
     @property
     def scheduler_srv(self):
@@ -140,6 +160,8 @@ class Stack:
             self.nodes.clear()
         for ch in self.channels:
             await ch.close()
+        while self.relays:
+            await self.relays.pop().stop(grace_s)
         for part in reversed(PARTS):
             srv = self.servers.pop(part, None)
             if srv is not None:

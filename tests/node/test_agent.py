@@ -15,6 +15,7 @@ from idlegrid.node.agent import NodeAgent, VerificationFailed
 from idlegrid.registry.v1 import registry_pb2 as pb
 from tests.harness import WAIT_S, eventually
 from tests.node.support import ScriptedProbe, options, pricing, running
+from tests.registry.conftest import LOOPBACK
 from tests.registry.support import ECHO, LLM
 
 pytestmark = pytest.mark.slow  # a scenario: real services and a demo Triton
@@ -100,7 +101,8 @@ async def test_a_failed_verification_is_reported_to_the_provider(reg, triton):
 async def test_the_agent_registers_again_after_its_lease_ran_out(make_registry, triton):
     from idlegrid.registry.settings import RegistrySettings
 
-    reg = await make_registry(RegistrySettings(heartbeat_interval_ms=100, lease_intervals=2, sweep_interval_ms=20))
+    reg = await make_registry(RegistrySettings(**LOOPBACK, heartbeat_interval_ms=100, lease_intervals=2,
+                                               sweep_interval_ms=20))
     p = await reg.provider()
     probe = ScriptedProbe()
     agent = NodeAgent(options(reg, p, triton), probe=probe)

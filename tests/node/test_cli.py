@@ -30,7 +30,7 @@ async def test_node_start_registers_and_drains_on_sigterm(reg, triton, tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDLEGRID_")}
     env.update(IDLEGRID_HOME=str(tmp_path / "home"), IDLEGRID_LOG_FORMAT="json")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "idlegrid.cli.main", "node", "start", "--triton-url", triton.grpc_url,
+        sys.executable, "-m", "idlegrid.cli.main", "node", "start", "--direct", "--triton-url", triton.grpc_url,
         "--config", str(tmp_path / "node.toml"), "--registry", reg.addr, "--node-id-file", str(id_file),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output_task = asyncio.create_task(proc.stdout.read())
@@ -62,7 +62,7 @@ async def test_node_start_exits_with_an_error_when_verification_fails(reg, trito
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDLEGRID_")}
     env.update(IDLEGRID_HOME=str(tmp_path / "home"), IDLEGRID_LOG_FORMAT="json")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "idlegrid.cli.main", "node", "start", "--triton-url", triton.grpc_url,
+        sys.executable, "-m", "idlegrid.cli.main", "node", "start", "--direct", "--triton-url", triton.grpc_url,
         "--config", str(tmp_path / "node.toml"), "--provider-token-file", str(tmp_path / "token"),
         "--registry", reg.addr, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output, _ = await asyncio.wait_for(proc.communicate(), WAIT_S)

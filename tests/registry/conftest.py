@@ -9,7 +9,11 @@ import pytest
 from idlegrid.registry.settings import RegistrySettings
 
 # Long leases unless a test is about leases: nothing expires while a test looks.
-DEFAULT = RegistrySettings(heartbeat_interval_ms=10_000, sweep_interval_ms=50, load_report_interval_ms=50)
+# The tests' demo Tritons listen on loopback: direct endpoints are enabled for
+# it (the operator's opt-in); linked nodes are the subject of test_links.py.
+LOOPBACK = {"direct_endpoints": True, "direct_allow_cidrs": ("127.0.0.0/8",)}
+DEFAULT = RegistrySettings(heartbeat_interval_ms=10_000, sweep_interval_ms=50, load_report_interval_ms=50,
+                           **LOOPBACK)
 
 
 @pytest.fixture
@@ -21,4 +25,4 @@ def registry_settings() -> RegistrySettings:
 async def fast(make_registry):
     """A registry that skips verification (its documented test/bench setting)."""
     return await make_registry(RegistrySettings(heartbeat_interval_ms=10_000, sweep_interval_ms=50,
-                                                load_report_interval_ms=50, skip_verification=True))
+                                                load_report_interval_ms=50, skip_verification=True, **LOOPBACK))

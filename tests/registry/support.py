@@ -6,6 +6,7 @@ agent tests use some). The registry itself comes from the harness
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 
 import grpc
@@ -39,7 +40,18 @@ def hardware() -> pb.Hardware:
                        memory_bytes=64 << 30)
 
 
-def registration(endpoint: str = "127.0.0.1:8001", models=None, **kw) -> pb.RegisterNodeRequest:
+# Direct endpoints are unique among live nodes: each registration that names
+# none gets its own (nothing listens there; the tests that use it skip
+# verification or expect it to fail).
+_PORTS = itertools.count(20_000)
+
+
+def unique_endpoint() -> str:
+    return f"127.0.0.1:{next(_PORTS)}"
+
+
+def registration(endpoint: str | None = None, models=None, **kw) -> pb.RegisterNodeRequest:
+    endpoint = unique_endpoint() if endpoint is None else endpoint
     return pb.RegisterNodeRequest(endpoint=endpoint, hardware=kw.pop("hardware", hardware()),
                                   region=kw.pop("region", "eu-west"), labels=kw.pop("labels", {"tier": "test"}),
                                   models=models if models is not None else [echo_offer()], **kw)

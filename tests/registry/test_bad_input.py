@@ -27,7 +27,8 @@ async def _nothing_written(h) -> None:
         await conn.close()
 
 
-BAD_ENDPOINTS = ["", "localhost", "http://127.0.0.1:8001", "127.0.0.1:0", "127.0.0.1:70000", "[::1:8001",
+# Empty is no endpoint at all: a linked node (test_links.py).
+BAD_ENDPOINTS = ["localhost", "http://127.0.0.1:8001", "127.0.0.1:0", "127.0.0.1:70000", "[::1:8001",
                  "[not-ip]:8001", "999.1.1.1:8001", "a b:8001", "host:80x", "host:-1", ":8001", "::1:8001",
                  "h" * 250 + ":8001", "-bad-.example:8001", "127.0.0.1:08001"]
 

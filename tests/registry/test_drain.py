@@ -8,6 +8,7 @@ import grpc
 from idlegrid.registry import states
 from idlegrid.registry.settings import RegistrySettings
 from idlegrid.registry.v1 import registry_pb2 as pb
+from tests.registry.conftest import LOOPBACK
 from tests.registry.support import expect_status, free_port, registration
 
 
@@ -33,7 +34,7 @@ async def test_deregister_takes_a_node_offline_and_is_idempotent(fast):
 
 
 async def test_only_a_ready_node_drains(make_registry):
-    h = await make_registry(RegistrySettings(heartbeat_interval_ms=10_000, verify_call_timeout_ms=100))
+    h = await make_registry(RegistrySettings(**LOOPBACK, heartbeat_interval_ms=10_000, verify_call_timeout_ms=100))
     p = await h.provider()
     node = await h.register(p, registration(f"127.0.0.1:{free_port()}"))  # nothing listens: fails
     n = await h.wait_state(node.node_id, pb.NODE_STATE_OFFLINE)

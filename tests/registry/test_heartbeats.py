@@ -8,6 +8,7 @@ import grpc
 from idlegrid.registry.settings import RegistrySettings
 from idlegrid.registry.v1 import registry_pb2 as pb
 from tests.harness import eventually
+from tests.registry.conftest import LOOPBACK
 from tests.registry.support import (
     KeepAlive,
     beat,
@@ -16,7 +17,7 @@ from tests.registry.support import (
     registration,
 )
 
-SHORT_LEASE = RegistrySettings(heartbeat_interval_ms=100, lease_intervals=2, sweep_interval_ms=20,
+SHORT_LEASE = RegistrySettings(**LOOPBACK, heartbeat_interval_ms=100, lease_intervals=2, sweep_interval_ms=20,
                                load_report_interval_ms=20, skip_verification=True)
 
 
@@ -96,7 +97,7 @@ async def test_a_node_that_stops_heartbeating_goes_offline_on_its_own(make_regis
 
 async def test_heartbeats_keep_a_node_ready_across_many_lease_periods(make_registry):
     # A lease of 5 intervals (0.5 s), heartbeats every 20 ms, 100 sweeps (about 4 leases).
-    h = await make_registry(RegistrySettings(heartbeat_interval_ms=100, lease_intervals=5, sweep_interval_ms=20,
+    h = await make_registry(RegistrySettings(**LOOPBACK, heartbeat_interval_ms=100, lease_intervals=5, sweep_interval_ms=20,
                                              skip_verification=True))
     p = await h.provider()
     node = await h.register(p, registration())

@@ -6,9 +6,10 @@ import asyncio
 
 from idlegrid.registry.settings import RegistrySettings
 from idlegrid.registry.v1 import registry_pb2 as pb
+from tests.registry.conftest import LOOPBACK
 from tests.registry.support import beat, echo_offer, free_port, registration
 
-SETTINGS = RegistrySettings(heartbeat_interval_ms=10_000, skip_verification=True)
+SETTINGS = RegistrySettings(**LOOPBACK, heartbeat_interval_ms=10_000, skip_verification=True)
 
 
 async def test_providers_nodes_and_tokens_survive_a_restart(make_registry):
@@ -38,7 +39,7 @@ async def test_providers_nodes_and_tokens_survive_a_restart(make_registry):
 
 
 async def test_a_node_verifying_when_the_registry_stopped_comes_back_offline(make_registry):
-    slow = RegistrySettings(heartbeat_interval_ms=10_000, verify_call_timeout_ms=60_000, verify_timeout_ms=60_000)
+    slow = RegistrySettings(**LOOPBACK, heartbeat_interval_ms=10_000, verify_call_timeout_ms=60_000, verify_timeout_ms=60_000)
     # A port that accepts connections but never speaks gRPC: verification hangs.
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", free_port())
     port = server.sockets[0].getsockname()[1]

@@ -11,6 +11,7 @@ import pytest
 
 from idlegrid.registry.settings import RegistrySettings
 from idlegrid.registry.v1 import registry_pb2 as pb
+from tests.registry.conftest import LOOPBACK
 from tests.registry.support import beat, expect_status, next_delta, read_snapshot, registration
 
 
@@ -96,7 +97,7 @@ async def test_an_up_to_date_watcher_resumes_with_nothing_to_replay(fast):
 
 
 async def test_a_watcher_too_far_behind_gets_a_fresh_snapshot(make_registry):
-    h = await make_registry(RegistrySettings(heartbeat_interval_ms=10_000, skip_verification=True,
+    h = await make_registry(RegistrySettings(**LOOPBACK, heartbeat_interval_ms=10_000, skip_verification=True,
                                              watch_buffer_max=4))
     p = await h.provider()
     watch = h.admin.WatchNodes(pb.WatchNodesRequest(omit_load=True))
@@ -174,7 +175,7 @@ async def test_a_watcher_that_falls_behind_is_dropped_not_waited_for():
 
 
 async def test_watchers_are_limited(make_registry):
-    h = await make_registry(RegistrySettings(heartbeat_interval_ms=10_000, watchers_max=1))
+    h = await make_registry(RegistrySettings(**LOOPBACK, heartbeat_interval_ms=10_000, watchers_max=1))
     first = h.admin.WatchNodes(pb.WatchNodesRequest())
     await read_snapshot(first)
     second = h.admin.WatchNodes(pb.WatchNodesRequest())

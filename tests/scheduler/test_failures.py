@@ -96,7 +96,9 @@ async def test_a_slow_node_past_the_deadline_charges_only_what_was_streamed(stac
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await stack.scheduler.Infer(unary)
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    streamed = chat(consumer, "Tell me a long story.", max_tokens=100, node="slow-stream", timeout_ms=1500)
+    # Long enough for the first tokens to arrive on a busy machine, through
+    # the relay; far shorter than 100 tokens at 400 ms each.
+    streamed = chat(consumer, "Tell me a long story.", max_tokens=100, node="slow-stream", timeout_ms=8000)
     texts = []
     with pytest.raises(grpc.aio.AioRpcError) as e:
         async for c in stack.scheduler.InferStream(streamed):

@@ -99,6 +99,8 @@ class _NodeStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NodeState.V
     """finishing in-flight work; takes no new work"""
     NODE_STATE_OFFLINE: _NodeState.ValueType  # 5
     """not routable; see the reason"""
+    NODE_STATE_PAUSED: _NodeState.ValueType  # 6
+    """its owner needs the GPU (see state_detail): no new work; running jobs finish"""
 
 class NodeState(_NodeState, metaclass=_NodeStateEnumTypeWrapper):
     """---------------------------------------------------------------- nodes"""
@@ -114,6 +116,8 @@ NODE_STATE_DRAINING: NodeState.ValueType  # 4
 """finishing in-flight work; takes no new work"""
 NODE_STATE_OFFLINE: NodeState.ValueType  # 5
 """not routable; see the reason"""
+NODE_STATE_PAUSED: NodeState.ValueType  # 6
+"""its owner needs the GPU (see state_detail): no new work; running jobs finish"""
 Global___NodeState: _TypeAlias = NodeState  # noqa: Y015
 
 class _StateReason:
@@ -141,6 +145,12 @@ class _StateReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StateReas
     """→ OFFLINE, token revoked"""
     STATE_REASON_REGISTRY_RESTARTED: _StateReason.ValueType  # 9
     """→ OFFLINE, the registry restarted mid-verification"""
+    STATE_REASON_LINK_LOST: _StateReason.ValueType  # 10
+    """→ OFFLINE, the node's link to its relay dropped"""
+    STATE_REASON_PAUSED: _StateReason.ValueType  # 11
+    """→ PAUSED; state_detail names the signal (owner's process, schedule, power, temperature)"""
+    STATE_REASON_RESUMED: _StateReason.ValueType  # 12
+    """→ READY, the GPU is idle again"""
 
 class StateReason(_StateReason, metaclass=_StateReasonEnumTypeWrapper):
     """Why the node is in its state (the last transition's cause)."""
@@ -164,6 +174,12 @@ STATE_REASON_DEREGISTERED: StateReason.ValueType  # 8
 """→ OFFLINE, token revoked"""
 STATE_REASON_REGISTRY_RESTARTED: StateReason.ValueType  # 9
 """→ OFFLINE, the registry restarted mid-verification"""
+STATE_REASON_LINK_LOST: StateReason.ValueType  # 10
+"""→ OFFLINE, the node's link to its relay dropped"""
+STATE_REASON_PAUSED: StateReason.ValueType  # 11
+"""→ PAUSED; state_detail names the signal (owner's process, schedule, power, temperature)"""
+STATE_REASON_RESUMED: StateReason.ValueType  # 12
+"""→ READY, the GPU is idle again"""
 Global___StateReason: _TypeAlias = StateReason  # noqa: Y015
 
 class _ModelKind:
@@ -547,6 +563,7 @@ class Node(_message.Message):
     REGISTERED_AT_FIELD_NUMBER: _builtins.int
     STATE_CHANGED_AT_FIELD_NUMBER: _builtins.int
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
+    LINK_FIELD_NUMBER: _builtins.int
     node_id: _builtins.bytes
     """16 bytes"""
     provider_id: _builtins.bytes
@@ -578,6 +595,10 @@ class Node(_message.Message):
     def registered_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def state_changed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def link(self) -> Global___NodeLink:
+        """absent while the node holds no link"""
+
     def __init__(
         self,
         *,
@@ -598,14 +619,51 @@ class Node(_message.Message):
         registered_at: _timestamp_pb2.Timestamp | None = ...,
         state_changed_at: _timestamp_pb2.Timestamp | None = ...,
         agent_version: _builtins.str = ...,
+        link: Global___NodeLink | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["hardware", b"hardware", "load", b"load", "registered_at", b"registered_at", "state_changed_at", b"state_changed_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hardware", b"hardware", "link", b"link", "load", b"load", "registered_at", b"registered_at", "state_changed_at", b"state_changed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "endpoint", b"endpoint", "hardware", b"hardware", "heartbeat_interval_ms", b"heartbeat_interval_ms", "labels", b"labels", "load", b"load", "models", b"models", "node_id", b"node_id", "provider_account_id", b"provider_account_id", "provider_id", b"provider_id", "region", b"region", "registered_at", b"registered_at", "revision", b"revision", "state", b"state", "state_changed_at", b"state_changed_at", "state_detail", b"state_detail", "state_reason", b"state_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "endpoint", b"endpoint", "hardware", b"hardware", "heartbeat_interval_ms", b"heartbeat_interval_ms", "labels", b"labels", "link", b"link", "load", b"load", "models", b"models", "node_id", b"node_id", "provider_account_id", b"provider_account_id", "provider_id", b"provider_id", "region", b"region", "registered_at", b"registered_at", "revision", b"revision", "state", b"state", "state_changed_at", b"state_changed_at", "state_detail", b"state_detail", "state_reason", b"state_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Node: _TypeAlias = Node  # noqa: Y015
+
+@_typing.final
+class NodeLink(_message.Message):
+    """Where a node's link is held: the marketplace reaches the node's Triton only
+    through this relay (or, for an operator-enabled direct node, at `endpoint`).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELAY_ID_FIELD_NUMBER: _builtins.int
+    RELAY_ADDR_FIELD_NUMBER: _builtins.int
+    LINK_ID_FIELD_NUMBER: _builtins.int
+    ATTACHED_AT_FIELD_NUMBER: _builtins.int
+    relay_id: _builtins.str
+    """the relay replica, <= 128 chars"""
+    relay_addr: _builtins.str
+    """its "host:port" for the marketplace"""
+    link_id: _builtins.bytes
+    """16 bytes, new for each link"""
+    @_builtins.property
+    def attached_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        relay_id: _builtins.str = ...,
+        relay_addr: _builtins.str = ...,
+        link_id: _builtins.bytes = ...,
+        attached_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attached_at", b"attached_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attached_at", b"attached_at", "link_id", b"link_id", "relay_addr", b"relay_addr", "relay_id", b"relay_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeLink: _TypeAlias = NodeLink  # noqa: Y015
 
 @_typing.final
 class RegisterNodeRequest(_message.Message):
@@ -646,7 +704,10 @@ class RegisterNodeRequest(_message.Message):
     provider's).
     """
     endpoint: _builtins.str
-    """Triton gRPC "host:port", reachable by the registry and schedulers"""
+    """Empty (the default): the node is reached only through its link to a relay.
+    A direct Triton gRPC "host:port" only where the operator enabled direct
+    endpoints: public addresses only, unique, pinned to the verified IP.
+    """
     region: _builtins.str
     agent_version: _builtins.str
     @_builtins.property
@@ -718,8 +779,15 @@ class HeartbeatRequest(_message.Message):
 
     NODE_ID_FIELD_NUMBER: _builtins.int
     LOAD_FIELD_NUMBER: _builtins.int
+    UNLINKED_FOR_MS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.bytes
     """16 bytes; must be the node of the stream's token"""
+    unlinked_for_ms: _builtins.int
+    """A linked node's agent: 0 while it holds its link to a relay (or for a
+    direct node); else for how long it has held none, in ms. A node whose
+    link attached before the agent lost it goes OFFLINE (LINK_LOST), even
+    when the relay died without detaching it.
+    """
     @_builtins.property
     def load(self) -> Global___NodeLoad:
         """node_id and reported_at inside are ignored"""
@@ -729,10 +797,11 @@ class HeartbeatRequest(_message.Message):
         *,
         node_id: _builtins.bytes = ...,
         load: Global___NodeLoad | None = ...,
+        unlinked_for_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["load", b"load"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["load", b"load", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["load", b"load", "node_id", b"node_id", "unlinked_for_ms", b"unlinked_for_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1115,3 +1184,144 @@ class WatchNodesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___WatchNodesResponse: _TypeAlias = WatchNodesResponse  # noqa: Y015
+
+@_typing.final
+class AttachLinkRequest(_message.Message):
+    """------------------------------------------------------------------- links"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    RELAY_ID_FIELD_NUMBER: _builtins.int
+    RELAY_ADDR_FIELD_NUMBER: _builtins.int
+    LINK_ID_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.bytes
+    relay_id: _builtins.str
+    """<= 128 chars"""
+    relay_addr: _builtins.str
+    """"host:port" where the marketplace reaches this relay"""
+    link_id: _builtins.bytes
+    """16 bytes, chosen by the relay"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.bytes = ...,
+        relay_id: _builtins.str = ...,
+        relay_addr: _builtins.str = ...,
+        link_id: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["link_id", b"link_id", "node_id", b"node_id", "relay_addr", b"relay_addr", "relay_id", b"relay_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttachLinkRequest: _TypeAlias = AttachLinkRequest  # noqa: Y015
+
+@_typing.final
+class AttachLinkResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def node(self) -> Global___Node: ...
+    def __init__(
+        self,
+        *,
+        node: Global___Node | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttachLinkResponse: _TypeAlias = AttachLinkResponse  # noqa: Y015
+
+@_typing.final
+class DetachLinkRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    LINK_ID_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.bytes
+    link_id: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.bytes = ...,
+        link_id: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["link_id", b"link_id", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DetachLinkRequest: _TypeAlias = DetachLinkRequest  # noqa: Y015
+
+@_typing.final
+class DetachLinkResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DETACHED_FIELD_NUMBER: _builtins.int
+    detached: _builtins.bool
+    """false: not the node's current link (nothing changed)"""
+    def __init__(
+        self,
+        *,
+        detached: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detached", b"detached"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DetachLinkResponse: _TypeAlias = DetachLinkResponse  # noqa: Y015
+
+@_typing.final
+class SetPausedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.bytes
+    paused: _builtins.bool
+    detail: _builtins.str
+    """why, shown to the provider; <= 1,024 chars"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.bytes = ...,
+        paused: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "node_id", b"node_id", "paused", b"paused"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPausedRequest: _TypeAlias = SetPausedRequest  # noqa: Y015
+
+@_typing.final
+class SetPausedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def node(self) -> Global___Node: ...
+    def __init__(
+        self,
+        *,
+        node: Global___Node | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPausedResponse: _TypeAlias = SetPausedResponse  # noqa: Y015

@@ -74,6 +74,21 @@ class RegistryServiceStub:
                 request_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.WatchNodesRequest.SerializeToString,
                 response_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.WatchNodesResponse.FromString,
                 _registered_method=True)
+        self.AttachLink = channel.unary_unary(
+                '/idlegrid.registry.v1.RegistryService/AttachLink',
+                request_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.AttachLinkRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.AttachLinkResponse.FromString,
+                _registered_method=True)
+        self.DetachLink = channel.unary_unary(
+                '/idlegrid.registry.v1.RegistryService/DetachLink',
+                request_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.DetachLinkRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.DetachLinkResponse.FromString,
+                _registered_method=True)
+        self.SetPaused = channel.unary_unary(
+                '/idlegrid.registry.v1.RegistryService/SetPaused',
+                request_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetPausedRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetPausedResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -153,6 +168,36 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AttachLink(self, request, context):
+        """Relay (service credential in `authorization`) on behalf of a node that
+        opened a link to it; the node's own token in `x-idlegrid-node-token`
+        proves the node (UNAUTHENTICATED otherwise). The link replaces any
+        earlier one. A JOINING node, or one OFFLINE because its link was lost,
+        is verified again through the new link (→ VERIFYING → READY).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DetachLink(self, request, context):
+        """Relay (service credential): the node's link dropped. The node goes
+        OFFLINE (STATE_REASON_LINK_LOST) unless `link_id` is not its current
+        link (a newer link on another relay wins). Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPaused(self, request, context):
+        """Node token: the owner is using the GPU (or the node is outside its
+        serving schedule, or over its power or temperature limit): READY →
+        PAUSED with `detail`; no new jobs go to it, running jobs finish.
+        `paused = false` resumes it (PAUSED → READY). Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -195,6 +240,21 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.WatchNodes,
                     request_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.WatchNodesRequest.FromString,
                     response_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.WatchNodesResponse.SerializeToString,
+            ),
+            'AttachLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttachLink,
+                    request_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.AttachLinkRequest.FromString,
+                    response_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.AttachLinkResponse.SerializeToString,
+            ),
+            'DetachLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.DetachLink,
+                    request_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.DetachLinkRequest.FromString,
+                    response_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.DetachLinkResponse.SerializeToString,
+            ),
+            'SetPaused': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPaused,
+                    request_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetPausedRequest.FromString,
+                    response_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetPausedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -413,6 +473,87 @@ class RegistryService:
             '/idlegrid.registry.v1.RegistryService/WatchNodes',
             idlegrid_dot_registry_dot_v1_dot_registry__pb2.WatchNodesRequest.SerializeToString,
             idlegrid_dot_registry_dot_v1_dot_registry__pb2.WatchNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttachLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.registry.v1.RegistryService/AttachLink',
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.AttachLinkRequest.SerializeToString,
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.AttachLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DetachLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.registry.v1.RegistryService/DetachLink',
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.DetachLinkRequest.SerializeToString,
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.DetachLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPaused(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.registry.v1.RegistryService/SetPaused',
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetPausedRequest.SerializeToString,
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetPausedResponse.FromString,
             options,
             channel_credentials,
             insecure,

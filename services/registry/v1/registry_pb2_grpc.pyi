@@ -133,6 +133,24 @@ class RegistryServiceStub:
     disconnect. A watcher that falls too far behind is closed with
     RESOURCE_EXHAUSTED; it reconnects with its last revision.
     """
+    AttachLink: _grpc.UnaryUnaryMultiCallable[_registry_pb2.AttachLinkRequest, _registry_pb2.AttachLinkResponse]
+    """Relay (service credential in `authorization`) on behalf of a node that
+    opened a link to it; the node's own token in `x-idlegrid-node-token`
+    proves the node (UNAUTHENTICATED otherwise). The link replaces any
+    earlier one. A JOINING node, or one OFFLINE because its link was lost,
+    is verified again through the new link (→ VERIFYING → READY).
+    """
+    DetachLink: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DetachLinkRequest, _registry_pb2.DetachLinkResponse]
+    """Relay (service credential): the node's link dropped. The node goes
+    OFFLINE (STATE_REASON_LINK_LOST) unless `link_id` is not its current
+    link (a newer link on another relay wins). Idempotent.
+    """
+    SetPaused: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetPausedRequest, _registry_pb2.SetPausedResponse]
+    """Node token: the owner is using the GPU (or the node is outside its
+    serving schedule, or over its power or temperature limit): READY →
+    PAUSED with `detail`; no new jobs go to it, running jobs finish.
+    `paused = false` resumes it (PAUSED → READY). Idempotent.
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -176,6 +194,24 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     coalesced load reports. See WatchNodesRequest for resuming after a
     disconnect. A watcher that falls too far behind is closed with
     RESOURCE_EXHAUSTED; it reconnects with its last revision.
+    """
+    AttachLink: _aio.UnaryUnaryMultiCallable[_registry_pb2.AttachLinkRequest, _registry_pb2.AttachLinkResponse]  # type: ignore[assignment]
+    """Relay (service credential in `authorization`) on behalf of a node that
+    opened a link to it; the node's own token in `x-idlegrid-node-token`
+    proves the node (UNAUTHENTICATED otherwise). The link replaces any
+    earlier one. A JOINING node, or one OFFLINE because its link was lost,
+    is verified again through the new link (→ VERIFYING → READY).
+    """
+    DetachLink: _aio.UnaryUnaryMultiCallable[_registry_pb2.DetachLinkRequest, _registry_pb2.DetachLinkResponse]  # type: ignore[assignment]
+    """Relay (service credential): the node's link dropped. The node goes
+    OFFLINE (STATE_REASON_LINK_LOST) unless `link_id` is not its current
+    link (a newer link on another relay wins). Idempotent.
+    """
+    SetPaused: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetPausedRequest, _registry_pb2.SetPausedResponse]  # type: ignore[assignment]
+    """Node token: the owner is using the GPU (or the node is outside its
+    serving schedule, or over its power or temperature limit): READY →
+    PAUSED with `detail`; no new jobs go to it, running jobs finish.
+    `paused = false` resumes it (PAUSED → READY). Idempotent.
     """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -265,6 +301,42 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         coalesced load reports. See WatchNodesRequest for resuming after a
         disconnect. A watcher that falls too far behind is closed with
         RESOURCE_EXHAUSTED; it reconnects with its last revision.
+        """
+
+    @_abc_1.abstractmethod
+    def AttachLink(
+        self,
+        request: _registry_pb2.AttachLinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.AttachLinkResponse, _abc.Awaitable[_registry_pb2.AttachLinkResponse]]:
+        """Relay (service credential in `authorization`) on behalf of a node that
+        opened a link to it; the node's own token in `x-idlegrid-node-token`
+        proves the node (UNAUTHENTICATED otherwise). The link replaces any
+        earlier one. A JOINING node, or one OFFLINE because its link was lost,
+        is verified again through the new link (→ VERIFYING → READY).
+        """
+
+    @_abc_1.abstractmethod
+    def DetachLink(
+        self,
+        request: _registry_pb2.DetachLinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.DetachLinkResponse, _abc.Awaitable[_registry_pb2.DetachLinkResponse]]:
+        """Relay (service credential): the node's link dropped. The node goes
+        OFFLINE (STATE_REASON_LINK_LOST) unless `link_id` is not its current
+        link (a newer link on another relay wins). Idempotent.
+        """
+
+    @_abc_1.abstractmethod
+    def SetPaused(
+        self,
+        request: _registry_pb2.SetPausedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.SetPausedResponse, _abc.Awaitable[_registry_pb2.SetPausedResponse]]:
+        """Node token: the owner is using the GPU (or the node is outside its
+        serving schedule, or over its power or temperature limit): READY →
+        PAUSED with `detail`; no new jobs go to it, running jobs finish.
+        `paused = false` resumes it (PAUSED → READY). Idempotent.
         """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
