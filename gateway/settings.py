@@ -97,12 +97,12 @@ class GatewaySettings:
     db_acquire_timeout_ms: int = 1000
     # Admin keys and money.
     admin_key_ttl_s: int = ADMIN_KEY_TTL_S_DEFAULT
-    topup_call_max_micros: int = 10**15
-    topup_key_day_max_micros: int = 10**16
-    topup_day_max_micros: int = 10**17
-    payout_call_max_micros: int = 10**15
-    payout_key_day_max_micros: int = 10**16
-    payout_day_max_micros: int = 10**17
+    topup_call_max_micros: int = 10**12  # 1,000,000 credits
+    topup_key_day_max_micros: int = 10**13
+    topup_day_max_micros: int = 10**14
+    payout_call_max_micros: int = 10**12  # 1,000,000 credits
+    payout_key_day_max_micros: int = 10**13
+    payout_day_max_micros: int = 10**14
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in _BOUNDS.items():
