@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(shell find proto -name '*.proto' | sort)
 
-.PHONY: install run test test-fast proto proto-check lint bench clean
+.PHONY: install run test test-fast fuzz proto proto-check lint bench clean
 
 install: $(STAMP)
 
@@ -20,13 +20,26 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/idlegrid up
 
-test: install proto-check lint
+test: install proto-check lint browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The console's browser tests (tests/console) drive Debian's chromium through
+# Playwright; Playwright's own browser download is never used.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
 
 # Everything but the scenarios marked slow (real services with demo Tritons,
 # or otherwise long): about a minute here, under 90 s.
 test-fast: install
 	$(BIN)/python -m pytest -q -x -p no:cacheprovider -m "not slow"
+
+# Schemathesis against the gateway's OpenAPI document (tests/fuzz), longer
+# than the bounded run in `make test`: FUZZ_EXAMPLES examples per operation
+# (make fuzz FUZZ_EXAMPLES=1000), FUZZ_SEED to vary the seed.
+FUZZ_EXAMPLES ?= 200
+fuzz: install
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_TIMEOUT_S=3600 $(BIN)/python -m pytest -q -p no:cacheprovider tests/fuzz
 
 # The generated gRPC API of each service lives in its package, as
 # idlegrid.<service>.v1: proto/idlegrid/ledger/v1 -> ledger/v1,

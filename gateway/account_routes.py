@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from idlegrid.gateway import onboarding, params, views
 from idlegrid.gateway.context import caller, gw, metadata
-from idlegrid.gateway.errors import bad_request, rpc
+from idlegrid.gateway.errors import rpc
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
 from idlegrid.metering.v1 import metering_pb2 as mpb
 
@@ -53,11 +53,9 @@ async def transactions(request: Request) -> Response:
     rec = await caller(request, "consumer", "admin")
     g = gw(request)
     account_id = params.own_account(request, rec)
-    raw = params.cursor(request)
-    if raw and not raw.isdigit():
-        raise bad_request("'cursor' is malformed", param="cursor")
+    after_seq = params.seq_cursor(request) or 0
     r = await rpc(g.backends.ledger.GetAccountTransfers(lpb.GetAccountTransfersRequest(
-        account_id=account_id, after_seq=int(raw or 0), limit=params.limit(request), reversed=True),
+        account_id=account_id, after_seq=after_seq, limit=params.limit(request), reversed=True),
         timeout=g.rpc_timeout_s, metadata=metadata(request)))
     return JSONResponse({"object": "list", "account_id": views.uid(account_id),
                          "data": [views.transfer(t, account_id) for t in r.transfers],

@@ -16,6 +16,8 @@ IDLEGRID_GATEWAY_ADMIN_KEY_TTL_S.
 
 from __future__ import annotations
 
+import re
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -29,6 +31,8 @@ from idlegrid.gateway.errors import ApiError, bad_request, rpc
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
 
 S = lpb.OperationStatus
+IDEMPOTENCY_KEY_CHARS_MAX = 128
+IDEMPOTENCY_KEY = re.compile(r"[^\x00-\x1f\x7f]+")
 
 
 async def create_account(request: Request) -> Response:
@@ -117,9 +121,11 @@ async def _money(request: Request, action: str) -> MoneyOp:
     body = await bodies.read_json(request, g.settings.body_bytes_max)
     bodies.only(body, {"amount_micros", "idempotency_key"})
     amount = bodies.integer(body, "amount_micros", lo=1, hi=AMOUNT_MAX, required_=True)
-    key = bodies.string(body, "idempotency_key", required_=True, max_len=128)
+    key = bodies.string(body, "idempotency_key", required_=True, max_len=IDEMPOTENCY_KEY_CHARS_MAX)
     if not key:
         raise bad_request("'idempotency_key' must not be empty", param="idempotency_key")
+    if not IDEMPOTENCY_KEY.fullmatch(key):  # PostgreSQL text holds no NUL; no key needs a control character
+        raise bad_request("'idempotency_key' must not contain control characters", param="idempotency_key")
     assert amount is not None and key is not None  # required_
     return MoneyOp(action=action, key_id=rec.key_id, account_id=account_id, amount_micros=amount,
                    idempotency_key=key)
@@ -182,10 +188,8 @@ async def payout(request: Request) -> Response:
 async def audit_trail(request: Request) -> Response:
     await caller(request, "admin")
     g = gw(request)
-    limit, raw = params.limit(request), params.cursor(request)
-    if raw and not (raw.isdigit() and len(raw) <= 19):
-        raise bad_request("'cursor' is malformed", param="cursor")
-    entries = await audit.page(g.pool, before_seq=int(raw) if raw else None, limit=limit)
+    limit, before_seq = params.limit(request), params.seq_cursor(request)
+    entries = await audit.page(g.pool, before_seq=before_seq, limit=limit)
     more = len(entries) == limit and entries[-1].seq > 1
     return JSONResponse({"object": "list", "data": [audit.view(e) for e in entries],
                          "next_cursor": str(entries[-1].seq) if more else None})

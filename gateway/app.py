@@ -9,11 +9,12 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from idlegrid.gateway import (
     account_routes,
     admin_routes,
+    console,
     health_routes,
     kserve_routes,
     openai_routes,
@@ -38,12 +39,23 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return _render(request, exc)
 
 
+def _allowed(request: Request) -> str:
+    """Every method of every route on this path: Starlette's own 405 names
+    only the first route's, and a path may have one route per method."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         err = ApiError(404, f"no route {request.method} {request.url.path}", code="unknown_route")
     elif exc.status_code == 405:
-        allow = (exc.headers or {}).get("Allow", "")
+        allow = _allowed(request) or (exc.headers or {}).get("Allow", "")
         err = ApiError(405, f"method {request.method} is not allowed on {request.url.path}; allowed: {allow}",
                        code="method_not_allowed", headers={"Allow": allow})
     else:
@@ -55,7 +67,7 @@ def routes() -> list[Route]:
     return [
         *openai_routes.routes(), *kserve_routes.routes(), *account_routes.routes(), *provider_routes.routes(),
         *admin_routes.routes(), *health_routes.routes(), *openapi.routes(),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]), *console.routes(),
     ]
 
 

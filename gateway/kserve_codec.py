@@ -149,7 +149,7 @@ def decode_request(raw: bytes, header_length: str | None) -> InferBody:
         if extra:
             raise bad_request(f"{param}: unknown field {extra[0]!r}", param=param)
         datatype = t.get("datatype")
-        if datatype not in _DTYPES and datatype not in ("BYTES", *_BINARY_ONLY):
+        if not isinstance(datatype, str) or datatype not in _DTYPES and datatype not in ("BYTES", *_BINARY_ONLY):
             raise bad_request(f"{param}.datatype {str(datatype)[:20]!r} is not a KServe v2 datatype", param=param)
         shape = _shape(t, param)
         count = math.prod(shape)

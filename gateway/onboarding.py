@@ -74,7 +74,7 @@ async def created_kind(db: Db, account_id: bytes) -> str | None:
 
 
 def check(kind: object, name: object) -> tuple[str, str]:
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:  # a JSON object or list is unhashable
         raise bad_request("'kind' must be consumer or provider", param="kind")
     if not isinstance(name, str) or not NAME.match(name):
         raise bad_request("'name' must be 1..100 characters of [A-Za-z0-9_.@+-]", param="name")

@@ -126,7 +126,7 @@ def _messages(body: dict) -> list[spb.ChatMessage]:
         if not isinstance(m, dict):
             raise bad_request(f"messages[{i}] must be an object", param=f"messages[{i}]", code="invalid_type")
         role = m.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # an object or list is unhashable
             raise bad_request(f"messages[{i}].role must be one of system, developer, user, assistant; "
                               f"got {str(role)[:40]!r}", param=f"messages[{i}].role", code="invalid_role")
         extra = set(m) - {"role", "content", "name"}

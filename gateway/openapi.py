@@ -11,165 +11,197 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from idlegrid.common.paging import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
+from idlegrid.common.paging import PAGE_SIZE_DEFAULT
+from idlegrid.gateway import openapi_schemas as S
+from idlegrid.gateway.console import api_doc as console_doc
 
 VERSION = "0.1.0"
 _ERRORS = {
     400: "invalid request", 401: "missing, malformed, unknown, revoked or expired API key",
-    402: "not enough credits", 403: "the key's scope does not allow this, or an admin limit refuses it", 404: "unknown model, account or key", 409: "conflict",
-    413: "request too large",
+    402: "not enough credits",
+    403: "the key's scope does not allow this, or an admin limit refuses it", 404: "unknown model, account or key",
+    409: "conflict", 413: "request too large",
     429: "rate limited, per key or per client address, or too many of the key's requests in flight "
          "(see Retry-After)",
-    503: "no node available, a backend is down or the database is busy (see Retry-After)",
+    502: "a backend service failed", 503: "no node available, a backend is down or the database is busy "
+                                         "(see Retry-After)",
     504: "deadline exceeded",
 }
-_ERROR = {"$ref": "#/components/schemas/Error"}
-_OBJ = {"type": "object"}
-_STR = {"type": "string"}
-_INT = {"type": "integer"}
+# What any call that reads keys or backends may answer besides its own errors.
+_BASE = (401, 403, 429, 503)
+_TEXT_ERRORS = (400, 401, 402, 403, 404, 409, 413, 429, 502, 503, 504)
+_PAGE_Q = (("limit", S.LIMIT_Q, "page size (default {PAGE_SIZE_DEFAULT})"),
+           ("cursor", S.CURSOR_Q, "next_cursor of the previous page"))
+_ACCOUNT_Q = (("account_id", S.ACCOUNT_ID_Q, "the account to read"),)
+_WINDOW_Q = (("since", S.STR, "RFC 3339 time or unix seconds (inclusive)"),
+             ("until", S.STR, "RFC 3339 time or unix seconds (exclusive)"))
+_CAPS = ("Capped per call, per admin key per UTC day and for all admin keys per UTC day "
+         "(IDLEGRID_GATEWAY_{action}_CALL_MAX_MICROS, _KEY_DAY_MAX_MICROS, _DAY_MAX_MICROS): over a cap, 403 "
+         "naming it, and nothing is done. Every call is audited (GET /v1/admin/audit).")
+_EMPTY = object()  # an answer without a body
 
 
 def _json(schema: dict) -> dict:
     return {"content": {"application/json": {"schema": schema}}}
 
 
-def _op(summary: str, tag: str, *, errors: tuple[int, ...] = (401, 403, 429), body: dict | None = None,
-        ok: dict | None = None, ok_status: int = 200, query: tuple[tuple[str, dict, str], ...] = (),
-        path: tuple[str, ...] = (), secure: bool = True, stream: bool = False, description: str = "") -> dict:
-    responses: dict = {str(ok_status): {"description": "OK", **_json(ok or _OBJ)}}
+def _op(op_id: str, summary: str, tag: str, *, errors: tuple[int, ...] = _BASE, body: dict | None = None,
+        ok: object = S.OBJ, ok_status: int = 200, ok_types: tuple[str, ...] = ("application/json",),
+        query: tuple[tuple[str, dict, str], ...] = (), path: tuple[str, ...] = (), secure: bool = True,
+        stream: bool = False, kserve: bool = False, links: dict | None = None, description: str = "",
+        body_required: bool = True) -> dict:
+    answer: dict = {"description": "OK"}
+    if ok is not _EMPTY:
+        answer["content"] = {t: {"schema": ok} for t in ok_types}
     if stream:
-        responses[str(ok_status)]["content"]["text/event-stream"] = {"schema": _STR}
+        answer["content"]["text/event-stream"] = {"schema": S.STR}
+    if links:
+        answer["links"] = links
+    responses: dict = {str(ok_status): answer}
+    error = S.ref("KServeError" if kserve else "Error")
     for code in errors:
-        responses[str(code)] = {"description": _ERRORS[code], **_json(_ERROR)}
-    op: dict = {"summary": summary, "tags": [tag], "responses": responses}
+        responses[str(code)] = {"description": _ERRORS[code], **_json(error)}
+    op: dict = {"operationId": op_id, "summary": summary, "tags": [tag], "responses": responses}
     if description:
         op["description"] = description
-    if secure:
-        op["security"] = [{"apiKey": []}]
-    parameters = [{"name": n, "in": "path", "required": True, "schema": _STR} for n in path]
-    parameters += [{"name": n, "in": "query", "required": False, "schema": s, "description": d} for n, s, d in query]
+    op["security"] = [{"apiKey": []}] if secure else []
+    parameters = [{"name": n, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+                  for n in path]
+    parameters += [{"name": n, "in": "query", "required": False, "schema": s, "description": d.format(
+        PAGE_SIZE_DEFAULT=PAGE_SIZE_DEFAULT)} for n, s, d in query]
     if parameters:
         op["parameters"] = parameters
     if body is not None:
-        op["requestBody"] = {"required": True, **_json(body)}
+        op["requestBody"] = {"required": body_required, **_json(body)}
     return op
 
 
-_ACCOUNT_Q = (("account_id", _STR, "admin keys: the account to read"),)
-_WINDOW_Q = (("since", _STR, "RFC 3339 time or unix seconds (inclusive)"),
-             ("until", _STR, "RFC 3339 time or unix seconds (exclusive)"))
-_PAGE_Q = (("limit", _INT, f"page size, 1..{PAGE_SIZE_MAX} (default {PAGE_SIZE_DEFAULT})"),
-           ("cursor", _STR, "next_cursor of the previous page"))
-_TEXT_ERRORS = (400, 401, 402, 403, 404, 409, 413, 429, 503, 504)
-_CHAT = {"type": "object", "required": ["model", "messages"], "properties": {
-    "model": _STR, "messages": {"type": "array", "items": {"type": "object", "required": ["role", "content"],
-                                                           "properties": {"role": {"enum": ["system", "developer",
-                                                                                            "user", "assistant"]},
-                                                                          "content": _STR}}},
-    "max_tokens": _INT, "max_completion_tokens": _INT, "temperature": {"type": "number"},
-    "top_p": {"type": "number"}, "stop": {}, "seed": _INT, "n": {"const": 1}, "stream": {"type": "boolean"},
-    "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}}}}
-_COMPLETION = {"type": "object", "required": ["model", "prompt"], "properties": {
-    **{k: v for k, v in _CHAT["properties"].items() if k not in ("messages", "max_completion_tokens")},
-    "prompt": _STR}}
-_MONEY = {"type": "object", "required": ["amount_micros", "idempotency_key"],
-          "properties": {"amount_micros": _INT, "idempotency_key": _STR}}
-_CAPS = ("Capped per call, per admin key per UTC day and for all admin keys per UTC day "
-         "(IDLEGRID_GATEWAY_{action}_CALL_MAX_MICROS, _KEY_DAY_MAX_MICROS, _DAY_MAX_MICROS): over a cap, 403 "
-         "naming it, and nothing is done. Every call is audited (GET /v1/admin/audit).")
-_NULL_STR = {"type": ["string", "null"]}
-_AUDIT_PAGE = {"type": "object", "required": ["data"], "properties": {
-    "object": {"const": "list"}, "next_cursor": _NULL_STR,
-    "data": {"type": "array", "items": {"type": "object", "properties": {
-        "seq": _INT, "at": _STR, "actor": {"type": "string", "description": "the admin key id, or cli"},
-        "action": {"enum": ["create_account", "create_key", "revoke_key", "topup", "payout"]},
-        "result": {"enum": ["started", "ok", "already_applied", "refused", "failed"]},
-        "account_id": _NULL_STR, "key_id": _NULL_STR, "amount_micros": {"type": ["integer", "null"]},
-        "idempotency_key": _NULL_STR, "detail": _STR}}}}}
-_MODEL = ("model",)
-_MODEL_V = ("model", "version")
-_KSERVE_INFER = {"type": "object", "required": ["inputs"], "properties": {
-    "id": _STR, "parameters": _OBJ, "inputs": {"type": "array", "items": _OBJ}, "outputs": {"type": "array",
-                                                                                         "items": _OBJ}}}
+def _link(op_id: str, description: str, **parameters: str) -> dict:
+    """An OpenAPI link: what a client (and the stateful fuzzer) does next."""
+    return {"operationId": op_id, "description": description,
+            "parameters": {k.replace("__", "."): v for k, v in parameters.items()}}
+
+
+_ACCOUNT_LINKS = {
+    "TopUp": _link("topUp", "credit the new account", path__account_id="$response.body#/account_id"),
+    "PayOut": _link("payOut", "pay the new account out", path__account_id="$response.body#/account_id"),
+    "ReadAccount": _link("getAccount", "read it", query__account_id="$response.body#/account_id"),
+    "ReadUsage": _link("getUsage", "its usage", query__account_id="$response.body#/account_id"),
+    "ReadTransactions": _link("getTransactions", "its transfers", query__account_id="$response.body#/account_id"),
+    "ReadEarnings": _link("getEarnings", "its earnings", query__account_id="$response.body#/account_id"),
+    "ReadNodes": _link("listNodes", "its nodes", query__account_id="$response.body#/account_id"),
+    "CreateKey": {"operationId": "createKey", "description": "a key for the new account",
+                  "requestBody": {"scope": "$response.body#/kind", "account_id": "$response.body#/account_id"}},
+}
+_KEY_LINKS = {
+    "RevokeKey": _link("revokeKey", "revoke it", path__key_id="$response.body#/key_id"),
+    "UseKey": _link("listModels", "use it", header__Authorization="Bearer {$response.body#/key}"),
+    "UseKeyOnAccount": _link("getAccount", "read its account with it",
+                             header__Authorization="Bearer {$response.body#/key}"),
+}
+_MONEY_LINKS = {
+    "ReadAccount": _link("getAccount", "the balance after", query__account_id="$response.body#/account/account_id"),
+    "ReadTransactions": _link("getTransactions", "the transfer",
+                              query__account_id="$response.body#/account/account_id"),
+}
+
+
+def _paths() -> dict:
+    v1, part, prov, adm, ks, ops = "OpenAI-compatible", "Partners", "Providers", "Admins", "KServe v2", "Operations"
+    model, model_v = ("model",), ("model", "version")
+    return {
+        "/v1/models": {"get": _op("listModels", "Models served by ready nodes, with price ranges", v1,
+                                  ok=S.ref("ModelList"))},
+        "/v1/models/{model}": {"get": _op("getModel", "One model", v1, path=model, errors=(*_BASE, 404),
+                                          ok=S.ref("Model"))},
+        "/v1/chat/completions": {"post": _op(
+            "createChatCompletion", "Chat completion (stream with SSE)", v1, body=S.CHAT, errors=_TEXT_ERRORS,
+            stream=True, ok=S.ref("ChatCompletion"),
+            description="Headers: x-idlegrid-job-id, x-idlegrid-node, x-idlegrid-cost-micros (not on streams: "
+                        "the last chunk carries usage.cost_micros). Idempotency-Key makes a retry safe. "
+                        "503 when no ready node serves the model.")},
+        "/v1/completions": {"post": _op("createCompletion", "Text completion (stream with SSE)", v1,
+                                        body=S.COMPLETION, errors=_TEXT_ERRORS, stream=True,
+                                        ok=S.ref("TextCompletion"))},
+        "/v1/embeddings": {"post": _op("createEmbedding", "Embeddings (where a node serves an embedding model)",
+                                       v1, body=S.EMBEDDINGS, errors=(*_BASE, 400, 404, 413))},
+        "/v1/account": {"get": _op("getAccount", "The account's balances", part, query=_ACCOUNT_Q,
+                                   errors=(*_BASE, 400, 404, 502, 504), ok=S.ref("Account"))},
+        "/v1/account/usage": {"get": _op(
+            "getUsage", "Usage: aggregates per time bucket and per-job line items", part,
+            query=(*_ACCOUNT_Q, *_WINDOW_Q, ("bucket", S.STR, "minute, hour, day, week or seconds"),
+                   ("group_by", {"enum": ["none", "model", "node"]}, "grouping of the buckets"), *_PAGE_Q),
+            errors=(*_BASE, 400, 502, 504), ok=S.ref("Usage"))},
+        "/v1/account/transactions": {"get": _op(
+            "getTransactions", "Ledger transfers of the account, newest first", part, query=(*_ACCOUNT_Q, *_PAGE_Q),
+            errors=(*_BASE, 400, 404, 502, 504), ok=S.ref("TransactionPage"))},
+        "/v1/provider/earnings": {"get": _op(
+            "getEarnings", "Earnings: settled, paid out, pending; by node and model; per-job line items", prov,
+            query=(*_ACCOUNT_Q, *_WINDOW_Q, *_PAGE_Q), errors=(*_BASE, 400, 404, 502, 504), ok=S.ref("Earnings"))},
+        "/v1/provider/nodes": {"get": _op("listNodes", "The provider's nodes", prov, query=(*_ACCOUNT_Q, *_PAGE_Q),
+                                          errors=(*_BASE, 400, 404, 502, 504), ok=S.ref("NodePage"))},
+        "/v1/admin/accounts": {"post": _op(
+            "createAccount",
+            "Create a consumer or provider account (a provider also gets its registry token, shown once)",
+            adm, ok_status=201, errors=(*_BASE, 400, 409, 502, 504), body=S.CREATE_ACCOUNT,
+            ok=S.ref("CreatedAccount"), links=_ACCOUNT_LINKS)},
+        "/v1/admin/keys": {"post": _op(
+            "createKey", "Create an API key (shown once)", adm, ok_status=201, errors=(*_BASE, 400, 404, 502, 504),
+            body=S.CREATE_KEY, ok=S.ref("CreatedKey"), links=_KEY_LINKS)},
+        "/v1/admin/keys/{key_id}": {"delete": _op("revokeKey", "Revoke an API key, at once", adm, path=("key_id",),
+                                                  errors=(*_BASE, 404), ok=S.ref("RevokedKey"))},
+        "/v1/admin/accounts/{account_id}/topup": {"post": _op(
+            "topUp", "Add credits to a consumer account (idempotent by key)", adm, path=("account_id",),
+            body=S.MONEY, errors=(*_BASE, 400, 404, 409, 502, 504), description=_CAPS.format(action="TOPUP"),
+            ok=S.ref("MoneyOperation"), links=_MONEY_LINKS)},
+        "/v1/admin/accounts/{account_id}/payout": {"post": _op(
+            "payOut", "Pay a provider out (idempotent by key)", adm, path=("account_id",), body=S.MONEY,
+            errors=(*_BASE, 400, 402, 404, 409, 502, 504), description=_CAPS.format(action="PAYOUT"),
+            ok=S.ref("MoneyOperation"), links=_MONEY_LINKS)},
+        "/v1/admin/audit": {"get": _op(
+            "getAudit", "The audit trail of keys and admin actions, newest first", adm, query=_PAGE_Q,
+            errors=(*_BASE, 400), ok=S.ref("AuditPage"))},
+        "/v2": {"get": _op("serverMetadata", "KServe v2 server metadata", ks, secure=False, errors=(), kserve=True,
+                           ok=S.ref("ServerMetadata"))},
+        "/v2/health/live": {"get": _op("serverLive", "Live (no body)", ks, secure=False, errors=(), ok=_EMPTY)},
+        "/v2/health/ready": {"get": _op("serverReady", "Ready (no body; 503 without it)", ks, secure=False,
+                                        errors=(), ok=_EMPTY)},
+        "/v2/models/{model}": {"get": _op("modelMetadata", "Model metadata", ks, path=model, kserve=True,
+                                          errors=(*_BASE, 404, 502, 504), ok=S.ref("ModelMetadata"))},
+        "/v2/models/{model}/ready": {"get": _op("modelReady", "Model ready (no body)", ks, path=model, kserve=True,
+                                                errors=(*_BASE, 404), ok=_EMPTY)},
+        "/v2/models/{model}/infer": {"post": _op(
+            "modelInfer", "Inference (JSON tensors, or Triton's binary tensor data extension)", ks, path=model,
+            body=S.KSERVE_INFER, errors=_TEXT_ERRORS, kserve=True, ok=S.ref("InferResponse"),
+            ok_types=("application/json", "application/octet-stream"))},
+        "/v2/models/{model}/versions/{version}": {"get": _op(
+            "modelVersionMetadata", "Model metadata", ks, path=model_v, kserve=True,
+            errors=(*_BASE, 404, 502, 504), ok=S.ref("ModelMetadata"))},
+        "/v2/models/{model}/versions/{version}/ready": {"get": _op(
+            "modelVersionReady", "Model ready (no body)", ks, path=model_v, kserve=True, errors=(*_BASE, 404),
+            ok=_EMPTY)},
+        "/v2/models/{model}/versions/{version}/infer": {"post": _op(
+            "modelVersionInfer", "Inference", ks, path=model_v, body=S.KSERVE_INFER, errors=_TEXT_ERRORS,
+            kserve=True, ok=S.ref("InferResponse"), ok_types=("application/json", "application/octet-stream"))},
+        "/healthz": {"get": _op("healthz", "The process is alive", ops, secure=False, errors=(), ok=S.ref("Live"))},
+        "/readyz": {"get": _op("readyz", "Database and backend services answer", ops, secure=False, errors=(),
+                               ok=S.ref("Ready"))},
+        "/metrics": {"get": _op("metrics", "Prometheus metrics", ops, secure=False, errors=(), ok=S.STR,
+                                ok_types=("text/plain",))},
+        "/openapi.json": {"get": _op("openapi", "This document", ops, secure=False, errors=(), ok=S.OBJ)},
+        "/docs": {"get": _op("docs", "Interactive documentation", ops, secure=False, errors=(), ok=S.STR,
+                             ok_types=("text/html",))},
+        "/docs/assets/{name}": {"get": _op(
+            "docsAsset", "A static asset of the documentation page (served from the package)", ops, secure=False,
+            errors=(404,), ok=S.STR, path=("name",), ok_types=("text/css", "text/javascript", "image/png"))},
+    }
 
 
 def document() -> dict:
-    v1 = "OpenAI-compatible"
-    paths = {
-        "/v1/models": {"get": _op("Models served by ready nodes, with price ranges", v1, errors=(401, 429, 503))},
-        "/v1/models/{model}": {"get": _op("One model", v1, path=_MODEL, errors=(401, 404, 429, 503))},
-        "/v1/chat/completions": {"post": _op(
-            "Chat completion (stream with SSE)", v1, body=_CHAT, errors=_TEXT_ERRORS, stream=True,
-            description="Headers: x-idlegrid-job-id, x-idlegrid-node, x-idlegrid-cost-micros (not on streams: "
-                        "the last chunk carries usage.cost_micros). Idempotency-Key makes a retry safe.")},
-        "/v1/completions": {"post": _op("Text completion (stream with SSE)", v1, body=_COMPLETION,
-                                        errors=_TEXT_ERRORS, stream=True)},
-        "/v1/embeddings": {"post": _op("Embeddings (where a node serves an embedding model)", v1,
-                                       body={"type": "object", "required": ["model", "input"]},
-                                       errors=(400, 401, 403, 404, 413, 429))},
-        "/v1/account": {"get": _op("The account's balances", "Partners", query=_ACCOUNT_Q, errors=(400, 401, 403,
-                                                                                                   404, 429))},
-        "/v1/account/usage": {"get": _op(
-            "Usage: aggregates per time bucket and per-job line items", "Partners",
-            query=(*_ACCOUNT_Q, *_WINDOW_Q, ("bucket", _STR, "minute, hour, day, week or seconds"),
-                   ("group_by", {"enum": ["none", "model", "node"]}, "grouping of the buckets"), *_PAGE_Q),
-            errors=(400, 401, 403, 429))},
-        "/v1/account/transactions": {"get": _op("Ledger transfers of the account, newest first", "Partners",
-                                                query=(*_ACCOUNT_Q, *_PAGE_Q), errors=(400, 401, 403, 429))},
-        "/v1/provider/earnings": {"get": _op(
-            "Earnings: settled, paid out, pending; by node and model; per-job line items", "Providers",
-            query=(*_ACCOUNT_Q, *_WINDOW_Q, *_PAGE_Q), errors=(400, 401, 403, 404, 429))},
-        "/v1/provider/nodes": {"get": _op("The provider's nodes", "Providers", query=(*_ACCOUNT_Q, *_PAGE_Q),
-                                          errors=(400, 401, 403, 404, 429))},
-        "/v1/admin/accounts": {"post": _op(
-            "Create a consumer or provider account (a provider also gets its registry token, shown once)",
-            "Admins", ok_status=201, errors=(400, 401, 403, 409, 429),
-            body={"type": "object", "required": ["kind", "name"],
-                  "properties": {"kind": {"enum": ["consumer", "provider"]}, "name": _STR}})},
-        "/v1/admin/keys": {"post": _op(
-            "Create an API key (shown once)", "Admins", ok_status=201, errors=(400, 401, 403, 404, 429),
-            body={"type": "object", "required": ["scope"], "properties": {
-                "scope": {"enum": ["consumer", "provider", "admin"]}, "account_id": _STR,
-                "rate_per_s": _INT, "burst": _INT,
-                "expires_in_s": {"type": "integer", "minimum": 1,
-                                 "description": "life of the key; admin keys: default and at most "
-                                                "IDLEGRID_GATEWAY_ADMIN_KEY_TTL_S"}}})},
-        "/v1/admin/keys/{key_id}": {"delete": _op("Revoke an API key, at once", "Admins", path=("key_id",),
-                                                  errors=(401, 403, 404, 429))},
-        "/v1/admin/accounts/{account_id}/topup": {"post": _op(
-            "Add credits to a consumer account (idempotent by key)", "Admins", path=("account_id",), body=_MONEY,
-            errors=(400, 401, 403, 404, 409, 429, 503), description=_CAPS.format(action="TOPUP"))},
-        "/v1/admin/accounts/{account_id}/payout": {"post": _op(
-            "Pay a provider out (idempotent by key)", "Admins", path=("account_id",), body=_MONEY,
-            errors=(400, 401, 402, 403, 404, 409, 429, 503), description=_CAPS.format(action="PAYOUT"))},
-        "/v1/admin/audit": {"get": _op(
-            "The audit trail of keys and admin actions, newest first", "Admins", query=_PAGE_Q,
-            errors=(400, 401, 403, 429), ok=_AUDIT_PAGE)},
-        "/v2": {"get": _op("KServe v2 server metadata", "KServe v2", secure=False, errors=())},
-        "/v2/health/live": {"get": _op("Live", "KServe v2", secure=False, errors=())},
-        "/v2/health/ready": {"get": _op("Ready", "KServe v2", secure=False, errors=(503,))},
-        "/v2/models/{model}": {"get": _op("Model metadata", "KServe v2", path=_MODEL, errors=(401, 404, 503))},
-        "/v2/models/{model}/ready": {"get": _op("Model ready", "KServe v2", path=_MODEL, errors=(401, 404))},
-        "/v2/models/{model}/infer": {"post": _op(
-            "Inference (JSON tensors, or Triton's binary tensor data extension)", "KServe v2", path=_MODEL,
-            body=_KSERVE_INFER, errors=_TEXT_ERRORS)},
-        "/v2/models/{model}/versions/{version}": {"get": _op("Model metadata", "KServe v2", path=_MODEL_V,
-                                                             errors=(401, 404, 503))},
-        "/v2/models/{model}/versions/{version}/ready": {"get": _op("Model ready", "KServe v2", path=_MODEL_V,
-                                                                   errors=(401, 404))},
-        "/v2/models/{model}/versions/{version}/infer": {"post": _op("Inference", "KServe v2", path=_MODEL_V,
-                                                                    body=_KSERVE_INFER, errors=_TEXT_ERRORS)},
-        "/healthz": {"get": _op("The process is alive", "Operations", secure=False, errors=())},
-        "/readyz": {"get": _op("Database and backend services answer", "Operations", secure=False, errors=(503,))},
-        "/metrics": {"get": _op("Prometheus metrics", "Operations", secure=False, errors=(),
-                                ok={"type": "string"})},
-        "/openapi.json": {"get": _op("This document", "Operations", secure=False, errors=())},
-        "/docs": {"get": _op("Interactive documentation", "Operations", secure=False, errors=(),
-                             ok={"type": "string"})},
-        "/docs/assets/{name}": {"get": _op("A static asset of the documentation page (served from the package)",
-                                           "Operations", secure=False, errors=(404,), ok={"type": "string"},
-                                           path=("name",))},
-    }
+    paths = console_doc.add_to(_paths())  # two answers that differ from the pattern of _op:
+    paths["/v2/health/ready"]["get"]["responses"]["503"] = {"description": "the gateway's node view is not synced"}
+    paths["/readyz"]["get"]["responses"]["503"] = {"description": "a dependency does not answer",
+                                                   **_json(S.ref("Ready"))}
     return {
         "openapi": "3.1.0",
         "info": {"title": "idlegrid gateway", "version": VERSION,
@@ -179,9 +211,7 @@ def document() -> dict:
         "components": {
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer",
                                            "description": "Authorization: Bearer ig_<key id>_<secret>"}},
-            "schemas": {"Error": {"type": "object", "required": ["error"], "properties": {"error": {
-                "type": "object", "properties": {"message": _STR, "type": _STR, "param": {"type": ["string", "null"]},
-                                                 "code": {"type": ["string", "null"]}}}}}},
+            "schemas": S.COMPONENTS,
         },
     }
 

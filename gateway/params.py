@@ -104,6 +104,20 @@ def cursor(request: Request) -> str:
     return raw
 
 
+SEQ_MAX = (1 << 63) - 1  # a bigint sequence number
+
+
+def seq_cursor(request: Request) -> int | None:
+    """A cursor that is a sequence number: ASCII digits within a bigint
+    (``str.isdigit`` would let "²" through to ``int``)."""
+    raw = cursor(request)
+    if not raw:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > SEQ_MAX:
+        raise bad_request("'cursor' is malformed", param="cursor")
+    return int(raw)
+
+
 def choice(request: Request, name: str, choices: tuple[str, ...], default: str) -> str:
     raw = request.query_params.get(name) or default
     if raw not in choices:
