@@ -52,6 +52,13 @@ class NodeInfo:
         return self.node.state == rpb.NODE_STATE_READY and now >= self.quarantined_until
 
 
+def _came_back(old: rpb.Node, new: rpb.Node) -> bool:
+    """READY again after being something else, or READY on a new link."""
+    if new.state != rpb.NODE_STATE_READY:
+        return False
+    return old.state != rpb.NODE_STATE_READY or old.link.link_id != new.link.link_id
+
+
 def _info(node: rpb.Node, old: NodeInfo | None) -> NodeInfo:
     models = {m.offer.name: m for m in node.models if m.verified}
     cores = max(1, node.hardware.cpu_cores)
@@ -62,6 +69,10 @@ def _info(node: rpb.Node, old: NodeInfo | None) -> NodeInfo:
         for f in ("in_flight", "latency_ms", "completed", "failed", "mismatches",
                   "consecutive_failures", "quarantined_until"):
             setattr(info, f, getattr(old, f))
+        if _came_back(old.node, node):
+            # The registry has just verified the node again (a new link, a new
+            # registration): the failures that quarantined it are its past.
+            info.consecutive_failures, info.quarantined_until = 0, 0.0
     if node.HasField("load"):
         info.reported_in_flight, info.queue_depth = node.load.in_flight, node.load.queue_depth
     return info

@@ -44,6 +44,7 @@ from idlegrid.common.errors import from_rpc_error
 from idlegrid.node import hardware
 from idlegrid.node.discovery import discover
 from idlegrid.node.gpu_activity import GpuActivity, NvmlActivity
+from idlegrid.node.joining import join
 from idlegrid.node.link import NodeLink
 from idlegrid.node.load import LoadProbe, TritonLoadProbe
 from idlegrid.node.options import (
@@ -139,7 +140,7 @@ class NodeAgent:
         if self._probe is None:
             self._probe = TritonLoadProbe(o.triton_url, metrics_url=o.metrics_url,
                                           nvml=await asyncio.to_thread(hardware.Nvml.open))
-        await self._register()
+        await join(self._register, wait_s=o.join_wait_s, backoff_max_s=o.backoff_max_s)
         self._beats = asyncio.create_task(self._heartbeats(), name="node-heartbeats")
         idle = o.node_config.idle
         if self._activity is None:

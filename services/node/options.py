@@ -46,6 +46,7 @@ class AgentOptions:
     drain_poll_s: float = 0.25
     drain_timeout_s: float = 60.0        # deregister anyway after this
     backoff_max_s: float = 10.0          # reconnects and re-registrations
+    join_wait_s: float = 300.0           # the first registration retries while the registry is unreachable
     agent_version: str = AGENT_VERSION
     # Linked mode: relay replicas ("host:port"), tried in turn; empty: the
     # node registers its Triton's address as a direct endpoint (only where
