@@ -7,8 +7,11 @@ agent) that joins through the relay like any node behind NAT; creates a demo
 partner with credits, a demo provider and their keys; prints how to use them
 and writes them (and ``relay_addr``) to ``$IDLEGRID_HOME/demo.json``.
 ``--no-demo-node`` starts everything but the demo node (join your own with
-``idlegrid node start --relay``). Ctrl-C stops everything; a second run
-reuses the data and the demo accounts."""
+``idlegrid node start --relay``). Ctrl-C (or SIGTERM) stops everything at
+any moment, start-up included: what started stops in reverse order, the
+database last; a second Ctrl-C kills what is left, and still stops the
+database (cli/up_parts.py). A second run reuses the data and the demo
+accounts, also after a crash (a stale ``postmaster.pid`` is recovered)."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
+from idlegrid.cli.up_parts import Parts, Signals, finish, say, start_demo_triton
 from idlegrid.common import db, logs
 from idlegrid.common.config import Config
 from idlegrid.common.errors import ConfigError
@@ -58,11 +62,6 @@ def _advertised(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _say(msg: str) -> None:
-    sys.stdout.write(msg + "\n")
-    sys.stdout.flush()
-
-
 class _Step:
     def __init__(self, n: int, total: int, what: str) -> None:
         self.label = f"[{n}/{total}] {what}"
@@ -75,7 +74,10 @@ class _Step:
 
     def __exit__(self, exc_type, exc, tb):
         took = time.monotonic() - self.t
-        _say(f"done ({took:.1f} s)" if exc is None else f"FAILED: {exc}")
+        if exc is None:
+            say(f"done ({took:.1f} s)")
+        else:
+            say("interrupted" if isinstance(exc, asyncio.CancelledError) else f"FAILED: {exc}")
         return False
 
 
@@ -152,9 +154,30 @@ Ctrl-C stops everything.
 
 
 async def _up(args, config: Config) -> int:
+    logs.configure(fmt=config.log_format, level=args.log_level)
+    relay_listen = _listen(args.relay_listen, config.ports["relay"])
+    signals, parts = Signals(), Parts()
+    say(f"idlegrid up: data in {config.home}")
+    with signals.installed():
+        run = asyncio.create_task(_run(args, config, relay_listen, parts, signals), name="idlegrid-up")
+        signals.target = run
+        try:
+            await run
+        except asyncio.CancelledError:
+            if not signals.requested.is_set():
+                raise
+            say("\nstopping ...")
+        finally:
+            await parts.stop_all(signals)
+    say("stopped.")
+    return 0
+
+
+async def _run(args, config: Config, relay_listen: tuple[str, int], parts: Parts, signals: Signals) -> None:
+    """The start-up steps, then the wait for a signal (which cancels this)."""
     from idlegrid.cli import demo_node
-    from idlegrid.common.server import wait_for_signal
-    from idlegrid.demo import start_demo_triton
+    from idlegrid.common import embedded_pg
+    from idlegrid.demo import start_demo_triton as launch_demo_triton
     from idlegrid.gateway import service as gateway_service
     from idlegrid.ledger import service as ledger_service
     from idlegrid.metering import service as metering_service
@@ -164,71 +187,68 @@ async def _up(args, config: Config) -> int:
     from idlegrid.relay import service as relay_service
     from idlegrid.scheduler import service as scheduler_service
 
-    logs.configure(fmt=config.log_format, level=args.log_level)
-    relay_host, relay_port = _listen(args.relay_listen, config.ports["relay"])
+    relay_host, relay_port = relay_listen
     demo_path = config.home / "demo.json"
-    stops: list = []
-    agent = None
     total = 9 if args.demo_node else 8
-    _say(f"idlegrid up: data in {config.home}")
-    try:
-        with _Step(1, total, "database" + (" (IDLEGRID_DATABASE_URL)" if config.database_url
-                                             else f" (embedded PostgreSQL in {config.home / 'pg'})")):
-            url = await db.resolve_url(config)
-        with _Step(2, total, f"ledger on :{config.ports['ledger']}"):
-            s = await ledger_service.start(config, database_url=url)
-            stops.append(s.stop)
-        with _Step(3, total, f"metering on :{config.ports['metering']}"):
-            s = await metering_service.start(config, database_url=url)
-            stops.append(s.stop)
-        with _Step(4, total, f"registry on :{config.ports['registry']}"):
-            reg = await registry_service.start(config, database_url=url)
-            stops.append(reg.stop)
-        with _Step(5, total, f"relay on {relay_host}:{relay_port}"):
-            advertise = config.relay_advertise_addr or (_advertised(relay_host, relay_port) if relay_port else None)
-            relay = await relay_service.start(config, host=relay_host, port=relay_port, advertise_addr=advertise)
-            stops.append(relay.stop)
-            relay_addr = relay.advertise_addr
-        with _Step(6, total, f"scheduler on :{config.ports['scheduler']}"):
-            s = await scheduler_service.start(config)
-            stops.append(s.stop)
-        with _Step(7, total, f"gateway on :{config.ports['gateway']}"):
-            gw = await gateway_service.start(config, database_url=url)
-            stops.append(gw.stop)
-        with _Step(8, total, "demo accounts and keys"):
-            demo = await _demo_accounts(gw, _read_demo(demo_path))
-            demo["gateway_url"] = f"http://127.0.0.1:{gw.port}"
-            demo["relay_addr"] = relay_addr
+
+    def server(s, name: str) -> None:
+        parts.add(name, s.stop, lambda: s.stop(grace_s=0))
+
+    with _Step(1, total, "database" + (" (IDLEGRID_DATABASE_URL)" if config.database_url
+                                         else f" (embedded PostgreSQL in {config.home / 'pg'})")):
+        if not config.database_url:  # whatever happens next, it stops with us
+            parts.add("database", lambda: asyncio.to_thread(embedded_pg.stop, config.home),
+                      lambda: asyncio.to_thread(embedded_pg.stop, config.home, fast=True))
+        url = await finish(db.resolve_url(config))
+    with _Step(2, total, f"ledger on :{config.ports['ledger']}"):
+        server(await ledger_service.start(config, database_url=url), "ledger")
+    with _Step(3, total, f"metering on :{config.ports['metering']}"):
+        server(await metering_service.start(config, database_url=url), "metering")
+    with _Step(4, total, f"registry on :{config.ports['registry']}"):
+        reg = await registry_service.start(config, database_url=url)
+        server(reg, "registry")
+    with _Step(5, total, f"relay on {relay_host}:{relay_port}"):
+        advertise = config.relay_advertise_addr or (_advertised(relay_host, relay_port) if relay_port else None)
+        relay = await relay_service.start(config, host=relay_host, port=relay_port, advertise_addr=advertise)
+        server(relay, "relay")
+        relay_addr = relay.advertise_addr
+    with _Step(6, total, f"scheduler on :{config.ports['scheduler']}"):
+        server(await scheduler_service.start(config), "scheduler")
+    with _Step(7, total, f"gateway on :{config.ports['gateway']}"):
+        gw = await gateway_service.start(config, database_url=url)
+        server(gw, "gateway")
+    with _Step(8, total, "demo accounts and keys"):
+        demo = await _demo_accounts(gw, _read_demo(demo_path))
+        demo["gateway_url"] = f"http://127.0.0.1:{gw.port}"
+        demo["relay_addr"] = relay_addr
+        _write_private(demo_path, json.dumps(demo, indent=2) + "\n")
+    if args.demo_node:
+        with _Step(9, total, "demo provider node, joining through the relay (a real Triton on the CPU, "
+                             "on loopback; the first start loads the model)"):
+            triton = await start_demo_triton(launch_demo_triton, signals)
+            parts.add("demo Triton", lambda: asyncio.to_thread(triton.stop),
+                      lambda: asyncio.to_thread(triton.kill))
+            node_id = uuid.UUID(demo["node_id"]).bytes if demo.get("node_id") else None
+            agent = NodeAgent(AgentOptions(
+                registry_addr=f"127.0.0.1:{reg.port}", provider_token=demo["provider_token"],
+                triton_url=triton.grpc_url, metrics_url=triton.metrics_url, relay_addrs=(relay_addr,),
+                node_config=await asyncio.to_thread(demo_node.node_config), node_id=node_id,
+                channel_config=config))
+            ready = False
+
+            async def leave() -> None:
+                if ready:
+                    say("  draining the demo node ...")
+                    await agent.drain()
+                else:
+                    await agent.stop()
+
+            parts.add("demo node agent", leave, agent.stop)
+            await agent.start()
+            await agent.wait_for(READY, timeout_s=180)
+            ready = True
+            demo["node_id"] = str(uuid.UUID(bytes=agent.node_id))
             _write_private(demo_path, json.dumps(demo, indent=2) + "\n")
-        if args.demo_node:
-            with _Step(9, total, "demo provider node, joining through the relay (a real Triton on the CPU, "
-                                 "on loopback; the first start loads the model)"):
-                triton = await asyncio.to_thread(start_demo_triton)
-                stops.append(lambda: asyncio.to_thread(triton.stop))
-                node_id = uuid.UUID(demo["node_id"]).bytes if demo.get("node_id") else None
-                agent = NodeAgent(AgentOptions(
-                    registry_addr=f"127.0.0.1:{reg.port}", provider_token=demo["provider_token"],
-                    triton_url=triton.grpc_url, metrics_url=triton.metrics_url, relay_addrs=(relay_addr,),
-                    node_config=await asyncio.to_thread(demo_node.node_config), node_id=node_id,
-                    channel_config=config))
-                await agent.start()
-                stops.append(agent.stop)
-                await agent.wait_for(READY, timeout_s=180)
-                demo["node_id"] = str(uuid.UUID(bytes=agent.node_id))
-                _write_private(demo_path, json.dumps(demo, indent=2) + "\n")
-        demo["demo_file"] = str(demo_path)
-        _say(_examples(demo))
-        await wait_for_signal()
-        if agent is not None:
-            _say("\nstopping: draining the demo node, then the services ...")
-            await agent.drain()
-        else:
-            _say("\nstopping the services ...")
-    finally:
-        for stop in reversed(stops):
-            try:
-                await stop()
-            except Exception as e:  # noqa: BLE001 - stop everything else regardless
-                _say(f"  (while stopping: {e!r})")
-    _say("stopped.")
-    return 0
+    demo["demo_file"] = str(demo_path)
+    say(_examples(demo))
+    await asyncio.Event().wait()  # until a signal cancels this

@@ -1,5 +1,6 @@
-"""Client channels to other idlegrid services: the service token on every
-call, TLS when a CA is configured, bounded message sizes and keepalive."""
+"""Client channels to other idlegrid services: the caller's own credential
+on every call (its identity's token; under mTLS, its client certificate),
+TLS when a CA is configured, bounded message sizes and keepalive."""
 
 from __future__ import annotations
 
@@ -62,9 +63,12 @@ class _Call:
         return self._call(request, metadata=md, **kwargs)
 
 
-def with_token(stub, token: str):
+def with_token(stub, token: str | None):
     """Wraps a generated stub so that every call carries ``token``: cheaper than
-    a client interceptor, for hot paths (the scheduler's calls to the ledger)."""
+    a client interceptor, for hot paths (the scheduler's calls to the ledger).
+    None (mTLS: the certificate names the caller) leaves the stub as is."""
+    if token is None:
+        return stub
     md = bearer(token)
     for name, call in list(vars(stub).items()):
         setattr(stub, name, _Call(call, md))
@@ -77,6 +81,10 @@ def open_channel(addr: str, *, token: str | None, config: Config | None = None) 
     md = bearer(token) if token else ()
     interceptors = [_UnaryUnary(md), _UnaryStream(md), _StreamStream(md)] if token else []
     if config is not None and config.tls_ca is not None:
-        creds = grpc.ssl_channel_credentials(root_certificates=config.tls_ca.read_bytes())
+        mtls = config.auth == "mtls"  # this process's certificate names it to the server
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=config.tls_ca.read_bytes(),
+            private_key=config.tls_key.read_bytes() if mtls else None,  # type: ignore[union-attr]
+            certificate_chain=config.tls_cert.read_bytes() if mtls else None)  # type: ignore[union-attr]
         return grpc.aio.secure_channel(addr, creds, options=_OPTIONS, interceptors=interceptors)
     return grpc.aio.insecure_channel(addr, options=_OPTIONS, interceptors=interceptors)

@@ -7,7 +7,11 @@ fails with its name. Nothing else in the code reads ``os.environ``.
 |---|---|---|
 | IDLEGRID_HOME | ./.idlegrid | data directory (embedded database, demo keys) |
 | IDLEGRID_DATABASE_URL | (unset) | PostgreSQL URL; unset = embedded PostgreSQL in $IDLEGRID_HOME/pg |
-| IDLEGRID_SERVICE_TOKEN | (unset) | shared token services present to each other; unset = a token kept in $IDLEGRID_HOME/service-token |
+| IDLEGRID_AUTH | token | how services know each other: token (one machine: a token per identity) or mtls (the identity in each client certificate; needs IDLEGRID_TLS_CERT/KEY/CA) |
+| IDLEGRID_TOKEN_<IDENTITY> | (unset) | the token of one identity (LEDGER, REGISTRY, SCHEDULER, METERING, GATEWAY, RELAY, OPERATOR; see idlegrid.common.identities); unset = one kept in $IDLEGRID_HOME/tokens/<identity> |
+| IDLEGRID_SERVICE_TOKEN | (unset) | tests and benchmarks only, never in a deployment: the operator's token, from which every other identity's token is derived (HMAC) when not set on its own |
+| IDLEGRID_DB_PASSWORD_<SCHEMA> | (unset) | `idlegrid migrate` only: the password it sets on the role idlegrid_<schema> (LEDGER, REGISTRY, METERING, GATEWAY); unset = the role's password is left as it is |
+| IDLEGRID_MIGRATE_ON_START | 1 | 1: each service migrates its schema at start (one machine); 0: only `idlegrid migrate` runs DDL (production) |
 | IDLEGRID_LOG_FORMAT | auto | json, console, or auto (console on a TTY) |
 | IDLEGRID_LOG_LEVEL | info | debug, info, warning, error |
 | IDLEGRID_BIND_HOST | 127.0.0.1 | interface the services listen on |
@@ -21,6 +25,7 @@ fails with its name. Nothing else in the code reads ``os.environ``.
 | IDLEGRID_SCHEDULER_ADDR | 127.0.0.1:$IDLEGRID_SCHEDULER_PORT | where clients find the scheduler |
 | IDLEGRID_METERING_ADDR | 127.0.0.1:$IDLEGRID_METERING_PORT | where clients find metering |
 | IDLEGRID_RELAY_ADVERTISE_ADDR | (the relay's bind host:port) | where the marketplace reaches this relay replica (recorded with each link) |
+| IDLEGRID_{REGISTRY,RELAY}_NODE_PORT | registry/relay port + 1000 | under IDLEGRID_AUTH=mtls: the port where node agents (no cluster certificate) reach the registry and the relays |
 | IDLEGRID_TLS_CERT / IDLEGRID_TLS_KEY | (unset) | PEM files: serve gRPC over TLS when both are set |
 | IDLEGRID_TLS_CA | (unset) | PEM file: clients verify servers with it (TLS on when set) |
 | IDLEGRID_DB_POOL_MAX | 10 | connections per service pool |
@@ -33,11 +38,15 @@ fails with its name. Nothing else in the code reads ``os.environ``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from idlegrid.common.errors import ConfigError
+from idlegrid.common.identities import IDENTITIES, OPERATOR
+
+_AUTH_MODES = ("token", "mtls")
+_SCHEMAS = ("ledger", "registry", "metering", "gateway")  # the services that own a schema
 
 _LOG_FORMATS = ("auto", "json", "console")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -83,6 +92,17 @@ class Config:
     gateway_url: str | None = None
     api_key: str | None = None
     relay_advertise_addr: str | None = None
+    auth: str = "token"
+    # Under mTLS, the ports where node agents (which have no cluster
+    # certificate) reach the registry and the relays.
+    node_ports: Mapping[str, int] = field(default_factory=dict)
+    tokens: Mapping[str, str] = field(default_factory=dict)  # identity -> token, from the environment
+    migrate_on_start: bool = True
+    db_role_passwords: Mapping[str, str] = field(default_factory=dict)  # schema -> password (migrate only)
+
+    def node_port(self, service: str) -> int:
+        """The port node agents use under mTLS (registry, relay)."""
+        return self.node_ports[service]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -103,6 +123,13 @@ class Config:
         tls_cert, tls_key = env.get("IDLEGRID_TLS_CERT"), env.get("IDLEGRID_TLS_KEY")
         if bool(tls_cert) != bool(tls_key):
             raise ConfigError("IDLEGRID_TLS_CERT and IDLEGRID_TLS_KEY must be set together")
+        auth = _choice(env, "IDLEGRID_AUTH", "token", _AUTH_MODES)
+        if auth == "mtls" and not (tls_cert and env.get("IDLEGRID_TLS_CA")):
+            raise ConfigError("IDLEGRID_AUTH=mtls needs IDLEGRID_TLS_CERT, IDLEGRID_TLS_KEY and IDLEGRID_TLS_CA")
+        tokens = {i: env[f"IDLEGRID_TOKEN_{i.upper()}"] for i in IDENTITIES if env.get(f"IDLEGRID_TOKEN_{i.upper()}")}
+        migrate = env.get("IDLEGRID_MIGRATE_ON_START", "") or "1"
+        if migrate not in ("0", "1"):
+            raise ConfigError(f"IDLEGRID_MIGRATE_ON_START must be 0 or 1, got {migrate!r}")
         return cls(
             home=home,
             database_url=env.get("IDLEGRID_DATABASE_URL") or None,
@@ -121,12 +148,51 @@ class Config:
             gateway_url=env.get("IDLEGRID_GATEWAY_URL") or None,
             api_key=env.get("IDLEGRID_API_KEY") or None,
             relay_advertise_addr=env.get("IDLEGRID_RELAY_ADVERTISE_ADDR") or None,
+            auth=auth, tokens=tokens,
+            node_ports={name: env_int(env, f"IDLEGRID_{name.upper()}_NODE_PORT", ports[name] + 1000, lo=0, hi=65535)
+                        for name in ("registry", "relay")}, migrate_on_start=migrate == "1",
+            db_role_passwords={s: env[f"IDLEGRID_DB_PASSWORD_{s.upper()}"] for s in _SCHEMAS
+                               if env.get(f"IDLEGRID_DB_PASSWORD_{s.upper()}")},
         )
 
     def token(self) -> str:
-        """The service token: from the environment, or one kept in the home dir."""
-        if self.service_token:
-            return self.service_token
-        from idlegrid.common.secrets import home_service_token
+        """The operator's token (the ``idlegrid`` CLI's credential)."""
+        token = self.token_for(OPERATOR)
+        if token is None:
+            raise ConfigError("IDLEGRID_AUTH=mtls: the operator calls with a client certificate, not a token")
+        return token
 
-        return home_service_token(self.home)
+    def token_for(self, identity: str) -> str | None:
+        """The token ``identity`` presents (None under mTLS): from
+        IDLEGRID_TOKEN_<IDENTITY>, else derived from IDLEGRID_SERVICE_TOKEN
+        (tests), else the one kept in $IDLEGRID_HOME/tokens."""
+        from idlegrid.common.auth import check_token
+        from idlegrid.common.secrets import home_token
+
+        if self.auth == "mtls":
+            return None
+        try:
+            if identity in self.tokens:
+                return check_token(f"IDLEGRID_TOKEN_{identity.upper()}", self.tokens[identity])
+            if self.service_token:
+                root = check_token("IDLEGRID_SERVICE_TOKEN", self.service_token)
+                return root if identity == OPERATOR else _derive(root, identity)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        return home_token(self.home, identity)
+
+    def guard(self, identities: Iterable[str]):
+        """What a server uses to tell who calls: the tokens of ``identities``,
+        or their client certificates under mTLS."""
+        from idlegrid.common.auth import CertGuard, TokenGuard
+
+        if self.auth == "mtls":
+            return CertGuard()
+        return TokenGuard({i: self.token_for(i) for i in identities})  # type: ignore[misc]
+
+
+def _derive(root: str, identity: str) -> str:
+    import hashlib
+    import hmac
+
+    return hmac.new(root.encode(), f"idlegrid identity {identity}".encode(), hashlib.sha256).hexdigest()

@@ -26,17 +26,12 @@ _SQL_COMMENT = re.compile(r"--[^\n]*")
 
 
 def embedded_server(home: Path, *, cleanup_mode: str = "stop"):
-    """Starts (or joins) the embedded PostgreSQL in ``home/pg``. With "stop",
-    the server stops when the last process that joined it exits."""
-    import logging as stdlib_logging
-    import warnings
+    """Starts (or joins) the embedded PostgreSQL in ``home/pg``, recovering
+    from a stale ``postmaster.pid`` left by a crash (common/embedded_pg.py).
+    With "stop", the server stops when the last process that joined it exits."""
+    from idlegrid.common import embedded_pg
 
-    warnings.filterwarnings("ignore", module="platformdirs")  # XDG_RUNTIME_DIR unset: harmless
-    import pgserver
-
-    stdlib_logging.getLogger("pgserver").setLevel(stdlib_logging.WARNING)
-    home.mkdir(parents=True, exist_ok=True)
-    return pgserver.get_server(home / "pg", cleanup_mode=cleanup_mode)
+    return embedded_pg.server(home, cleanup_mode=cleanup_mode)
 
 
 def embedded_url(home: Path) -> str:
@@ -199,3 +194,59 @@ async def migrate(pool: asyncpg.Pool, schema: str, directory: Path) -> list[str]
     if applied:
         log.info("db.migrated", schema=schema, applied=applied)
     return applied
+
+
+# -- service roles (least privilege): one login role per schema, DML only ---
+
+ROLE_PREFIX = "idlegrid_"
+
+
+def role_name(schema: str) -> str:
+    """The database role of the service that owns ``schema``."""
+    if not re.fullmatch(r"[a-z_]+", schema):
+        raise ConfigError(f"bad schema name {schema!r}")
+    return f"{ROLE_PREFIX}{schema}"
+
+
+def role_url(url: str, schema: str, password: str | None = None) -> str:
+    """``url`` with the user (and password) of ``schema``'s role."""
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    port = f":{parts.port}" if parts.port else ""
+    auth = role_name(schema) + (f":{quote(password, safe='')}" if password else "")
+    return urlunsplit((parts.scheme, f"{auth}@{host}{port}", parts.path, parts.query, parts.fragment))
+
+
+async def grant_service_role(conn, schema: str, *, password: str | None = None) -> str:
+    """Creates (or updates) ``schema``'s role: it may log in, use its own
+    schema, read and write its tables, use its sequences and run its
+    functions; it owns nothing, so it can run no DDL, and no other role but
+    the owner may use the schema. Idempotent; run by ``idlegrid migrate``
+    after the migrations, so new tables and functions are granted too."""
+    role = role_name(schema)
+    secret = "" if password is None else " PASSWORD " + _literal(password)
+    try:  # roles belong to the whole server: another database's migrate may make it first
+        await conn.execute(f"CREATE ROLE {role}")
+    except (asyncpg.DuplicateObjectError, asyncpg.UniqueViolationError):
+        pass
+    async with conn.transaction():
+        await conn.execute(f"ALTER ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT{secret}")
+        await conn.execute(f"REVOKE ALL ON SCHEMA {schema} FROM PUBLIC")
+        await conn.execute(f"REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA {schema} FROM PUBLIC")
+        await conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+        await conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}")
+        await conn.execute(f"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}")
+        await conn.execute(f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {schema} TO {role}")
+        # The migrations' bookkeeping is the migrator's alone.
+        for table in ("schema_migrations", "schema_functions"):
+            await conn.execute(f"REVOKE INSERT, UPDATE, DELETE ON {schema}.{table} FROM {role}")
+    return role
+
+
+def _literal(text: str) -> str:
+    if "\x00" in text:
+        raise ConfigError("a role password cannot contain NUL")
+    return "'" + text.replace("'", "''") + "'"

@@ -1,5 +1,9 @@
 """The server-side policy every RPC of every service goes through:
-authentication with the service token, a canonical structured log line per
+who calls (a guard of idlegrid.common.auth: per-identity tokens, or the
+client certificate under mTLS) and whether that identity may call this
+method (the table in idlegrid.common.identities: an unknown or empty
+credential is UNAUTHENTICATED, a known caller on a method not meant for it
+PERMISSION_DENIED), a canonical structured log line per
 RPC (request id, method, status, duration), and the mapping of domain errors
 to gRPC status codes (raw exceptions become INTERNAL, never a stack trace).
 
@@ -20,7 +24,8 @@ import grpc
 import structlog
 from google.protobuf import descriptor_pool
 
-from idlegrid.common.auth import AUTH_KEY, token_matches
+from idlegrid.common import identities
+from idlegrid.common.auth import AUTH_KEY
 from idlegrid.common.errors import REASON_KEY, IdlegridError
 
 log = structlog.get_logger("rpc")
@@ -36,8 +41,12 @@ except ImportError:  # pragma: no cover
 _PASS_THROUGH = (*_ABORT, asyncio.CancelledError, GeneratorExit)
 
 
+class _Unknown(Exception):
+    """No credential, or one of no identity this server accepts."""
+
+
 class _Denied(Exception):
-    pass
+    """A known caller on a method not meant for it."""
 
 
 def _stray_cancel(e: BaseException) -> bool:
@@ -47,14 +56,19 @@ def _stray_cancel(e: BaseException) -> bool:
 
 
 class RpcPolicy:
-    def __init__(self, *, token: str | None, open_methods: Iterable[str] = (),
+    def __init__(self, *, guard, open_methods: Iterable[str] = (),
                  quiet_methods: Iterable[str] = ()) -> None:
-        """``token``: the service token every call must present (None: no check).
-        ``open_methods``: full method names that authenticate on their own (e.g.
-        calls from provider nodes with node tokens). ``quiet_methods``: hot,
-        high-volume methods logged at debug level when they succeed."""
-        self._token = token
+        """``guard``: tells the caller's identity (idlegrid.common.auth), which
+        must be one the identities table allows for the method; None: no
+        check (tests of the bootstrap only). ``open_methods``: full method
+        names that authenticate on their own (the node methods, with node
+        tokens; each must be a node method in the table). ``quiet_methods``:
+        hot, high-volume methods logged at debug level when they succeed."""
+        self._guard = guard
         self._open = frozenset(open_methods)
+        stray = [m for m in self._open if not identities.is_node_method(m)]
+        if stray:
+            raise ValueError(f"open methods must be node methods in idlegrid.common.identities: {stray}")
         self._quiet = frozenset(quiet_methods)
 
     def wrap_servicer(self, servicer: object, full_name: str) -> object:
@@ -74,17 +88,23 @@ class RpcPolicy:
                 setattr(wrapped, m.name, self._wrap_unary(method, fn))
         return wrapped
 
-    def _begin(self, context, needs_auth: bool) -> None:
+    def _begin(self, context, allowed: frozenset[str] | None) -> None:
+        """``allowed``: the identities the method accepts (None: no check)."""
         structlog.contextvars.clear_contextvars()
-        request_id = None
-        authorized = not needs_auth
+        request_id = authorization = None
         for key, value in context.invocation_metadata() or ():
             if key == REQUEST_ID_KEY:
                 request_id = value[:128]
-            elif key == AUTH_KEY and needs_auth:
-                authorized = token_matches(value, self._token or "")
+            elif key == AUTH_KEY:
+                authorization = value
         structlog.contextvars.bind_contextvars(request_id=request_id or uuid.uuid4().hex)
-        if not authorized:
+        if allowed is None:
+            return
+        caller = self._guard.identify(authorization, context)
+        if caller is None:
+            raise _Unknown
+        structlog.contextvars.bind_contextvars(caller=caller)
+        if caller not in allowed:
             raise _Denied
 
     @staticmethod
@@ -104,26 +124,30 @@ class RpcPolicy:
 
     @staticmethod
     async def _fail(method: str, context, exc: BaseException) -> None:
+        if isinstance(exc, _Unknown):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid service credential")
         if isinstance(exc, _Denied):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid service token")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this caller may not call this method")
         if isinstance(exc, IdlegridError):
             context.set_trailing_metadata(((REASON_KEY, exc.reason),))
             await context.abort(exc.code, exc.message)
         log.error("rpc.unhandled", method=method, exc_info=exc)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
-    def _needs_auth(self, method: str) -> bool:
-        return self._token is not None and method not in self._open
+    def _allowed(self, method: str) -> frozenset[str] | None:
+        if self._guard is None or method in self._open:
+            return None
+        return identities.allowed(method)
 
     def _wrap_unary(self, method: str, fn):
-        needs_auth, quiet = self._needs_auth(method), method in self._quiet
+        allowed, quiet = self._allowed(method), method in self._quiet
         begin, finish, fail = self._begin, self._finish, self._fail
 
         async def unary(request, context):
             start = time.perf_counter()
             exc = None
             try:
-                begin(context, needs_auth)
+                begin(context, allowed)
                 return await fn(request, context)
             except _PASS_THROUGH as e:
                 exc = e
@@ -139,14 +163,14 @@ class RpcPolicy:
         return unary
 
     def _wrap_stream(self, method: str, fn):
-        needs_auth, quiet = self._needs_auth(method), method in self._quiet
+        allowed, quiet = self._allowed(method), method in self._quiet
         begin, finish, fail = self._begin, self._finish, self._fail
 
         async def stream(request, context):  # request: a message, or an iterator (bidi)
             start = time.perf_counter()
             exc = None
             try:
-                begin(context, needs_auth)
+                begin(context, allowed)
                 async for item in fn(request, context):
                     yield item
             except _PASS_THROUGH as e:

@@ -46,6 +46,7 @@ class RunningServer:
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     parts: dict[str, object] = field(default_factory=dict)  # service internals, for tests and tools
     grace_s: float = GRACE_S
+    node_port: int | None = None  # under mTLS: the port for node agents (no client certificate)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stops taking calls (health NOT_SERVING first, so balancers drain us),
@@ -58,11 +59,17 @@ class RunningServer:
         log.info("server.stopped", service=self.name)
 
 
-def _credentials(config: Config) -> grpc.ServerCredentials | None:
+def _credentials(config: Config, *, client_certs_required: bool = True) -> grpc.ServerCredentials | None:
+    """TLS when a certificate is set; under mTLS (IDLEGRID_AUTH=mtls) every
+    client must show a certificate of the cluster's CA: it names the caller.
+    ``client_certs_required=False``: the nodes' port (see start())."""
     if config.tls_cert is None:
         return None
+    mtls = config.auth == "mtls"
     return grpc.ssl_server_credentials(
-        [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())]  # type: ignore[union-attr]
+        [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())],  # type: ignore[union-attr]
+        root_certificates=config.tls_ca.read_bytes() if mtls else None,  # type: ignore[union-attr]
+        require_client_auth=mtls and client_certs_required,
     )
 
 
@@ -73,14 +80,16 @@ async def start(
     config: Config,
     port: int,
     host: str | None = None,
-    token: str | None,
+    guard,
     open_methods: Iterable[str] = (),
     quiet_methods: Iterable[str] = (),
+    node_port: int | None = None,
 ) -> RunningServer:
     """Starts a server for ``registrations`` on ``host:port`` (port 0 picks a
-    free one) and returns it with the bound port."""
+    free one) and returns it with the bound port. ``guard``: who calls
+    (``config.guard(...)``, see idlegrid.common.interceptors)."""
     registrations = list(registrations)
-    policy = RpcPolicy(token=token, open_methods=open_methods, quiet_methods=quiet_methods)
+    policy = RpcPolicy(guard=guard, open_methods=open_methods, quiet_methods=quiet_methods)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
@@ -107,12 +116,22 @@ async def start(
     bound = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"{name}: cannot bind {address}")
+    node_bound = None
+    if config.auth == "mtls" and node_port is not None:
+        # Node agents have no cluster certificate: under mTLS they get a port of
+        # their own, TLS without client certificates. Node methods authenticate
+        # with node tokens there; any other method finds no certificate
+        # identity and is refused by the guard.
+        node_address = f"{host or config.bind_host}:{node_port}"
+        node_bound = server.add_secure_port(node_address, _credentials(config, client_certs_required=False))
+        if node_bound == 0:
+            raise OSError(f"{name}: cannot bind {node_address}")
     await server.start()
     for svc in ("", *names):
         await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
     log.info("server.started", service=name, address=f"{host or config.bind_host}:{bound}", tls=creds is not None)
     return RunningServer(name=name, server=server, port=bound, health=health_servicer, services=names,
-                         grace_s=config.shutdown_grace_s)
+                         grace_s=config.shutdown_grace_s, node_port=node_bound)
 
 
 async def wait_for_signal() -> None:

@@ -7,7 +7,9 @@ gRPC services (ledger, registry, scheduler, metering) are asked with the
 standard grpc.health.v1 ``Check`` on 127.0.0.1 at their configured port. When
 the service serves TLS (IDLEGRID_TLS_CERT set), the check uses TLS too,
 verifying the certificate with IDLEGRID_TLS_CA against the host name in the
-service's IDLEGRID_<SERVICE>_ADDR, the name the certificate is issued for.
+service's IDLEGRID_<SERVICE>_ADDR, the name the certificate is issued for;
+under IDLEGRID_AUTH=mtls it shows the pod's own certificate as its client
+certificate, which such a server requires.
 The gateway is asked ``GET /readyz`` on its HTTP port.
 
 Compose uses it as the healthcheck of every service. Kubernetes uses it as an
@@ -42,8 +44,15 @@ def grpc_serving(config: Config, service: str) -> bool:
         channel = grpc.insecure_channel(target)
     else:
         roots = config.tls_ca.read_bytes() if config.tls_ca is not None else None
+        # Under mTLS the server refuses a client without a certificate of the
+        # cluster's CA: show the pod's own (the health service checks no identity).
+        mtls = config.auth == "mtls"
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=roots,
+            private_key=config.tls_key.read_bytes() if mtls and config.tls_key else None,
+            certificate_chain=config.tls_cert.read_bytes() if mtls else None)
         channel = grpc.secure_channel(
-            target, grpc.ssl_channel_credentials(root_certificates=roots),
+            target, creds,
             options=[("grpc.ssl_target_name_override", _host(config.addrs[service]))])
     with channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),

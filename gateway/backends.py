@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from idlegrid.common.channel import open_channel, with_token
 from idlegrid.common.config import Config
+from idlegrid.common.identities import GATEWAY
 from idlegrid.common.node_view import NodeTable, RegistryWatcher
 from idlegrid.ledger.v1 import ledger_pb2_grpc
 from idlegrid.metering.v1 import metering_pb2_grpc
@@ -34,7 +35,7 @@ class Backends:
 
     @classmethod
     def open(cls, config: Config, addrs: dict[str, str]) -> Backends:
-        token = config.token()
+        token = config.token_for(GATEWAY)  # the gateway's own identity
         channels = {name: open_channel(addrs[name], token=None, config=config) for name in SERVICES}
         registry = with_token(registry_pb2_grpc.RegistryServiceStub(channels["registry"]), token)
         table = NodeTable()

@@ -140,7 +140,8 @@ async def start(config: Config, *, port: int | None = None, host: str | None = N
     pool = await db.create_pool(url, max_size=config.db_pool_max)
     cleanup: list = [pool.close]
     try:
-        await db.migrate(pool, "gateway", MIGRATIONS)
+        if config.migrate_on_start:
+            await db.migrate(pool, "gateway", MIGRATIONS)
         given = {"ledger": ledger_addr, "scheduler": scheduler_addr, "metering": metering_addr,
                  "registry": registry_addr}
         backends = Backends.open(config, {s: given[s] or config.addrs[s] for s in SERVICES})

@@ -10,6 +10,7 @@ import structlog
 
 from idlegrid.common import db, server
 from idlegrid.common.config import Config
+from idlegrid.common.identities import LEDGER, accepted
 from idlegrid.ledger.chart import ensure_well_known
 from idlegrid.ledger.checkpoint_keys import signing_key
 from idlegrid.ledger.checkpoint_settings import CheckpointSettings
@@ -44,7 +45,8 @@ async def start(config: Config, *, port: int | None = None, database_url: str | 
     pool = await db.create_pool(url, max_size=config.db_pool_max)
     writer = None
     try:
-        await db.migrate(pool, "ledger", MIGRATIONS)
+        if config.migrate_on_start:
+            await db.migrate(pool, "ledger", MIGRATIONS)
         await ensure_well_known(pool)
         if checkpointer is not None:
             await checkpointer.start(pool)
@@ -55,7 +57,7 @@ async def start(config: Config, *, port: int | None = None, database_url: str | 
             [server.Registration(ledger_pb2_grpc.add_LedgerServiceServicer_to_server,
                                  LedgerServicer(pool, writer), SERVICE_NAME)],
             config=config, port=config.ports["ledger"] if port is None else port,
-            token=config.token(),
+            guard=config.guard(accepted(LEDGER)),
             quiet_methods=(f"/{SERVICE_NAME}/CreateTransfers", f"/{SERVICE_NAME}/Reserve",
                            f"/{SERVICE_NAME}/Settle", f"/{SERVICE_NAME}/SettleBatch"),
         )

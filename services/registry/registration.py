@@ -8,6 +8,9 @@ memory, so a failed registration leaves nothing behind; a node registered
 again goes back to JOINING, loses its link (the agent links again with its
 new token) and is verified again.
 
+Per-provider quotas (quotas.py) bound a provider's live nodes and its
+registrations per minute.
+
 A node registers without an endpoint (linked: reached only through its relay
 link) or, where the operator enabled direct endpoints, with one: admitted by
 direct.py (public addresses only, resolved once and pinned) and unique among
@@ -34,6 +37,7 @@ from idlegrid.common.errors import (
 from idlegrid.registry import credentials, direct, states, store, validate
 from idlegrid.registry.leases import Leases
 from idlegrid.registry.live import LiveView
+from idlegrid.registry.quotas import ProviderQuotas
 from idlegrid.registry.records import LiveNode, Provider
 from idlegrid.registry.settings import RegistrySettings
 from idlegrid.registry.store import Registration
@@ -71,6 +75,7 @@ class Registrar:
         self._writer = writer
         self._lifecycle = lifecycle
         self._leases = leases
+        self._quotas = ProviderQuotas(settings, view)
 
     # ------------------------------------------------------------ tokens
 
@@ -148,6 +153,8 @@ class Registrar:
         if node is None and len(view.nodes) + len(view.registering) >= self._settings.nodes_max:
             raise ResourceExhausted(f"the registry holds its maximum of {self._settings.nodes_max} nodes")
         writer.room()
+        self._quotas.admit(who.provider, node)
+        counted = node
         view.registering.add(node_id)
         if endpoint:
             self._claimed.add(endpoint)
@@ -171,6 +178,7 @@ class Registrar:
                 lifecycle.apply(node, states.JOINING, pb.STATE_REASON_REGISTERED, "registered again")
                 await written
         finally:
+            self._quotas.done(who.provider, counted)
             view.registering.discard(node_id)
             self._claimed.discard(endpoint)
         lifecycle.start_verification(node)  # a linked node waits in JOINING for its link

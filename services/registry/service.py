@@ -10,6 +10,7 @@ import structlog
 
 from idlegrid.common import db, server
 from idlegrid.common.config import Config
+from idlegrid.common.identities import REGISTRY, accepted
 from idlegrid.registry.canary import SkipVerifier, TritonVerifier, Verifier
 from idlegrid.registry.direct import Resolver
 from idlegrid.registry.reach import Reach
@@ -43,6 +44,10 @@ class RunningRegistry:
     def port(self) -> int:
         return self.server.port
 
+    @property
+    def node_port(self) -> int | None:
+        return self.server.node_port
+
     async def stop(self, grace_s: float = server.GRACE_S) -> None:
         await self.server.stop(grace_s)
 
@@ -57,8 +62,9 @@ async def start(config: Config, *, port: int | None = None, database_url: str | 
                     note="nodes become READY without their Triton being checked: benchmarks and tests only")
     url = database_url or await db.resolve_url(config)
     pool = await db.create_pool(url, max_size=config.db_pool_max)
-    await db.migrate(pool, "registry", MIGRATIONS)
-    reach = Reach(service_token=config.token(), relay_ca=str(config.tls_ca) if config.tls_ca else None,
+    if config.migrate_on_start:
+        await db.migrate(pool, "registry", MIGRATIONS)
+    reach = Reach(service_token=config.token_for(REGISTRY) or "", relay_ca=str(config.tls_ca) if config.tls_ca else None,
                   direct_tls=settings.direct_require_tls)
     registry = Registry(pool, settings, verifier_for(settings), reach=reach, resolver=resolver)
     await registry.open()
@@ -67,7 +73,8 @@ async def start(config: Config, *, port: int | None = None, database_url: str | 
         [server.Registration(registry_pb2_grpc.add_RegistryServiceServicer_to_server,
                              RegistryServicer(registry), SERVICE_NAME)],
         config=config, port=config.ports["registry"] if port is None else port,
-        token=config.token(), open_methods=NODE_METHODS,
+        guard=config.guard(accepted(REGISTRY)), open_methods=NODE_METHODS,
+        node_port=config.node_port("registry"),  # under mTLS: node agents have no certificate
         quiet_methods=(f"/{SERVICE_NAME}/Heartbeat", f"/{SERVICE_NAME}/WatchNodes"),
     )
     running.on_stop.append(pool.close)

@@ -8,6 +8,9 @@ read once at start-up); tests pass their own.
 | IDLEGRID_REGISTRY_DIRECT_ENDPOINTS | off | on: nodes may register a direct Triton endpoint (datacenter providers) |
 | IDLEGRID_REGISTRY_DIRECT_ALLOW_CIDRS | (empty) | comma-separated CIDRs where private addresses are allowed |
 | IDLEGRID_REGISTRY_DIRECT_REQUIRE_TLS | off | on: the registry speaks TLS to direct endpoints (production) |
+| IDLEGRID_REGISTRY_PROVIDER_NODES_MAX | 20000 | live (not OFFLINE) nodes per provider |
+| IDLEGRID_REGISTRY_PROVIDER_REGISTRATIONS_PER_MINUTE_MAX | 12000 | registrations per provider in any minute |
+| IDLEGRID_REGISTRY_VERIFICATIONS_PER_PROVIDER_MAX | 4 | verifications of one provider at once (of verifications_max 16) |
 """
 
 from __future__ import annotations
@@ -35,12 +38,21 @@ class RegistrySettings:
     canary_timeout_ms: int = 30_000
     verify_timeout_ms: int = 60_000
     verifications_max: int = 16           # concurrent verifications (JOINING waits for a slot)
+    verifications_per_provider_max: int = 4  # of one provider at once; providers are served round-robin
     # Benchmarks and tests only: nodes become READY without the registry
     # contacting their Triton (reason VERIFICATION_SKIPPED). Off by default; no
     # request can turn it on.
     skip_verification: bool = False
     # Limits.
     nodes_max: int = 200_000
+    # Per-provider quotas (RESOURCE_EXHAUSTED names the one reached): nodes
+    # not OFFLINE, and registrations (new nodes and registering again) in
+    # any sliding minute.
+    # Sized so that one provider may hold a tenth of the registry and a whole
+    # datacenter may (re)join at once (bench/registry.py registers 10,100
+    # nodes of one provider); operators tighten them from the environment.
+    provider_nodes_max: int = 20_000
+    provider_registrations_per_minute_max: int = 12_000
     watchers_max: int = 1_000
     watch_buffer_max: int = 10_000        # changes kept for watchers that resume
     watcher_queue_max: int = 10_000       # messages queued per watcher before it is dropped
@@ -64,7 +76,10 @@ class RegistrySettings:
             "canary_timeout_ms": (10, 600_000),
             "verify_timeout_ms": (10, 3_600_000),
             "verifications_max": (1, 1_000),
+            "verifications_per_provider_max": (1, 1_000),
             "nodes_max": (1, 10_000_000),
+            "provider_nodes_max": (1, 10_000_000),
+            "provider_registrations_per_minute_max": (1, 1_000_000),
             "watchers_max": (1, 100_000),
             "watch_buffer_max": (1, 10_000_000),
             "watcher_queue_max": (1, 10_000_000),
@@ -94,7 +109,15 @@ class RegistrySettings:
             "direct_allow_cidrs": tuple(c.strip() for c in env.get("IDLEGRID_REGISTRY_DIRECT_ALLOW_CIDRS", "")
                                         .split(",") if c.strip()),
         }
-        return cls(**{**direct, **overrides})
+        quotas = {}
+        for name in ("provider_nodes_max", "provider_registrations_per_minute_max",
+                     "verifications_per_provider_max"):
+            raw = env.get(f"IDLEGRID_REGISTRY_{name.upper()}", "").strip()
+            if raw:
+                if not raw.isdigit():
+                    raise ConfigError(f"IDLEGRID_REGISTRY_{name.upper()} must be a positive integer, got {raw!r}")
+                quotas[name] = int(raw)
+        return cls(**{**direct, **quotas, **overrides})
 
     @property
     def lease_s(self) -> float:

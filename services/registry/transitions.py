@@ -8,7 +8,9 @@ order. The writer's room is checked first: a change that could not be
 written is never made.
 
 Verification runs in the background, at most ``verifications_max`` nodes at
-a time (JOINING waits for a slot). A node that registers again, or whose
+a time and ``verifications_per_provider_max`` of one provider (JOINING waits
+for a slot); waiting providers are served round-robin (verify_queue.py), so
+one provider's slow nodes cannot starve the others'. A node that registers again, or whose
 lease runs out, meanwhile makes the running verification stale: it checks
 the node's generation and state before each step and drops its result.
 A linked node is verified through its link (reach.py): without one it waits
@@ -38,6 +40,7 @@ from idlegrid.registry.settings import RegistrySettings
 from idlegrid.registry.store import Change
 from idlegrid.registry.v1 import registry_pb2 as pb
 from idlegrid.registry.validate import DETAIL_CHARS_MAX
+from idlegrid.registry.verify_queue import FairSlots
 from idlegrid.registry.writer import ChangeWriter
 
 log = structlog.get_logger("registry")
@@ -54,7 +57,8 @@ class Lifecycle:
         self._writer = writer
         self._verifier = verifier
         self._skip_verification = settings.skip_verification
-        self._slots = asyncio.Semaphore(settings.verifications_max)
+        self._slots = FairSlots(total_max=settings.verifications_max,
+                                per_key_max=settings.verifications_per_provider_max)
         self._verifications: dict[bytes, asyncio.Task] = {}
 
     async def close(self) -> None:
@@ -163,7 +167,7 @@ class Lifecycle:
 
     async def _verify(self, node: LiveNode, generation: int) -> None:
         try:
-            async with self._slots:
+            async with self._slots.slot(node.provider.id):
                 if node.generation != generation or not _waits_for_verification(node):
                     return
                 if self._reach.target(node) is None:

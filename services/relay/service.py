@@ -14,6 +14,7 @@ import structlog
 from idlegrid.common import server
 from idlegrid.common.channel import open_channel, with_token
 from idlegrid.common.config import Config
+from idlegrid.common.identities import RELAY, accepted, allowed
 from idlegrid.registry.v1 import registry_pb2_grpc
 from idlegrid.relay.forward import Forwarder, ensure_descriptor, forwarder_adder
 from idlegrid.relay.hub import Hub
@@ -41,6 +42,10 @@ class RunningRelay:
     def port(self) -> int:
         return self.server.port
 
+    @property
+    def node_port(self) -> int | None:
+        return self.server.node_port
+
     async def stop(self, grace_s: float | None = None) -> None:
         """Lets the calls in flight finish (up to ``grace_s``), closes every
         link (their agents move to another replica), then stops the server."""
@@ -60,9 +65,11 @@ async def start(config: Config, *, port: int | None = None, registry_addr: str |
     ensure_descriptor()
     hub = Hub(settings)
     channel = open_channel(registry_addr or config.addrs["registry"], token=None, config=config)
-    registry = with_token(registry_pb2_grpc.RegistryServiceStub(channel), config.token())
+    registry = with_token(registry_pb2_grpc.RegistryServiceStub(channel), config.token_for(RELAY))
     relay_id = uuid.uuid4().hex
-    forwarder = Forwarder(hub, config.token())
+    guard = config.guard(accepted(RELAY))
+    # The forwarded methods check the caller themselves: the identities dispatch and verification use.
+    forwarder = Forwarder(hub, guard.only(allowed(f"/{KSERVE_SERVICE}/ModelInfer")) if hasattr(guard, "only") else guard)
     linker = LinkServicer(hub, registry, relay_id=relay_id, relay_addr="")
     forwarded = tuple(f"/{KSERVE_SERVICE}/{m}" for m in (*FORWARDED_UNARY, *FORWARDED_STREAM))
     running = await server.start(
@@ -70,7 +77,8 @@ async def start(config: Config, *, port: int | None = None, registry_addr: str |
         [server.Registration(relay_pb2_grpc.add_RelayServiceServicer_to_server, linker, SERVICE_NAME),
          server.Registration(forwarder_adder(forwarder), forwarder, KSERVE_SERVICE)],
         config=config, port=config.ports["relay"] if port is None else port, host=host,
-        token=config.token(), open_methods=(LINK_METHOD,), quiet_methods=forwarded,
+        guard=guard, open_methods=(LINK_METHOD,), quiet_methods=forwarded,
+        node_port=config.node_port("relay"),  # under mTLS: node agents have no certificate
     )
     linker.relay_addr = advertise_addr or config.relay_advertise_addr or f"{host or config.bind_host}:{running.port}"
     hub.start()

@@ -7,6 +7,7 @@ from __future__ import annotations
 from idlegrid.common import server
 from idlegrid.common.channel import open_channel, with_token
 from idlegrid.common.config import Config
+from idlegrid.common.identities import SCHEDULER, accepted
 from idlegrid.common.node_view import NodeTable, RegistryWatcher
 from idlegrid.ledger.v1 import ledger_pb2_grpc
 from idlegrid.metering.v1 import metering_pb2_grpc
@@ -24,7 +25,7 @@ SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].ful
 async def start(config: Config, *, port: int | None = None, ledger_addr: str | None = None,
                 metering_addr: str | None = None, registry_addr: str | None = None,
                 records_in_flight_max: int = RECORDS_IN_FLIGHT_MAX) -> server.RunningServer:
-    token = config.token()
+    token = config.token_for(SCHEDULER)
     channels = [open_channel(a, token=None, config=config) for a in (
         ledger_addr or config.addrs["ledger"], metering_addr or config.addrs["metering"],
         registry_addr or config.addrs["registry"])]
@@ -34,7 +35,7 @@ async def start(config: Config, *, port: int | None = None, ledger_addr: str | N
     table = NodeTable()
     watcher = RegistryWatcher(table, registry)
     watcher.start()
-    triton = TritonPool(token=token, tls_ca=str(config.tls_ca) if config.tls_ca else None,
+    triton = TritonPool(token=token or "", tls_ca=str(config.tls_ca) if config.tls_ca else None,
                         tls_name=config.addrs["relay"].rsplit("/", 1)[-1].rpartition(":")[0].strip("[]") or None)
     metadata = MetadataFetcher(table, triton)
     jobs = Jobs(table, triton, ledger, metering, records_in_flight_max=records_in_flight_max,
@@ -43,7 +44,8 @@ async def start(config: Config, *, port: int | None = None, ledger_addr: str | N
         "scheduler",
         [server.Registration(scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
                              SchedulerServicer(jobs, metadata), SERVICE_NAME)],
-        config=config, port=config.ports["scheduler"] if port is None else port, token=token,
+        config=config, port=config.ports["scheduler"] if port is None else port,
+        guard=config.guard(accepted(SCHEDULER)),
     )
 
     async def close_channels() -> None:

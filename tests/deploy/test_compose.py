@@ -118,3 +118,69 @@ def test_node_image_binds_triton_to_loopback_and_joins_through_the_relay():
     assert 'relay="${IDLEGRID_RELAY_ADDR:?' in script
     dockerfile = [line.strip() for line in (DEPLOY / "node.Dockerfile").read_text().splitlines()]
     assert not [line for line in dockerfile if line.startswith("EXPOSE")], "the node needs no inbound port"
+
+
+# -- least privilege: each container its own credentials ---------------------
+
+SCHEMAS = ("ledger", "registry", "metering", "gateway")  # idlegrid.cli.migrate.SCHEMAS
+
+
+def _env(spec: dict) -> dict[str, str]:
+    return {k: str(v) for k, v in spec.get("environment", {}).items()}
+
+
+def test_no_container_has_the_operator_token():
+    from idlegrid.common.identities import OPERATOR
+
+    for name, spec in _compose()["services"].items():
+        env = _env(spec)
+        assert "IDLEGRID_SERVICE_TOKEN" not in env, f"{name}: the operator's token is never a container's"
+        assert f"IDLEGRID_TOKEN_{OPERATOR.upper()}" not in env, f"{name}: the operator's token"
+    assert "IDLEGRID_SERVICE_TOKEN" not in _compose_variables()
+
+
+def test_each_service_has_its_own_token_and_its_callers_only():
+    """Token mode: a service's own token, and the tokens of the callers its
+    server accepts (idlegrid.common.identities); the same variable on both
+    sides, so caller and server agree."""
+    from idlegrid.common.identities import OPERATOR, accepted
+
+    services = _compose()["services"]
+    for service in SERVICES:
+        env = _env(services[service])
+        want = {service} | (accepted(service) - {OPERATOR})
+        tokens = {k.removeprefix("IDLEGRID_TOKEN_").lower(): v for k, v in env.items() if k.startswith("IDLEGRID_TOKEN_")}
+        assert set(tokens) == want, f"{service}: tokens {sorted(tokens)}, wants {sorted(want)}"
+        for identity, value in tokens.items():
+            assert value == f"<idlegrid_token_{identity}>", f"{service}: IDLEGRID_TOKEN_{identity.upper()} = {value}"
+        config = Config.from_env(env)
+        assert config.auth == "token" and set(config.tokens) == want
+        assert config.migrate_on_start is False, f"{service}: IDLEGRID_MIGRATE_ON_START must be 0"
+    for name in ("migrate", "postgres"):
+        assert not [k for k in _env(services[name]) if k.startswith("IDLEGRID_TOKEN_")], f"{name} calls no service"
+
+
+def test_each_service_connects_as_its_own_role_and_only_migrate_as_admin():
+    from urllib.parse import urlsplit
+
+    from idlegrid.common.db import role_name
+
+    services = _compose()["services"]
+    admin = services["postgres"]["environment"]["POSTGRES_USER"]
+    for service in SERVICES:
+        env = _env(services[service])
+        assert not [k for k in env if k.startswith("IDLEGRID_DB_PASSWORD_")], f"{service}: role passwords are migrate's"
+        if service not in SCHEMAS:
+            assert "IDLEGRID_DATABASE_URL" not in env, f"{service} holds no state: no database URL"
+            continue
+        url = urlsplit(env["IDLEGRID_DATABASE_URL"])
+        assert url.username == role_name(service) != admin, f"{service} connects as {url.username}"
+        assert url.password == f"<idlegrid_db_password_{service}>", f"{service}: not its role's password"
+    migrate = _env(services["migrate"])
+    assert urlsplit(migrate["IDLEGRID_DATABASE_URL"]).username == admin
+    assert urlsplit(migrate["IDLEGRID_DATABASE_URL"]).password == "<postgres_password>"
+    for schema in SCHEMAS:
+        assert migrate[f"IDLEGRID_DB_PASSWORD_{schema.upper()}"] == f"<idlegrid_db_password_{schema}>"
+    for name, spec in services.items():
+        if name not in ("migrate", "postgres"):
+            assert "<postgres_password>" not in str(spec), f"{name}: has the admin password"

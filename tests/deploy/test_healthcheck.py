@@ -1,7 +1,7 @@
 """deploy/healthcheck.py, the containers' health check (compose healthchecks,
 and Kubernetes exec probes where the services serve TLS), against real gRPC
 servers with the shared bootstrap: plaintext, TLS verified against the
-service's name, and a server that is gone."""
+service's name, mTLS with the pod's own certificate, and a server that is gone."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ async def run_check(service: str, env: dict[str, str]) -> tuple[int, str]:
 
 
 async def start_health_server(env: dict[str, str]) -> server.RunningServer:
-    return await server.start("probe-target", [], config=Config.from_env(env), port=0, token="t")
+    return await server.start("probe-target", [], config=Config.from_env(env), port=0, guard=None)
 
 
 async def test_a_serving_grpc_service_is_healthy_and_a_stopped_one_is_not():
@@ -85,6 +85,22 @@ async def test_a_tls_service_is_checked_over_tls_against_its_name(certificates: 
         plain = {"IDLEGRID_LEDGER_PORT": port}
         code, _ = await run_check("ledger", plain)
         assert code == 1, "plaintext cannot talk to a TLS server: why the kubelet's gRPC probe cannot either"
+    finally:
+        await running.stop(0)
+
+
+async def test_under_mtls_the_check_shows_the_pods_own_certificate(certificates: Path):
+    """Production servers (IDLEGRID_AUTH=mtls) refuse a client without a
+    certificate of the cluster's CA: the probe presents the pod's own."""
+    tls = {"IDLEGRID_TLS_CERT": str(certificates / "tls.crt"), "IDLEGRID_TLS_KEY": str(certificates / "tls.key"),
+           "IDLEGRID_TLS_CA": str(certificates / "ca.crt")}
+    running = await start_health_server({**tls, "IDLEGRID_AUTH": "mtls"})
+    port = str(running.port)
+    addr = {"IDLEGRID_LEDGER_PORT": port, "IDLEGRID_LEDGER_ADDR": f"idlegrid-ledger:{port}"}
+    try:
+        assert await run_check("ledger", {**tls, **addr, "IDLEGRID_AUTH": "mtls"}) == (0, "")
+        code, out = await run_check("ledger", {**tls, **addr})  # TLS without a client certificate
+        assert code == 1 and "ledger: unhealthy" in out, "an mTLS server must refuse a client without a certificate"
     finally:
         await running.stop(0)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from idlegrid.cli.migrate import SCHEMAS
 from idlegrid.common.config import Config
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -31,7 +32,7 @@ SERVICES = tuple(Config.from_env({}).ports)
 HTTP_SERVICES = frozenset({"gateway"})  # REST; every other service speaks gRPC
 GRPC_SERVICES = tuple(s for s in SERVICES if s not in HTTP_SERVICES)
 AUTOSCALED = ("gateway", "scheduler", "relay")  # stateless: HPA and PDB
-NO_DATABASE = frozenset({"scheduler", "relay"})  # services that hold no state of their own
+NO_DATABASE = frozenset(s for s in SERVICES if s not in SCHEMAS)  # no state of their own: scheduler, relay
 # The oldest Kubernetes the manifests target (native gRPC probes are GA since
 # 1.27) and the newest whose schemas kubernetes-validate ships.
 K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
@@ -104,6 +105,16 @@ def resolve_port(container: dict, port: int | str) -> int:
 
 def selects(selector: dict, labels: dict) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
+
+
+def secret_refs(container: dict) -> dict[str, tuple[str, str]]:
+    """Each env variable a container takes from a Secret: name -> (Secret, key)."""
+    out = {}
+    for var in container.get("env", []):
+        ref = var.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            out[var["name"]] = (ref["name"], ref["key"])
+    return out
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -223,25 +234,6 @@ def test_every_pod_runs_non_root_on_a_read_only_root_with_limits(target):
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_secrets_come_from_a_secret_never_from_configuration(target):
-    objects = render(target)
-    secret_vars = {"IDLEGRID_DATABASE_URL", "IDLEGRID_SERVICE_TOKEN"}
-    for cm in (o for o in objects if o["kind"] == "ConfigMap"):
-        assert not secret_vars & cm.get("data", {}).keys(), f"ConfigMap {cm['metadata']['name']} holds a secret"
-    for service in SERVICES:
-        _, container = service_deployment(objects, service)
-        env = {v["name"]: v for v in container.get("env", [])}
-        wanted = {"IDLEGRID_SERVICE_TOKEN"} | ({"IDLEGRID_DATABASE_URL"} if service not in NO_DATABASE else set())
-        for var in wanted:
-            assert var in env, f"{service}: no {var}"
-            ref = env[var].get("valueFrom", {}).get("secretKeyRef")
-            assert ref, f"{service}: {var} must come from a Secret"
-            secret = find(objects, "Secret", ref["name"])
-            if secret is not None:  # generated (dev); base and production expect an existing Secret
-                assert ref["key"] in secret.get("data", {}), f"Secret {ref['name']} has no key {ref['key']}"
-
-
 @pytest.mark.parametrize("service", AUTOSCALED)
 @pytest.mark.parametrize("target", TARGETS)
 def test_stateless_services_autoscale_and_have_a_disruption_budget(target, service):
@@ -286,10 +278,14 @@ def test_migrations_run_as_a_job_with_the_services_image(target):
 
 
 def test_production_mounts_the_tls_certificates_it_configures():
+    """mTLS: every Deployment sets IDLEGRID_AUTH=mtls and mounts its OWN
+    certificate Secret, idlegrid-<service>-tls, read-only where IDLEGRID_TLS_*
+    point; no Deployment mounts another's, and no pod holds a token."""
     objects = render("overlays/production")
     for service in SERVICES:
         dep, container = service_deployment(objects, service)
         config = Config.from_env(config_map_data(objects, container))
+        assert config.auth == "mtls", f"{service}: IDLEGRID_AUTH must be mtls in production"
         assert config.tls_cert and config.tls_key and config.tls_ca, f"{service}: TLS is off in production"
         volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
         for path in (config.tls_cert, config.tls_key, config.tls_ca):
@@ -297,22 +293,40 @@ def test_production_mounts_the_tls_certificates_it_configures():
             assert mounts, f"{service}: nothing mounted at {path.parent}"
             assert mounts[0].get("readOnly") is True
             assert "secret" in volumes[mounts[0]["name"]], f"{service}: {path} must come from a Secret"
+            assert volumes[mounts[0]["name"]]["secret"]["secretName"] == f"idlegrid-{service}-tls", \
+                f"{service}: mounts {volumes[mounts[0]['name']]['secret']['secretName']}, not its own certificate"
+        others = {f"idlegrid-{s}-tls" for s in SERVICES if s != service}
+        mounted = {v["secret"]["secretName"] for v in volumes.values() if "secret" in v}
+        assert not mounted & others, f"{service}: mounts another service's certificate {sorted(mounted & others)}"
+        tokens = [v for v in secret_refs(container) if v.startswith("IDLEGRID_TOKEN_")]
+        assert not tokens, f"{service}: holds tokens {tokens} under mTLS"
+    for _, template in pod_templates(objects):
+        for c in containers(template["spec"]):
+            assert not [v for v in c.get("env", []) if v["name"].startswith("IDLEGRID_TOKEN_")]
     assert not any(o["kind"] == "Secret" for o in objects), "production must not ship credentials"
+    ingress_secrets = {t["secretName"] for o in objects if o["kind"] == "Ingress" for t in o["spec"].get("tls", [])}
+    assert not ingress_secrets & {f"idlegrid-{s}-tls" for s in SERVICES}, \
+        "the public certificate is not a service's identity"
 
 
 def test_dev_brings_its_own_database():
     objects = render("overlays/dev")
     secret = next(o for o in objects if o["kind"] == "Secret")
-    assert {"database-url", "service-token"} <= secret["data"].keys()
+    assert {"database-url", *(f"database-url-{s}" for s in SCHEMAS), *(f"token-{s}" for s in SERVICES)} \
+        <= secret["data"].keys()
     assert find(objects, "Service", "idlegrid-postgres") is not None
 
 
 def test_production_gives_node_agents_a_public_relay_endpoint():
     """Agents behind NAT dial out to the relays: production has a public
-    Service on the relay's port that selects the relay pods."""
+    Service that selects the relay pods, on the relay's port for node agents
+    (under mTLS the one without client certificates: agents have none)."""
     objects = render("overlays/production")
     dep, container = service_deployment(objects, "relay")
-    port = Config.from_env(config_map_data(objects, container)).ports["relay"]
+    config = Config.from_env({**config_map_data(objects, container), "IDLEGRID_TLS_CERT": "c", "IDLEGRID_TLS_KEY": "k",
+                              "IDLEGRID_TLS_CA": "ca"})
+    assert config.auth == "mtls"
+    port = config.node_port("relay")
     svc = find(objects, "Service", "idlegrid-relay-public")
     assert svc is not None and svc["spec"]["type"] in ("LoadBalancer", "NodePort")
     assert selects(svc["spec"]["selector"], dep["spec"]["template"]["metadata"]["labels"])
