@@ -99,8 +99,10 @@ def _read_demo(path: Path) -> dict | None:
 
 
 async def _demo_accounts(gateway, existing: dict | None) -> dict:
-    """The demo accounts and keys: reused from the last run, else created."""
+    """The demo accounts and keys: reused from the last run, else created.
+    The admin key is new on every run: admin keys expire (30 days)."""
     if existing is not None:
+        _, existing["admin_key"] = await gateway.create_key(scope="admin")
         return existing
     suffix = secrets.token_hex(3)
     partner = await gateway.create_account(kind="consumer", name=f"demo-partner-{suffix}")
@@ -124,6 +126,7 @@ def _examples(demo: dict) -> str:
 idlegrid is up.
 
   gateway        {url}   (API docs: {url}/docs)
+  console        {url}/console   (sign in with a key below)
   relay          {demo['relay_addr']}   (nodes join: idlegrid node start --relay {demo['relay_addr']} ...)
   consumer key   {demo['consumer_key']}
   provider key   {demo['provider_key']}
