@@ -9,7 +9,7 @@ import asyncio
 
 import grpc
 
-from idlegrid.common.auth import AUTH_KEY, token_matches
+from idlegrid.common.auth import AUTH_KEY
 from idlegrid.common.errors import (
     IdlegridError,
     InvalidArgument,
@@ -47,9 +47,12 @@ class Forwarder:
     domain errors in place (the hot path skips the shared policy wrapper's
     per-call request id and log line; refusals go through the policy)."""
 
-    def __init__(self, hub: Hub, token: str) -> None:
+    def __init__(self, hub: Hub, guard, *, allowed: frozenset[str] = frozenset()) -> None:
+        """``guard`` names the caller (a token, or under mTLS the client
+        certificate); ``allowed``: the identities that may reach nodes."""
         self.hub = hub
-        self._token = token
+        self._guard = guard
+        self._allowed = allowed
         for name in FORWARDED_UNARY:
             setattr(self, name, self._unary_for(name))
         self.ModelStreamInfer = self._stream  # noqa: N815 - gRPC method name
@@ -63,20 +66,23 @@ class Forwarder:
     def _route(self, context) -> tuple[Link, int, int]:
         """The link of the node the call is for, and the call's bounds."""
         node_hex = None
-        authorized = False
+        authorization = None
         replies_max = self.hub.settings.replies_max
         reply_bytes_max = self.hub.settings.reply_bytes_max
         for key, value in context.invocation_metadata() or ():
             if key == NODE_ID_HEADER:
                 node_hex = value
             elif key == AUTH_KEY:
-                authorized = token_matches(value, self._token)
+                authorization = value
             elif key == REPLIES_MAX_HEADER:
                 replies_max = _bound(value, key, replies_max)
             elif key == REPLY_BYTES_MAX_HEADER:
                 reply_bytes_max = _bound(value, key, reply_bytes_max)
-        if not authorized:
-            raise Unauthenticated("missing or invalid service token")
+        who = self._guard.identify(authorization, context)
+        if who is None:
+            raise Unauthenticated("missing or invalid service credential")
+        if who not in self._allowed:
+            raise PermissionDenied("this caller may not reach nodes")
         if node_hex is None:
             raise InvalidArgument(f"missing {NODE_ID_HEADER} metadata")
         try:

@@ -69,7 +69,7 @@ async def start(config: Config, *, port: int | None = None, registry_addr: str |
     relay_id = uuid.uuid4().hex
     guard = config.guard(accepted(RELAY))
     # The forwarded methods check the caller themselves: the identities dispatch and verification use.
-    forwarder = Forwarder(hub, guard.only(allowed(f"/{KSERVE_SERVICE}/ModelInfer")) if hasattr(guard, "only") else guard)
+    forwarder = Forwarder(hub, guard, allowed=allowed(f"/{KSERVE_SERVICE}/ModelInfer"))
     linker = LinkServicer(hub, registry, relay_id=relay_id, relay_addr="")
     forwarded = tuple(f"/{KSERVE_SERVICE}/{m}" for m in (*FORWARDED_UNARY, *FORWARDED_STREAM))
     running = await server.start(

@@ -138,3 +138,28 @@ async def test_node_agents_reach_the_registry_without_a_certificate_but_service_
             await registry_pb2_grpc.RegistryServiceStub(ch).ListNodes(rpb.ListNodesRequest(), timeout=10)
     finally:
         await srv.stop(0)
+
+
+async def test_the_relay_forwards_for_certificate_identities_allowed_to_reach_nodes(tmp_path):
+    """Under mTLS the relay names its caller by certificate: the scheduler
+    gets past authentication (NOT_FOUND: no such node holds a link here);
+    the gateway, which may not reach nodes, is PERMISSION_DENIED."""
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    from idlegrid.relay import service as relay_service
+
+    ca = CA(tmp_path)
+    config = _config(tmp_path, ca, ca.leaf("relay", spiffe="spiffe://idlegrid/relay"))
+    srv = await relay_service.start(config, port=0, registry_addr="127.0.0.1:9")
+    try:
+        addr = f"localhost:{srv.port}"
+        node = (("idlegrid-node-id", "00" * 16),)
+        for who, code in (("scheduler", grpc.StatusCode.NOT_FOUND), ("gateway", DENIED)):
+            caller = _config(tmp_path, ca, ca.leaf(who, spiffe=f"spiffe://idlegrid/{who}"))
+            async with open_channel(addr, token=None, config=caller) as ch:
+                with pytest.raises(grpc.RpcError) as e:
+                    await service_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer(
+                        service_pb2.ModelInferRequest(model_name="echo"), metadata=node, timeout=10)
+                assert e.value.code() == code, who
+    finally:
+        await srv.stop(0)
