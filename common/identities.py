@@ -60,6 +60,12 @@ ALLOWED: dict[str, frozenset[str]] = {
         "CreateProvider": _G, "ListNodes": _G, "GetNode": _G | _S, "WatchNodes": _G | _S,
         "AttachLink": frozenset({RELAY}), "DetachLink": frozenset({RELAY}),
         **{m: frozenset({NODE}) for m in ("RegisterNode", "Heartbeat", "Drain", "Deregister", "SetPaused")},
+        # The operator controls and the catalog: the gateway's admin path.
+        **{m: _G for m in ("PutCatalogModel", "RemoveCatalogModel", "SetSuspended", "SetProviderTrusted",
+                           "RotateProviderToken", "RevokeProviderToken", "SetEndpointBanned",
+                           "ListOperatorActions")},
+        "ListCatalog": _G | _S,
+        "ReportCheck": _S,  # spot-check verdicts and token-count disagreements
     }),
     **_table("idlegrid.scheduler.v1.SchedulerService", {"Infer": _G, "InferStream": _G, "GetModelMetadata": _G}),
     **_table("idlegrid.metering.v1.MeteringService", {

@@ -101,6 +101,8 @@ class _NodeStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NodeState.V
     """not routable; see the reason"""
     NODE_STATE_PAUSED: _NodeState.ValueType  # 6
     """its owner needs the GPU (see state_detail): no new work; running jobs finish"""
+    NODE_STATE_SUSPENDED: _NodeState.ValueType  # 7
+    """by an operator or a failed spot check (see state_detail): no jobs, earnings held back"""
 
 class NodeState(_NodeState, metaclass=_NodeStateEnumTypeWrapper):
     """---------------------------------------------------------------- nodes"""
@@ -118,6 +120,8 @@ NODE_STATE_OFFLINE: NodeState.ValueType  # 5
 """not routable; see the reason"""
 NODE_STATE_PAUSED: NodeState.ValueType  # 6
 """its owner needs the GPU (see state_detail): no new work; running jobs finish"""
+NODE_STATE_SUSPENDED: NodeState.ValueType  # 7
+"""by an operator or a failed spot check (see state_detail): no jobs, earnings held back"""
 Global___NodeState: _TypeAlias = NodeState  # noqa: Y015
 
 class _StateReason:
@@ -151,6 +155,12 @@ class _StateReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StateReas
     """→ PAUSED; state_detail names the signal (owner's process, schedule, power, temperature)"""
     STATE_REASON_RESUMED: _StateReason.ValueType  # 12
     """→ READY, the GPU is idle again"""
+    STATE_REASON_SUSPENDED: _StateReason.ValueType  # 13
+    """→ SUSPENDED by an operator; state_detail holds the reason"""
+    STATE_REASON_CHECK_FAILED: _StateReason.ValueType  # 14
+    """→ SUSPENDED by a failed spot check; state_detail names the job and verdict"""
+    STATE_REASON_UNSUSPENDED: _StateReason.ValueType  # 15
+    """SUSPENDED → VERIFYING (an operator lifted the suspension)"""
 
 class StateReason(_StateReason, metaclass=_StateReasonEnumTypeWrapper):
     """Why the node is in its state (the last transition's cause)."""
@@ -180,6 +190,12 @@ STATE_REASON_PAUSED: StateReason.ValueType  # 11
 """→ PAUSED; state_detail names the signal (owner's process, schedule, power, temperature)"""
 STATE_REASON_RESUMED: StateReason.ValueType  # 12
 """→ READY, the GPU is idle again"""
+STATE_REASON_SUSPENDED: StateReason.ValueType  # 13
+"""→ SUSPENDED by an operator; state_detail holds the reason"""
+STATE_REASON_CHECK_FAILED: StateReason.ValueType  # 14
+"""→ SUSPENDED by a failed spot check; state_detail names the job and verdict"""
+STATE_REASON_UNSUSPENDED: StateReason.ValueType  # 15
+"""SUSPENDED → VERIFYING (an operator lifted the suspension)"""
 Global___StateReason: _TypeAlias = StateReason  # noqa: Y015
 
 class _ModelKind:
@@ -230,6 +246,28 @@ DELTA_KIND_REMOVED: DeltaKind.ValueType  # 2
 """a node left the live view (offline past retention): only node_id is set"""
 Global___DeltaKind: _TypeAlias = DeltaKind  # noqa: Y015
 
+class _CheckKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CheckKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CheckKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHECK_KIND_UNSPECIFIED: _CheckKind.ValueType  # 0
+    CHECK_KIND_SPOT_CHECK: _CheckKind.ValueType  # 1
+    """a trusted node re-checked the job's output"""
+    CHECK_KIND_TOKEN_COUNT: _CheckKind.ValueType  # 2
+    """the node's token counts disagreed with the platform's (passed = false)"""
+
+class CheckKind(_CheckKind, metaclass=_CheckKindEnumTypeWrapper):
+    """------------------------------------------------------------------- trust"""
+
+CHECK_KIND_UNSPECIFIED: CheckKind.ValueType  # 0
+CHECK_KIND_SPOT_CHECK: CheckKind.ValueType  # 1
+"""a trusted node re-checked the job's output"""
+CHECK_KIND_TOKEN_COUNT: CheckKind.ValueType  # 2
+"""the node's token counts disagreed with the platform's (passed = false)"""
+Global___CheckKind: _TypeAlias = CheckKind  # noqa: Y015
+
 @_typing.final
 class Provider(_message.Message):
     """---------------------------------------------------------------- providers"""
@@ -240,12 +278,23 @@ class Provider(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     LEDGER_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    TRUSTED_FIELD_NUMBER: _builtins.int
+    SUSPENDED_FIELD_NUMBER: _builtins.int
+    SUSPENDED_REASON_FIELD_NUMBER: _builtins.int
+    UNDER_REVIEW_FIELD_NUMBER: _builtins.int
     provider_id: _builtins.bytes
     """16 bytes, chosen by the registry"""
     name: _builtins.str
     """1..128 chars, unique"""
     ledger_account_id: _builtins.bytes
     """16 bytes: the ledger account credited with earnings"""
+    trusted: _builtins.bool
+    """an operator trusts it: its nodes run spot checks"""
+    suspended: _builtins.bool
+    """every node of it is SUSPENDED"""
+    suspended_reason: _builtins.str
+    under_review: _builtins.bool
+    """a node of it failed a spot check: its nodes are sampled harder"""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -255,10 +304,14 @@ class Provider(_message.Message):
         name: _builtins.str = ...,
         ledger_account_id: _builtins.bytes = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        trusted: _builtins.bool = ...,
+        suspended: _builtins.bool = ...,
+        suspended_reason: _builtins.str = ...,
+        under_review: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ledger_account_id", b"ledger_account_id", "name", b"name", "provider_id", b"provider_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ledger_account_id", b"ledger_account_id", "name", b"name", "provider_id", b"provider_id", "suspended", b"suspended", "suspended_reason", b"suspended_reason", "trusted", b"trusted", "under_review", b"under_review"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -397,10 +450,13 @@ class Model(_message.Message):
     OFFER_FIELD_NUMBER: _builtins.int
     VERIFIED_FIELD_NUMBER: _builtins.int
     CANARY_LATENCY_US_FIELD_NUMBER: _builtins.int
+    TOKENIZER_FIELD_NUMBER: _builtins.int
     verified: _builtins.bool
     """passed every check, canary included"""
     canary_latency_us: _builtins.int
     """wall time of the canary inference, as seen by the registry"""
+    tokenizer: _builtins.str
+    """the catalog's tokenizer for this model ("" for tensor models)"""
     @_builtins.property
     def offer(self) -> Global___ModelOffer: ...
     def __init__(
@@ -409,10 +465,11 @@ class Model(_message.Message):
         offer: Global___ModelOffer | None = ...,
         verified: _builtins.bool = ...,
         canary_latency_us: _builtins.int = ...,
+        tokenizer: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["offer", b"offer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary_latency_us", b"canary_latency_us", "offer", b"offer", "verified", b"verified"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary_latency_us", b"canary_latency_us", "offer", b"offer", "tokenizer", b"tokenizer", "verified", b"verified"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -564,6 +621,8 @@ class Node(_message.Message):
     STATE_CHANGED_AT_FIELD_NUMBER: _builtins.int
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     LINK_FIELD_NUMBER: _builtins.int
+    REPUTATION_FIELD_NUMBER: _builtins.int
+    TRUSTED_FIELD_NUMBER: _builtins.int
     node_id: _builtins.bytes
     """16 bytes"""
     provider_id: _builtins.bytes
@@ -581,6 +640,8 @@ class Node(_message.Message):
     """the WatchNodes revision of this node's last change"""
     heartbeat_interval_ms: _builtins.int
     agent_version: _builtins.str
+    trusted: _builtins.bool
+    """its provider is trusted (runs spot checks)"""
     @_builtins.property
     def hardware(self) -> Global___Hardware: ...
     @_builtins.property
@@ -599,6 +660,8 @@ class Node(_message.Message):
     def link(self) -> Global___NodeLink:
         """absent while the node holds no link"""
 
+    @_builtins.property
+    def reputation(self) -> Global___Reputation: ...
     def __init__(
         self,
         *,
@@ -620,14 +683,60 @@ class Node(_message.Message):
         state_changed_at: _timestamp_pb2.Timestamp | None = ...,
         agent_version: _builtins.str = ...,
         link: Global___NodeLink | None = ...,
+        reputation: Global___Reputation | None = ...,
+        trusted: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["hardware", b"hardware", "link", b"link", "load", b"load", "registered_at", b"registered_at", "state_changed_at", b"state_changed_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hardware", b"hardware", "link", b"link", "load", b"load", "registered_at", b"registered_at", "reputation", b"reputation", "state_changed_at", b"state_changed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "endpoint", b"endpoint", "hardware", b"hardware", "heartbeat_interval_ms", b"heartbeat_interval_ms", "labels", b"labels", "link", b"link", "load", b"load", "models", b"models", "node_id", b"node_id", "provider_account_id", b"provider_account_id", "provider_id", b"provider_id", "region", b"region", "registered_at", b"registered_at", "revision", b"revision", "state", b"state", "state_changed_at", b"state_changed_at", "state_detail", b"state_detail", "state_reason", b"state_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "endpoint", b"endpoint", "hardware", b"hardware", "heartbeat_interval_ms", b"heartbeat_interval_ms", "labels", b"labels", "link", b"link", "load", b"load", "models", b"models", "node_id", b"node_id", "provider_account_id", b"provider_account_id", "provider_id", b"provider_id", "region", b"region", "registered_at", b"registered_at", "reputation", b"reputation", "revision", b"revision", "state", b"state", "state_changed_at", b"state_changed_at", "state_detail", b"state_detail", "state_reason", b"state_reason", "trusted", b"trusted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Node: _TypeAlias = Node  # noqa: Y015
+
+@_typing.final
+class Reputation(_message.Message):
+    """A node's record of checks, shown to its provider with reasons; feeds
+    routing (score) and spot-check sampling (sample_rate).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKS_PASSED_FIELD_NUMBER: _builtins.int
+    CHECKS_FAILED_FIELD_NUMBER: _builtins.int
+    COUNT_DISAGREEMENTS_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    SAMPLE_RATE_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    checks_passed: _builtins.int
+    checks_failed: _builtins.int
+    count_disagreements: _builtins.int
+    """jobs whose node-reported token counts disagreed with the platform's"""
+    score: _builtins.float
+    """0..1; a new node starts at 0.5"""
+    sample_rate: _builtins.float
+    """the share of its completed jobs spot-checked now (0..1)"""
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """newest first, at most 10, e.g. "spot check of job … failed: …" """
+
+    def __init__(
+        self,
+        *,
+        checks_passed: _builtins.int = ...,
+        checks_failed: _builtins.int = ...,
+        count_disagreements: _builtins.int = ...,
+        score: _builtins.float = ...,
+        sample_rate: _builtins.float = ...,
+        reasons: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks_failed", b"checks_failed", "checks_passed", b"checks_passed", "count_disagreements", b"count_disagreements", "reasons", b"reasons", "sample_rate", b"sample_rate", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reputation: _TypeAlias = Reputation  # noqa: Y015
 
 @_typing.final
 class NodeLink(_message.Message):
@@ -1325,3 +1434,607 @@ class SetPausedResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetPausedResponse: _TypeAlias = SetPausedResponse  # noqa: Y015
+
+@_typing.final
+class CatalogCanary(_message.Message):
+    """------------------------------------------------------------------- catalog
+
+    A reference output for a canary: the catalog model served greedily
+    (temperature 0) on `prompt` for `max_tokens` must produce `expected_text`
+    exactly. Tensor models: `kserve_request_json` (a KServe v2 JSON infer
+    body) must produce `kserve_expected_json`'s outputs within `tolerance`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    EXPECTED_TEXT_FIELD_NUMBER: _builtins.int
+    KSERVE_REQUEST_JSON_FIELD_NUMBER: _builtins.int
+    KSERVE_EXPECTED_JSON_FIELD_NUMBER: _builtins.int
+    TOLERANCE_FIELD_NUMBER: _builtins.int
+    prompt: _builtins.str
+    """LLM: a raw prompt, <= 4,096 chars"""
+    max_tokens: _builtins.int
+    """LLM: 1..256"""
+    expected_text: _builtins.str
+    """LLM: the exact greedy output"""
+    kserve_request_json: _builtins.str
+    """tensor: <= 65,536 chars"""
+    kserve_expected_json: _builtins.str
+    """tensor"""
+    tolerance: _builtins.float
+    """tensor: absolute tolerance per element"""
+    def __init__(
+        self,
+        *,
+        prompt: _builtins.str = ...,
+        max_tokens: _builtins.int = ...,
+        expected_text: _builtins.str = ...,
+        kserve_request_json: _builtins.str = ...,
+        kserve_expected_json: _builtins.str = ...,
+        tolerance: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_text", b"expected_text", "kserve_expected_json", b"kserve_expected_json", "kserve_request_json", b"kserve_request_json", "max_tokens", b"max_tokens", "prompt", b"prompt", "tolerance", b"tolerance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CatalogCanary: _TypeAlias = CatalogCanary  # noqa: Y015
+
+@_typing.final
+class CatalogModel(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    TOKENIZER_FIELD_NUMBER: _builtins.int
+    WEIGHTS_DIGEST_FIELD_NUMBER: _builtins.int
+    CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
+    CANARIES_FIELD_NUMBER: _builtins.int
+    MAX_PRICE_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_BY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """1..128 chars [A-Za-z0-9_.-]"""
+    kind: Global___ModelKind.ValueType
+    tokenizer: _builtins.str
+    """LLM: the platform's tokenizer id (e.g. "smollm2"); "" for tensor models"""
+    weights_digest: _builtins.str
+    """"sha256:<64 hex>" or "" (tensor models without weights)"""
+    context_length: _builtins.int
+    """LLM: 1..16,777,216; tensor: 0"""
+    updated_by: _builtins.str
+    @_builtins.property
+    def canaries(self) -> _containers.RepeatedCompositeFieldContainer[Global___CatalogCanary]:
+        """1..8"""
+
+    @_builtins.property
+    def max_price(self) -> Global___Price:
+        """the operator's ceiling per unit (0 = none)"""
+
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: Global___ModelKind.ValueType = ...,
+        tokenizer: _builtins.str = ...,
+        weights_digest: _builtins.str = ...,
+        context_length: _builtins.int = ...,
+        canaries: _abc.Iterable[Global___CatalogCanary] | None = ...,
+        max_price: Global___Price | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_price", b"max_price", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canaries", b"canaries", "context_length", b"context_length", "kind", b"kind", "max_price", b"max_price", "name", b"name", "tokenizer", b"tokenizer", "updated_at", b"updated_at", "updated_by", b"updated_by", "weights_digest", b"weights_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CatalogModel: _TypeAlias = CatalogModel  # noqa: Y015
+
+@_typing.final
+class PutCatalogModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    """who (e.g. the admin key's id), 1..128 chars"""
+    reason: _builtins.str
+    """why, 1..1,024 chars"""
+    @_builtins.property
+    def model(self) -> Global___CatalogModel:
+        """updated_at and updated_by are set by the registry"""
+
+    def __init__(
+        self,
+        *,
+        model: Global___CatalogModel | None = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "model", b"model", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutCatalogModelRequest: _TypeAlias = PutCatalogModelRequest  # noqa: Y015
+
+@_typing.final
+class ListCatalogRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCatalogRequest: _TypeAlias = ListCatalogRequest  # noqa: Y015
+
+@_typing.final
+class ListCatalogResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___CatalogModel]:
+        """by name"""
+
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___CatalogModel] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCatalogResponse: _TypeAlias = ListCatalogResponse  # noqa: Y015
+
+@_typing.final
+class RemoveCatalogModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    actor: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "name", b"name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveCatalogModelRequest: _TypeAlias = RemoveCatalogModelRequest  # noqa: Y015
+
+@_typing.final
+class RemoveCatalogModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveCatalogModelResponse: _TypeAlias = RemoveCatalogModelResponse  # noqa: Y015
+
+@_typing.final
+class SetSuspendedRequest(_message.Message):
+    """------------------------------------------------------------------- operator controls"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_ID_FIELD_NUMBER: _builtins.int
+    SUSPENDED_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.bytes
+    provider_id: _builtins.bytes
+    suspended: _builtins.bool
+    actor: _builtins.str
+    """1..128 chars"""
+    reason: _builtins.str
+    """1..1,024 chars, shown to the provider"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.bytes = ...,
+        provider_id: _builtins.bytes = ...,
+        suspended: _builtins.bool = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "provider_id", b"provider_id", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "node_id", b"node_id", "provider_id", b"provider_id", "reason", b"reason", "suspended", b"suspended", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["node_id", "provider_id"]  # noqa: Y015
+    _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
+
+Global___SetSuspendedRequest: _TypeAlias = SetSuspendedRequest  # noqa: Y015
+
+@_typing.final
+class SetSuspendedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Node]:
+        """the nodes whose state changed"""
+
+    def __init__(
+        self,
+        *,
+        nodes: _abc.Iterable[Global___Node] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSuspendedResponse: _TypeAlias = SetSuspendedResponse  # noqa: Y015
+
+@_typing.final
+class SetProviderTrustedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_ID_FIELD_NUMBER: _builtins.int
+    TRUSTED_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    provider_id: _builtins.bytes
+    trusted: _builtins.bool
+    actor: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        provider_id: _builtins.bytes = ...,
+        trusted: _builtins.bool = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "provider_id", b"provider_id", "reason", b"reason", "trusted", b"trusted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetProviderTrustedRequest: _TypeAlias = SetProviderTrustedRequest  # noqa: Y015
+
+@_typing.final
+class SetProviderTrustedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def provider(self) -> Global___Provider: ...
+    def __init__(
+        self,
+        *,
+        provider: Global___Provider | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetProviderTrustedResponse: _TypeAlias = SetProviderTrustedResponse  # noqa: Y015
+
+@_typing.final
+class RotateProviderTokenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    provider_id: _builtins.bytes
+    actor: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        provider_id: _builtins.bytes = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "provider_id", b"provider_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateProviderTokenRequest: _TypeAlias = RotateProviderTokenRequest  # noqa: Y015
+
+@_typing.final
+class RotateProviderTokenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_TOKEN_FIELD_NUMBER: _builtins.int
+    provider_token: _builtins.str
+    """secret; shown only here"""
+    def __init__(
+        self,
+        *,
+        provider_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider_token", b"provider_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateProviderTokenResponse: _TypeAlias = RotateProviderTokenResponse  # noqa: Y015
+
+@_typing.final
+class RevokeProviderTokenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    provider_id: _builtins.bytes
+    actor: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        provider_id: _builtins.bytes = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "provider_id", b"provider_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeProviderTokenRequest: _TypeAlias = RevokeProviderTokenRequest  # noqa: Y015
+
+@_typing.final
+class RevokeProviderTokenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def node_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """nodes that went OFFLINE"""
+
+    def __init__(
+        self,
+        *,
+        node_ids: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_ids", b"node_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeProviderTokenResponse: _TypeAlias = RevokeProviderTokenResponse  # noqa: Y015
+
+@_typing.final
+class SetEndpointBannedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    BANNED_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
+    """a DNS name or IP literal, <= 255 chars"""
+    banned: _builtins.bool
+    actor: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        host: _builtins.str = ...,
+        banned: _builtins.bool = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "banned", b"banned", "host", b"host", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetEndpointBannedRequest: _TypeAlias = SetEndpointBannedRequest  # noqa: Y015
+
+@_typing.final
+class SetEndpointBannedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def node_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """nodes that went OFFLINE"""
+
+    def __init__(
+        self,
+        *,
+        node_ids: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_ids", b"node_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetEndpointBannedResponse: _TypeAlias = SetEndpointBannedResponse  # noqa: Y015
+
+@_typing.final
+class OperatorAction(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """append order"""
+    actor: _builtins.str
+    action: _builtins.str
+    """e.g. "suspend_node", "put_catalog_model", "rotate_provider_token" """
+    target: _builtins.str
+    """e.g. the node id hex, the model name, the host"""
+    reason: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        target: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "at", b"at", "reason", b"reason", "seq", b"seq", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OperatorAction: _TypeAlias = OperatorAction  # noqa: Y015
+
+@_typing.final
+class ListOperatorActionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    after_seq: _builtins.int
+    """exclusive cursor; 0 = from the start"""
+    limit: _builtins.int
+    """1..1,000; 0 = 100"""
+    def __init__(
+        self,
+        *,
+        after_seq: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOperatorActionsRequest: _TypeAlias = ListOperatorActionsRequest  # noqa: Y015
+
+@_typing.final
+class ListOperatorActionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_SEQ_FIELD_NUMBER: _builtins.int
+    next_seq: _builtins.int
+    """0 when there is none"""
+    @_builtins.property
+    def actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___OperatorAction]: ...
+    def __init__(
+        self,
+        *,
+        actions: _abc.Iterable[Global___OperatorAction] | None = ...,
+        next_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "next_seq", b"next_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOperatorActionsResponse: _TypeAlias = ListOperatorActionsResponse  # noqa: Y015
+
+@_typing.final
+class ReportCheckRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PASSED_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    CHECKER_NODE_ID_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.bytes
+    job_id: _builtins.bytes
+    """16 bytes"""
+    kind: Global___CheckKind.ValueType
+    passed: _builtins.bool
+    detail: _builtins.str
+    """the verdict's evidence, <= 1,024 chars"""
+    checker_node_id: _builtins.bytes
+    """the trusted node that ran a spot check"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.bytes = ...,
+        job_id: _builtins.bytes = ...,
+        kind: Global___CheckKind.ValueType = ...,
+        passed: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+        checker_node_id: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checker_node_id", b"checker_node_id", "detail", b"detail", "job_id", b"job_id", "kind", b"kind", "node_id", b"node_id", "passed", b"passed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportCheckRequest: _TypeAlias = ReportCheckRequest  # noqa: Y015
+
+@_typing.final
+class ReportCheckResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def node(self) -> Global___Node:
+        """after the verdict (SUSPENDED when a spot check failed)"""
+
+    def __init__(
+        self,
+        *,
+        node: Global___Node | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportCheckResponse: _TypeAlias = ReportCheckResponse  # noqa: Y015

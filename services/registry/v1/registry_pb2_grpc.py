@@ -89,6 +89,56 @@ class RegistryServiceStub:
                 request_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetPausedRequest.SerializeToString,
                 response_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetPausedResponse.FromString,
                 _registered_method=True)
+        self.PutCatalogModel = channel.unary_unary(
+                '/idlegrid.registry.v1.RegistryService/PutCatalogModel',
+                request_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.PutCatalogModelRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.CatalogModel.FromString,
+                _registered_method=True)
+        self.ListCatalog = channel.unary_unary(
+                '/idlegrid.registry.v1.RegistryService/ListCatalog',
+                request_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.ListCatalogRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.ListCatalogResponse.FromString,
+                _registered_method=True)
+        self.RemoveCatalogModel = channel.unary_unary(
+                '/idlegrid.registry.v1.RegistryService/RemoveCatalogModel',
+                request_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.RemoveCatalogModelRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.RemoveCatalogModelResponse.FromString,
+                _registered_method=True)
+        self.SetSuspended = channel.unary_unary(
+                '/idlegrid.registry.v1.RegistryService/SetSuspended',
+                request_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetSuspendedRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetSuspendedResponse.FromString,
+                _registered_method=True)
+        self.SetProviderTrusted = channel.unary_unary(
+                '/idlegrid.registry.v1.RegistryService/SetProviderTrusted',
+                request_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetProviderTrustedRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetProviderTrustedResponse.FromString,
+                _registered_method=True)
+        self.RotateProviderToken = channel.unary_unary(
+                '/idlegrid.registry.v1.RegistryService/RotateProviderToken',
+                request_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.RotateProviderTokenRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.RotateProviderTokenResponse.FromString,
+                _registered_method=True)
+        self.RevokeProviderToken = channel.unary_unary(
+                '/idlegrid.registry.v1.RegistryService/RevokeProviderToken',
+                request_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.RevokeProviderTokenRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.RevokeProviderTokenResponse.FromString,
+                _registered_method=True)
+        self.SetEndpointBanned = channel.unary_unary(
+                '/idlegrid.registry.v1.RegistryService/SetEndpointBanned',
+                request_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetEndpointBannedRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetEndpointBannedResponse.FromString,
+                _registered_method=True)
+        self.ListOperatorActions = channel.unary_unary(
+                '/idlegrid.registry.v1.RegistryService/ListOperatorActions',
+                request_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.ListOperatorActionsRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.ListOperatorActionsResponse.FromString,
+                _registered_method=True)
+        self.ReportCheck = channel.unary_unary(
+                '/idlegrid.registry.v1.RegistryService/ReportCheck',
+                request_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.ReportCheckRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.ReportCheckResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -198,6 +248,94 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutCatalogModel(self, request, context):
+        """---- The model catalog (operator: the admin identity). The platform, not
+        the node, knows each model it sells. A node may offer only catalog
+        models, with the catalog's kind, weights digest and context length, and
+        at or below its price ceiling (RegisterNode: INVALID_ARGUMENT with
+        reason model_not_in_catalog, weights_digest_mismatch or
+        price_above_ceiling). Verification compares each canary's output with
+        the catalog's reference.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCatalog(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveCatalogModel(self, request, context):
+        """NOT_FOUND when the model is not in the catalog. Nodes offering it stop
+        being routable for it (their offers of it are no longer verified).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSuspended(self, request, context):
+        """---- Operator controls (the admin identity). Every action is recorded
+        with its actor and reason (ListOperatorActions); reason is required.
+        Suspends (or unsuspends) one node or every node of a provider: a
+        SUSPENDED node gets no jobs and cannot leave SUSPENDED on its own (not
+        by heartbeat, link, pause or re-registration); unsuspending brings it
+        back through verification. Metering voids a suspended node's unreleased
+        earnings and refunds the partners who paid them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetProviderTrusted(self, request, context):
+        """Marks a provider trusted: its READY nodes run spot checks of others.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateProviderToken(self, request, context):
+        """A new provider token (shown once); the old one stops working at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeProviderToken(self, request, context):
+        """The provider token stops working; its nodes' tokens too (they go OFFLINE,
+        STATE_REASON_DEREGISTERED). Rotate to issue a new one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetEndpointBanned(self, request, context):
+        """Bans (or unbans) a direct endpoint host: registration with it is
+        refused (PERMISSION_DENIED, reason endpoint_banned), and nodes on it go
+        OFFLINE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOperatorActions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportCheck(self, request, context):
+        """---- Trust (the scheduler's identity): the verdict of a spot check, or a
+        job whose node-reported token counts disagreed with the platform's. A
+        failed spot check suspends the node (STATE_REASON_CHECK_FAILED, the
+        detail visible to its provider) and raises the sampling rate of its
+        provider's other nodes. Idempotent per (node_id, job_id, kind).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -255,6 +393,56 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.SetPaused,
                     request_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetPausedRequest.FromString,
                     response_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetPausedResponse.SerializeToString,
+            ),
+            'PutCatalogModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutCatalogModel,
+                    request_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.PutCatalogModelRequest.FromString,
+                    response_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.CatalogModel.SerializeToString,
+            ),
+            'ListCatalog': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCatalog,
+                    request_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.ListCatalogRequest.FromString,
+                    response_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.ListCatalogResponse.SerializeToString,
+            ),
+            'RemoveCatalogModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveCatalogModel,
+                    request_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.RemoveCatalogModelRequest.FromString,
+                    response_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.RemoveCatalogModelResponse.SerializeToString,
+            ),
+            'SetSuspended': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSuspended,
+                    request_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetSuspendedRequest.FromString,
+                    response_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetSuspendedResponse.SerializeToString,
+            ),
+            'SetProviderTrusted': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetProviderTrusted,
+                    request_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetProviderTrustedRequest.FromString,
+                    response_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetProviderTrustedResponse.SerializeToString,
+            ),
+            'RotateProviderToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateProviderToken,
+                    request_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.RotateProviderTokenRequest.FromString,
+                    response_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.RotateProviderTokenResponse.SerializeToString,
+            ),
+            'RevokeProviderToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeProviderToken,
+                    request_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.RevokeProviderTokenRequest.FromString,
+                    response_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.RevokeProviderTokenResponse.SerializeToString,
+            ),
+            'SetEndpointBanned': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetEndpointBanned,
+                    request_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetEndpointBannedRequest.FromString,
+                    response_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetEndpointBannedResponse.SerializeToString,
+            ),
+            'ListOperatorActions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOperatorActions,
+                    request_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.ListOperatorActionsRequest.FromString,
+                    response_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.ListOperatorActionsResponse.SerializeToString,
+            ),
+            'ReportCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportCheck,
+                    request_deserializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.ReportCheckRequest.FromString,
+                    response_serializer=idlegrid_dot_registry_dot_v1_dot_registry__pb2.ReportCheckResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -554,6 +742,276 @@ class RegistryService:
             '/idlegrid.registry.v1.RegistryService/SetPaused',
             idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetPausedRequest.SerializeToString,
             idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetPausedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutCatalogModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.registry.v1.RegistryService/PutCatalogModel',
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.PutCatalogModelRequest.SerializeToString,
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.CatalogModel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCatalog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.registry.v1.RegistryService/ListCatalog',
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.ListCatalogRequest.SerializeToString,
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.ListCatalogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveCatalogModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.registry.v1.RegistryService/RemoveCatalogModel',
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.RemoveCatalogModelRequest.SerializeToString,
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.RemoveCatalogModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSuspended(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.registry.v1.RegistryService/SetSuspended',
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetSuspendedRequest.SerializeToString,
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetSuspendedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetProviderTrusted(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.registry.v1.RegistryService/SetProviderTrusted',
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetProviderTrustedRequest.SerializeToString,
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetProviderTrustedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateProviderToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.registry.v1.RegistryService/RotateProviderToken',
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.RotateProviderTokenRequest.SerializeToString,
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.RotateProviderTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeProviderToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.registry.v1.RegistryService/RevokeProviderToken',
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.RevokeProviderTokenRequest.SerializeToString,
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.RevokeProviderTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetEndpointBanned(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.registry.v1.RegistryService/SetEndpointBanned',
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetEndpointBannedRequest.SerializeToString,
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.SetEndpointBannedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOperatorActions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.registry.v1.RegistryService/ListOperatorActions',
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.ListOperatorActionsRequest.SerializeToString,
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.ListOperatorActionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.registry.v1.RegistryService/ReportCheck',
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.ReportCheckRequest.SerializeToString,
+            idlegrid_dot_registry_dot_v1_dot_registry__pb2.ReportCheckResponse.FromString,
             options,
             channel_credentials,
             insecure,

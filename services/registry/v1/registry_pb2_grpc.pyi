@@ -151,6 +151,50 @@ class RegistryServiceStub:
     PAUSED with `detail`; no new jobs go to it, running jobs finish.
     `paused = false` resumes it (PAUSED → READY). Idempotent.
     """
+    PutCatalogModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.PutCatalogModelRequest, _registry_pb2.CatalogModel]
+    """---- The model catalog (operator: the admin identity). The platform, not
+    the node, knows each model it sells. A node may offer only catalog
+    models, with the catalog's kind, weights digest and context length, and
+    at or below its price ceiling (RegisterNode: INVALID_ARGUMENT with
+    reason model_not_in_catalog, weights_digest_mismatch or
+    price_above_ceiling). Verification compares each canary's output with
+    the catalog's reference.
+    """
+    ListCatalog: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListCatalogRequest, _registry_pb2.ListCatalogResponse]
+    RemoveCatalogModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RemoveCatalogModelRequest, _registry_pb2.RemoveCatalogModelResponse]
+    """NOT_FOUND when the model is not in the catalog. Nodes offering it stop
+    being routable for it (their offers of it are no longer verified).
+    """
+    SetSuspended: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetSuspendedRequest, _registry_pb2.SetSuspendedResponse]
+    """---- Operator controls (the admin identity). Every action is recorded
+    with its actor and reason (ListOperatorActions); reason is required.
+    Suspends (or unsuspends) one node or every node of a provider: a
+    SUSPENDED node gets no jobs and cannot leave SUSPENDED on its own (not
+    by heartbeat, link, pause or re-registration); unsuspending brings it
+    back through verification. Metering voids a suspended node's unreleased
+    earnings and refunds the partners who paid them.
+    """
+    SetProviderTrusted: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetProviderTrustedRequest, _registry_pb2.SetProviderTrustedResponse]
+    """Marks a provider trusted: its READY nodes run spot checks of others."""
+    RotateProviderToken: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RotateProviderTokenRequest, _registry_pb2.RotateProviderTokenResponse]
+    """A new provider token (shown once); the old one stops working at once."""
+    RevokeProviderToken: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RevokeProviderTokenRequest, _registry_pb2.RevokeProviderTokenResponse]
+    """The provider token stops working; its nodes' tokens too (they go OFFLINE,
+    STATE_REASON_DEREGISTERED). Rotate to issue a new one.
+    """
+    SetEndpointBanned: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetEndpointBannedRequest, _registry_pb2.SetEndpointBannedResponse]
+    """Bans (or unbans) a direct endpoint host: registration with it is
+    refused (PERMISSION_DENIED, reason endpoint_banned), and nodes on it go
+    OFFLINE.
+    """
+    ListOperatorActions: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListOperatorActionsRequest, _registry_pb2.ListOperatorActionsResponse]
+    ReportCheck: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ReportCheckRequest, _registry_pb2.ReportCheckResponse]
+    """---- Trust (the scheduler's identity): the verdict of a spot check, or a
+    job whose node-reported token counts disagreed with the platform's. A
+    failed spot check suspends the node (STATE_REASON_CHECK_FAILED, the
+    detail visible to its provider) and raises the sampling rate of its
+    provider's other nodes. Idempotent per (node_id, job_id, kind).
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -212,6 +256,50 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     serving schedule, or over its power or temperature limit): READY →
     PAUSED with `detail`; no new jobs go to it, running jobs finish.
     `paused = false` resumes it (PAUSED → READY). Idempotent.
+    """
+    PutCatalogModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.PutCatalogModelRequest, _registry_pb2.CatalogModel]  # type: ignore[assignment]
+    """---- The model catalog (operator: the admin identity). The platform, not
+    the node, knows each model it sells. A node may offer only catalog
+    models, with the catalog's kind, weights digest and context length, and
+    at or below its price ceiling (RegisterNode: INVALID_ARGUMENT with
+    reason model_not_in_catalog, weights_digest_mismatch or
+    price_above_ceiling). Verification compares each canary's output with
+    the catalog's reference.
+    """
+    ListCatalog: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListCatalogRequest, _registry_pb2.ListCatalogResponse]  # type: ignore[assignment]
+    RemoveCatalogModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.RemoveCatalogModelRequest, _registry_pb2.RemoveCatalogModelResponse]  # type: ignore[assignment]
+    """NOT_FOUND when the model is not in the catalog. Nodes offering it stop
+    being routable for it (their offers of it are no longer verified).
+    """
+    SetSuspended: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetSuspendedRequest, _registry_pb2.SetSuspendedResponse]  # type: ignore[assignment]
+    """---- Operator controls (the admin identity). Every action is recorded
+    with its actor and reason (ListOperatorActions); reason is required.
+    Suspends (or unsuspends) one node or every node of a provider: a
+    SUSPENDED node gets no jobs and cannot leave SUSPENDED on its own (not
+    by heartbeat, link, pause or re-registration); unsuspending brings it
+    back through verification. Metering voids a suspended node's unreleased
+    earnings and refunds the partners who paid them.
+    """
+    SetProviderTrusted: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetProviderTrustedRequest, _registry_pb2.SetProviderTrustedResponse]  # type: ignore[assignment]
+    """Marks a provider trusted: its READY nodes run spot checks of others."""
+    RotateProviderToken: _aio.UnaryUnaryMultiCallable[_registry_pb2.RotateProviderTokenRequest, _registry_pb2.RotateProviderTokenResponse]  # type: ignore[assignment]
+    """A new provider token (shown once); the old one stops working at once."""
+    RevokeProviderToken: _aio.UnaryUnaryMultiCallable[_registry_pb2.RevokeProviderTokenRequest, _registry_pb2.RevokeProviderTokenResponse]  # type: ignore[assignment]
+    """The provider token stops working; its nodes' tokens too (they go OFFLINE,
+    STATE_REASON_DEREGISTERED). Rotate to issue a new one.
+    """
+    SetEndpointBanned: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetEndpointBannedRequest, _registry_pb2.SetEndpointBannedResponse]  # type: ignore[assignment]
+    """Bans (or unbans) a direct endpoint host: registration with it is
+    refused (PERMISSION_DENIED, reason endpoint_banned), and nodes on it go
+    OFFLINE.
+    """
+    ListOperatorActions: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListOperatorActionsRequest, _registry_pb2.ListOperatorActionsResponse]  # type: ignore[assignment]
+    ReportCheck: _aio.UnaryUnaryMultiCallable[_registry_pb2.ReportCheckRequest, _registry_pb2.ReportCheckResponse]  # type: ignore[assignment]
+    """---- Trust (the scheduler's identity): the verdict of a spot check, or a
+    job whose node-reported token counts disagreed with the platform's. A
+    failed spot check suspends the node (STATE_REASON_CHECK_FAILED, the
+    detail visible to its provider) and raises the sampling rate of its
+    provider's other nodes. Idempotent per (node_id, job_id, kind).
     """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -337,6 +425,110 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         serving schedule, or over its power or temperature limit): READY →
         PAUSED with `detail`; no new jobs go to it, running jobs finish.
         `paused = false` resumes it (PAUSED → READY). Idempotent.
+        """
+
+    @_abc_1.abstractmethod
+    def PutCatalogModel(
+        self,
+        request: _registry_pb2.PutCatalogModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.CatalogModel, _abc.Awaitable[_registry_pb2.CatalogModel]]:
+        """---- The model catalog (operator: the admin identity). The platform, not
+        the node, knows each model it sells. A node may offer only catalog
+        models, with the catalog's kind, weights digest and context length, and
+        at or below its price ceiling (RegisterNode: INVALID_ARGUMENT with
+        reason model_not_in_catalog, weights_digest_mismatch or
+        price_above_ceiling). Verification compares each canary's output with
+        the catalog's reference.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCatalog(
+        self,
+        request: _registry_pb2.ListCatalogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListCatalogResponse, _abc.Awaitable[_registry_pb2.ListCatalogResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveCatalogModel(
+        self,
+        request: _registry_pb2.RemoveCatalogModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RemoveCatalogModelResponse, _abc.Awaitable[_registry_pb2.RemoveCatalogModelResponse]]:
+        """NOT_FOUND when the model is not in the catalog. Nodes offering it stop
+        being routable for it (their offers of it are no longer verified).
+        """
+
+    @_abc_1.abstractmethod
+    def SetSuspended(
+        self,
+        request: _registry_pb2.SetSuspendedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.SetSuspendedResponse, _abc.Awaitable[_registry_pb2.SetSuspendedResponse]]:
+        """---- Operator controls (the admin identity). Every action is recorded
+        with its actor and reason (ListOperatorActions); reason is required.
+        Suspends (or unsuspends) one node or every node of a provider: a
+        SUSPENDED node gets no jobs and cannot leave SUSPENDED on its own (not
+        by heartbeat, link, pause or re-registration); unsuspending brings it
+        back through verification. Metering voids a suspended node's unreleased
+        earnings and refunds the partners who paid them.
+        """
+
+    @_abc_1.abstractmethod
+    def SetProviderTrusted(
+        self,
+        request: _registry_pb2.SetProviderTrustedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.SetProviderTrustedResponse, _abc.Awaitable[_registry_pb2.SetProviderTrustedResponse]]:
+        """Marks a provider trusted: its READY nodes run spot checks of others."""
+
+    @_abc_1.abstractmethod
+    def RotateProviderToken(
+        self,
+        request: _registry_pb2.RotateProviderTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RotateProviderTokenResponse, _abc.Awaitable[_registry_pb2.RotateProviderTokenResponse]]:
+        """A new provider token (shown once); the old one stops working at once."""
+
+    @_abc_1.abstractmethod
+    def RevokeProviderToken(
+        self,
+        request: _registry_pb2.RevokeProviderTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RevokeProviderTokenResponse, _abc.Awaitable[_registry_pb2.RevokeProviderTokenResponse]]:
+        """The provider token stops working; its nodes' tokens too (they go OFFLINE,
+        STATE_REASON_DEREGISTERED). Rotate to issue a new one.
+        """
+
+    @_abc_1.abstractmethod
+    def SetEndpointBanned(
+        self,
+        request: _registry_pb2.SetEndpointBannedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.SetEndpointBannedResponse, _abc.Awaitable[_registry_pb2.SetEndpointBannedResponse]]:
+        """Bans (or unbans) a direct endpoint host: registration with it is
+        refused (PERMISSION_DENIED, reason endpoint_banned), and nodes on it go
+        OFFLINE.
+        """
+
+    @_abc_1.abstractmethod
+    def ListOperatorActions(
+        self,
+        request: _registry_pb2.ListOperatorActionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListOperatorActionsResponse, _abc.Awaitable[_registry_pb2.ListOperatorActionsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReportCheck(
+        self,
+        request: _registry_pb2.ReportCheckRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ReportCheckResponse, _abc.Awaitable[_registry_pb2.ReportCheckResponse]]:
+        """---- Trust (the scheduler's identity): the verdict of a spot check, or a
+        job whose node-reported token counts disagreed with the platform's. A
+        failed spot check suspends the node (STATE_REASON_CHECK_FAILED, the
+        detail visible to its provider) and raises the sampling rate of its
+        provider's other nodes. Idempotent per (node_id, job_id, kind).
         """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
