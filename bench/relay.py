@@ -39,6 +39,8 @@ from idlegrid.bench.kit import (
 )
 from idlegrid.bench.relay_standin import StandInRegistry
 from idlegrid.common.auth import bearer
+from idlegrid.common.config import Config
+from idlegrid.common.identities import RELAY
 from idlegrid.common.node_link import NODE_ID_HEADER
 from idlegrid.relay.v1 import relay_pb2 as pb
 
@@ -173,7 +175,9 @@ async def run(args, config) -> int:
     n_lat, rps_s, idle_n = (300, 2.0, 1_000) if quick else (2_000, 5.0, IDLE_LINKS)
     home = Path(tempfile.mkdtemp(prefix="idlegrid-bench-relay-"))
     triton = await asyncio.to_thread(start_demo_triton)
-    registry = StandInRegistry(TOKEN)
+    # The relay presents its own identity's token, derived from the bench's root token.
+    relay_token = Config.from_env({"IDLEGRID_SERVICE_TOKEN": TOKEN, "IDLEGRID_HOME": str(home)}).token_for(RELAY)
+    registry = StandInRegistry(relay_token)
     registry_addr = await registry.start()
     port = free_port()
     relay_addr = f"127.0.0.1:{port}"

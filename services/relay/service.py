@@ -95,5 +95,10 @@ async def start(config: Config, *, port: int | None = None, registry_addr: str |
 
 
 async def serve(config: Config, settings: RelaySettings | None = None) -> None:
+    """Runs until SIGTERM or SIGINT, then lets calls in flight finish and
+    closes every link at once (agents move to another replica) before the
+    server stops, instead of holding idle links for the whole grace period."""
     running = await start(config, settings=settings)
-    await server.serve_until_signal(running.server)
+    await server.wait_for_signal()
+    log.info("relay.stopping", relay_id=running.relay_id, links=len(running.hub.links))
+    await running.stop()
