@@ -12,7 +12,9 @@ Figures: added_p50_ms / added_p99_ms (relay minus direct, one caller, echo,
 unary); rps_ratio (relay / direct, 32 callers); streamed_tokens_per_s_ratio
 (LLM stream through the link / direct); attached_nodes and
 rss_mb_per_1k_links (relay RSS growth for N idle links, multiplexed over a
-few channels from this process)."""
+few channels from this process); bare_grpc_rss_mb_per_1k_streams, the floor
+under it measured in the same run (bench/grpc_floor.py: a bare grpc-aio
+server holding idle streams, multiplexed the same way), and their ratio."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import numpy as np
 import tritonclient.grpc.aio as tc
 from tritonclient.grpc import InferInput
 
+from idlegrid.bench.grpc_floor import rss_mb_per_1k_streams
 from idlegrid.bench.kit import (
     free_port,
     latencies_ms,
@@ -231,13 +234,16 @@ async def run(args, config) -> int:
         relay.wait(30)
         await registry.stop()
         await asyncio.to_thread(triton.stop)
+    floor = await asyncio.to_thread(rss_mb_per_1k_streams, min(idle_n, 2_000), STREAMS_PER_CHANNEL)
+    per_1k = (rss_after - rss_before) / max(1, idle.linked) * 1000
     (dp50, dp99), (rp50, rp99) = p50_p99_ms(d_lat), p50_p99_ms(r_lat)
     result = {
         "added_p50_ms": round(rp50 - dp50, 3), "added_p99_ms": round(rp99 - dp99, 3),
         "rps_ratio": round(r_rps / d_rps, 3),
         "streamed_tokens_per_s_ratio": round(r_tps / d_tps, 3),
         "attached_nodes": attached, "idle_links": idle.linked,
-        "rss_mb_per_1k_links": round((rss_after - rss_before) / max(1, idle.linked) * 1000, 2),
+        "rss_mb_per_1k_links": round(per_1k, 2),
+        "bare_grpc_rss_mb_per_1k_streams": round(floor, 2), "rss_ratio_to_bare_grpc": round(per_1k / floor, 3),
         "relay_rss_mb_before": round(rss_before, 1), "relay_rss_mb_after": round(rss_after, 1),
         "direct_p50_ms": round(dp50, 3), "direct_p99_ms": round(dp99, 3),
         "relay_p50_ms": round(rp50, 3), "relay_p99_ms": round(rp99, 3),
