@@ -25,13 +25,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-PICOS_PER_MICRO = 1_000_000
+from idlegrid.common.clearing import PICOS_PER_MICRO, micros_ceil
+
 LOW_WATER_SHARE = 0.25  # renew once less than this share of a lease is free
-
-
-def micros_ceil(picos: int) -> int:
-    """Pico-credits → micro-credits, rounded up (the one rounding per aggregate)."""
-    return -(-picos // PICOS_PER_MICRO)
 
 
 @dataclass(slots=True)
