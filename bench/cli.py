@@ -12,6 +12,7 @@ BENCHES = {
     "gateway": "idlegrid.bench.gateway",
     "relay": "idlegrid.bench.relay",
     "soak": "idlegrid.bench.soak",
+    "trust": "idlegrid.bench.trust",
 }
 
 
@@ -21,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     p.add_argument("--duration-s", type=float, help="soak: seconds of traffic and chaos (default 120; 20 with --quick)")
-    p.add_argument("--seed", type=int, help="soak: seed of the chaos schedule and the traffic mix (default 13)")
+    p.add_argument("--seed", type=int, help="soak: seed of the chaos schedule and the traffic mix (default 13); "
+                                            "trust: seed of the corpus and the simulation (default 11)")
     p.set_defaults(func=_bench)
 
 

@@ -52,6 +52,10 @@ async def start_services(home: Path, names: list[str]) -> tuple[dict[str, str], 
         procs.append(proc)
         if name != "gateway":
             await wait_healthy(f"127.0.0.1:{ports[name]}", proc=proc, timeout_s=120)
+        if name == "registry":  # nodes offer only catalog models
+            from idlegrid.cli.demo_catalog import seed_at
+
+            await seed_at(f"127.0.0.1:{ports[name]}", token=TOKEN, actor="bench", cache_dir=home)
     return {n: f"127.0.0.1:{p}" for n, p in ports.items()}, procs
 
 

@@ -177,6 +177,9 @@ async def run(args, config) -> int:
             procs.append(spawn([name, "serve"], env=env, log_path=home / f"{name}.log"))
         for name, proc in zip(backends, procs[1:], strict=True):
             await wait_healthy(f"127.0.0.1:{ports[name]}", proc=proc, timeout_s=120)
+        from idlegrid.cli.demo_catalog import seed_at
+
+        await seed_at(f"127.0.0.1:{ports['registry']}", token=TOKEN, actor="bench", cache_dir=home)  # the catalog
         procs.append(spawn(["gateway", "serve"], env=env, log_path=home / "gateway.log"))
         url = f"http://127.0.0.1:{ports['gateway']}"
         await _wait_http(url, procs[-1])

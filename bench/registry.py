@@ -57,6 +57,13 @@ FULL = Sizes(nodes=10_000, heartbeat_s=10.0, watchers=100, changes=50)
 QUICK = Sizes(nodes=1_000, heartbeat_s=3.0, watchers=20, changes=20)
 
 
+# The catalog entry of the model the bench's nodes offer (verification is
+# skipped: its canary never runs).
+BENCH_MODEL = pb.CatalogModel(name="bench-model", kind=pb.MODEL_KIND_TENSOR, canaries=[pb.CatalogCanary(
+    kserve_request_json='{"inputs": [{"name": "IN", "datatype": "FP32", "shape": [1], "data": [0]}]}',
+    kserve_expected_json='{"outputs": [{"name": "OUT", "datatype": "FP32", "shape": [1], "data": [0]}]}')])
+
+
 def _channels(addr: str, n: int) -> list[grpc.aio.Channel]:
     # Distinct channel args give distinct connections (gRPC shares identical ones).
     return [grpc.aio.insecure_channel(addr, options=[("idlegrid.bench.channel", i)]) for i in range(n)]
@@ -227,7 +234,9 @@ async def run(args, config) -> int:
     home = Path(tempfile.mkdtemp(prefix="idlegrid-bench-registry-"))
     port = free_port()
     env = {"IDLEGRID_HOME": str(home), "IDLEGRID_REGISTRY_PORT": str(port), "IDLEGRID_LOG_LEVEL": "warning",
-           "IDLEGRID_LOG_FORMAT": "json", "IDLEGRID_SERVICE_TOKEN": TOKEN}
+           "IDLEGRID_LOG_FORMAT": "json", "IDLEGRID_SERVICE_TOKEN": TOKEN,
+           # The bench's nodes are direct endpoints in 10/8 (never dialled: verification is skipped).
+           "IDLEGRID_REGISTRY_DIRECT_ENDPOINTS": "on", "IDLEGRID_REGISTRY_DIRECT_ALLOW_CIDRS": "10.0.0.0/8"}
     os.environ.pop("IDLEGRID_DATABASE_URL", None)
     # A long lease: the nodes kept for the fan-out measurement send no heartbeats.
     proc = spawn(["registry", "serve", "--skip-verification", "--heartbeat-interval-ms", "600000"],
@@ -242,6 +251,9 @@ async def run(args, config) -> int:
         admin = stubs[0]
         provider = await admin.CreateProvider(pb.CreateProviderRequest(
             name="bench", ledger_account_id=os.urandom(16)), metadata=_service_md())
+        await admin.PutCatalogModel(pb.PutCatalogModelRequest(model=BENCH_MODEL, actor="bench", reason="the bench's"
+                                                              " model (nodes offer only catalog models)"),
+                                    metadata=_service_md())
         t0 = time.perf_counter()
         nodes = await _phase("register", _register(stubs, provider.provider_token, sizes.nodes + 2 * sizes.changes))
         register_s = time.perf_counter() - t0

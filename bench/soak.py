@@ -149,6 +149,9 @@ async def _soak(opts: SoakOptions, fleet: Fleet, conn, db_url: str) -> dict:
     started = time.monotonic()
     await fleet.start("ledger")
     await asyncio.gather(*(fleet.start(k) for k in ("metering", "registry", "relay", "scheduler")))
+    from idlegrid.cli.demo_catalog import seed_at
+
+    await seed_at(fleet.addrs["registry"], token=TOKEN, actor="bench", cache_dir=fleet.home)  # the demo models
     await fleet.start("gateway")
     admin_key = await _admin_key(db_url)
     url = fleet.gateway_url

@@ -20,6 +20,7 @@ import structlog
 
 from idlegrid.common.config import Config
 from idlegrid.common.errors import ConfigError
+from idlegrid.demo.names import CHEAT_MODES
 
 log = structlog.get_logger("node")
 
@@ -43,6 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--direct", action="store_true",
                    help="register the Triton's address as a direct endpoint instead of linking through a relay "
                         "(only where the operator enabled direct endpoints)")
+    s.add_argument("--cheat", choices=CHEAT_MODES,
+                   help="with --demo: a cheating node, for tests and drills (see idlegrid/demo/cheats.py)")
+    s.add_argument("--cheat-rate", type=float, default=1.0, help="with --cheat: the share of jobs cheated on "
+                                                                 "(default 1)")
+    s.add_argument("--cheat-after", type=int, default=0, help="with --cheat: serve this many jobs honestly first "
+                                                             "(as a cheater passes verification)")
     s.add_argument("--node-id-file", type=Path,
                    help="keeps the node id across restarts (default $IDLEGRID_HOME/node-id)")
     s.set_defaults(func=_start)
@@ -86,6 +93,10 @@ async def _start(args, config: Config) -> int:
     node_config = config_file.load(args.config) if args.config else None
     if node_config is None and not args.demo:
         raise ConfigError("--config is required with --triton-url")
+    if args.cheat and not args.demo:
+        raise ConfigError("--cheat needs --demo (it is a mode of the demo node)")
+    if not 0.0 <= args.cheat_rate <= 1.0:
+        raise ConfigError(f"--cheat-rate must be in [0, 1], got {args.cheat_rate}")
     demo = None
     triton_url, metrics_url = args.triton_url, args.metrics_url
     if args.demo:
@@ -93,7 +104,8 @@ async def _start(args, config: Config) -> int:
         from idlegrid.demo.launcher import start_demo_triton
 
         node_config = node_config or await asyncio.to_thread(demo_node.node_config)
-        demo = await asyncio.to_thread(start_demo_triton)
+        demo = await asyncio.to_thread(start_demo_triton, cheat=args.cheat, cheat_rate=args.cheat_rate,
+                                       cheat_after=args.cheat_after)
         triton_url, metrics_url = demo.grpc_url, metrics_url or demo.metrics_url
     id_file = args.node_id_file or config.home / "node-id"
     relay_addrs = () if args.direct else relays(args.relay or config.addrs["relay"])

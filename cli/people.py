@@ -1,10 +1,11 @@
 """The CLI for people, against the gateway's REST API:
 
     idlegrid account                      the partner's balance
-    idlegrid provider earnings            what a provider earned (tables)
+    idlegrid provider earnings            what a provider earned: available, held, released, voided (cli/earnings.py)
     idlegrid nodes                        a provider's nodes
     idlegrid keys create --account-id ID --scope consumer|provider|admin
     idlegrid keys revoke KEY_ID
+    idlegrid catalog ..., idlegrid operator ...   (operators: cli/operator.py)
 
 The gateway URL and the key come from --url / --key, else from
 IDLEGRID_GATEWAY_URL / IDLEGRID_API_KEY, else from the demo file that
@@ -40,7 +41,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("provider", help="provider views (provider key)")
     psub = p.add_subparsers(dest="provider_command", required=True)
-    e = psub.add_parser("earnings", help="what you earned: totals, by node, by model, recent jobs")
+    e = psub.add_parser("earnings", help="what you earned: available, held, released, voided; by node, by model; "
+                                         "recent jobs with their check results")
     _common(e)
     e.set_defaults(func=_earnings, demo_key="provider_key")
 
@@ -59,6 +61,10 @@ def register(sub) -> None:
     r.add_argument("key_id")
     _common(r)
     r.set_defaults(func=_key_revoke, demo_key="admin_key")
+
+    from idlegrid.cli import operator
+
+    operator.register(sub)
 
 
 def _target(args, config: Config) -> tuple[str, str]:
@@ -113,26 +119,9 @@ async def _account(args, config: Config) -> int:
 
 
 async def _earnings(args, config: Config) -> int:
-    e = await _call(args, config, "GET", "/v1/provider/earnings")
-    if args.json:
-        _out(json.dumps(e, indent=2))
-        return 0
-    _out(f"provider account {e['account_id']} (platform fee {e.get('fee_bps', 0) / 100:.2f} %)")
-    for k in ("earned_micros", "pending_micros", "paid_out_micros", "balance_micros"):
-        if k in e:
-            _out(f"  {k.removesuffix('_micros'):9} {_credits(e[k])}")
-    _out("\nby node:")
-    _table([[n["node_id"], n["jobs"], n["cost_micros"], n["earned_micros"], n["pending_micros"]]
-            for n in e.get("by_node", [])], ["node", "jobs", "cost µ", "earned µ", "pending µ"])
-    _out("\nby model:")
-    _table([[m["model"], m["jobs"], m["prompt_tokens"], m["completion_tokens"], m["requests"], m["earned_micros"]]
-            for m in e.get("by_model", [])], ["model", "jobs", "in tokens", "out tokens", "requests", "earned µ"])
-    jobs = e.get("jobs", {}).get("data", [])
-    _out(f"\nlatest jobs ({len(jobs)}):")
-    _table([[j["finished_at"][:19], j["job_id"], j["model"], j["outcome"], j["settlement"], j["cost_micros"],
-             j.get("provider_micros", "")] for j in jobs],
-           ["finished", "job", "model", "outcome", "settlement", "cost µ", "earned µ"])
-    return 0
+    from idlegrid.cli.earnings import earnings  # available, held, released, voided; checks per job
+
+    return await earnings(args, config)
 
 
 async def _nodes(args, config: Config) -> int:
@@ -141,9 +130,20 @@ async def _nodes(args, config: Config) -> int:
         _out(json.dumps(n, indent=2))
         return 0
     _table([[x["node_id"], x["state"], x.get("state_detail", ""), x["endpoint"],
-             ", ".join(m["name"] for m in x.get("models", []))] for x in n.get("data", [])],
-           ["node", "state", "detail", "endpoint", "models"])
+             ", ".join(m["name"] for m in x.get("models", [])), "yes" if x.get("trusted") else "no",
+             _reputation(x.get("reputation"))] for x in n.get("data", [])],
+           ["node", "state", "detail", "endpoint", "models", "trusted", "reputation"])
+    for x in n.get("data", []):
+        for reason in (x.get("reputation") or {}).get("reasons", []):
+            _out(f"  {x['node_id']}: {reason}")
     return 0
+
+
+def _reputation(r: dict | None) -> str:
+    if not r:
+        return "-"
+    return (f"score {r['score']:.2f}, {r['checks_passed']} passed, {r['checks_failed']} failed, "
+            f"{r['count_disagreements']} count disagreements, sampled {r['sample_rate']:.0%}")
 
 
 async def _key_create(args, config: Config) -> int:

@@ -1,8 +1,8 @@
 """``idlegrid up``: the whole marketplace on one machine.
 
 Starts the embedded PostgreSQL (or uses IDLEGRID_DATABASE_URL), the ledger,
-registry, metering, relay, scheduler and gateway services in this process, and
-a demo provider node (a real Triton on the CPU, on loopback, with its node
+registry (with the demo models in its catalog), metering, relay, scheduler and
+gateway services in this process, and a demo provider node (a real Triton on the CPU, on loopback, with its node
 agent) that joins through the relay like any node behind NAT; creates a demo
 partner with credits, a demo provider and their keys; prints how to use them
 and writes them (and ``relay_addr``) to ``$IDLEGRID_HOME/demo.json``.
@@ -156,6 +156,21 @@ Ctrl-C stops everything.
 """
 
 
+async def _seed_catalog(config: Config, port: int) -> None:
+    """The demo models in the catalog (nodes offer only catalog models), as
+    the operator: their reference outputs are computed once and kept in
+    $IDLEGRID_HOME; an operator's price ceilings are kept."""
+    from idlegrid.cli import demo_catalog
+    from idlegrid.common.channel import open_channel
+    from idlegrid.common.identities import OPERATOR
+    from idlegrid.registry.v1 import registry_pb2_grpc
+
+    # Under mTLS the operator's certificate names it (no token).
+    async with open_channel(f"127.0.0.1:{port}", token=config.token_for(OPERATOR), config=config) as ch:
+        await demo_catalog.seed(registry_pb2_grpc.RegistryServiceStub(ch), actor="idlegrid-up",
+                                cache_dir=config.home)
+
+
 async def _up(args, config: Config) -> int:
     logs.configure(fmt=config.log_format, level=args.log_level)
     relay_listen = _listen(args.relay_listen, config.ports["relay"])
@@ -207,9 +222,10 @@ async def _run(args, config: Config, relay_listen: tuple[str, int], parts: Parts
         server(await ledger_service.start(config, database_url=url), "ledger")
     with _Step(3, total, f"metering on :{config.ports['metering']}"):
         server(await metering_service.start(config, database_url=url), "metering")
-    with _Step(4, total, f"registry on :{config.ports['registry']}"):
+    with _Step(4, total, f"registry on :{config.ports['registry']}, with the demo models in its catalog"):
         reg = await registry_service.start(config, database_url=url)
         server(reg, "registry")
+        await _seed_catalog(config, reg.port)
     with _Step(5, total, f"relay on {relay_host}:{relay_port}"):
         advertise = config.relay_advertise_addr or (_advertised(relay_host, relay_port) if relay_port else None)
         relay = await relay_service.start(config, host=relay_host, port=relay_port, advertise_addr=advertise)

@@ -19,9 +19,9 @@ Who calls whom (grep the stubs in services/*, gateway/, cli/, bench/):
 
 | caller | calls |
 |---|---|
-| gateway | ledger (accounts, reads, TopUp and Payout from its admin path), registry (providers, nodes, watch), scheduler (inference), metering (usage reads) |
-| scheduler | ledger (Reserve, Settle, SettleBatch, Release), metering (RecordUsage), registry (WatchNodes, GetNode), relay (KServe, forwarded to nodes) |
-| metering | ledger (Settle, SettleBatch: the settlement worker) |
+| gateway | ledger (accounts, reads, TopUp and Payout from its admin path), registry (providers, nodes, watch), scheduler (inference), metering (usage and earnings reads) |
+| scheduler | ledger (Reserve, Settle, SettleBatch, Release), metering (RecordUsage, RecordCheckResult), registry (WatchNodes, GetNode), relay (KServe, forwarded to nodes) |
+| metering | ledger (Settle, SettleBatch: the settlement worker; ReleaseEarnings, VoidEarnings: the earnings worker), registry (WatchNodes: suspended nodes' earnings are voided) |
 | registry | relay (KServe canaries that verify a node) |
 | relay | registry (AttachLink, DetachLink) |
 | node agent | registry (node methods), relay (Link), with its node token |
@@ -54,10 +54,11 @@ ALLOWED: dict[str, frozenset[str]] = {
         "GetAccountTransfers": _G, "GetAccountBalances": _G, "LookupTransfers": _G,
         "TopUp": _G, "Payout": _G,  # the gateway's admin path
         "Reserve": _S, "Release": _S, "Settle": _S | _M, "SettleBatch": _S | _M,
+        "ReleaseEarnings": _M, "VoidEarnings": _M,  # held earnings: metering's release and void workers
         "CreateTransfers": frozenset(),  # raw transfers: the operator only (benchmarks, repairs)
     }),
     **_table("idlegrid.registry.v1.RegistryService", {
-        "CreateProvider": _G, "ListNodes": _G, "GetNode": _G | _S, "WatchNodes": _G | _S,
+        "CreateProvider": _G, "ListNodes": _G, "GetNode": _G | _S, "WatchNodes": _G | _S | _M,
         "AttachLink": frozenset({RELAY}), "DetachLink": frozenset({RELAY}),
         **{m: frozenset({NODE}) for m in ("RegisterNode", "Heartbeat", "Drain", "Deregister", "SetPaused")},
         # The operator controls and the catalog: the gateway's admin path.
@@ -69,7 +70,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     }),
     **_table("idlegrid.scheduler.v1.SchedulerService", {"Infer": _G, "InferStream": _G, "GetModelMetadata": _G}),
     **_table("idlegrid.metering.v1.MeteringService", {
-        "RecordUsage": _S, "GetJob": _G, "ListUsage": _G, "GetUsage": _G}),
+        "RecordUsage": _S, "GetJob": _G, "ListUsage": _G, "GetUsage": _G, "GetEarnings": _G,
+        "RecordCheckResult": _S,  # the spot-checker's verdict per job
+        "VoidNodeEarnings": frozenset(),  # an operator's decision: the operator only
+    }),
     **_table("idlegrid.relay.v1.RelayService", {"Link": frozenset({NODE})}),
     # The relay's KServe face: only what dispatch and verification forward to nodes.
     **_table(KSERVE_SERVICE, {m: _S | frozenset({REGISTRY}) for m in (

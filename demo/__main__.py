@@ -19,7 +19,8 @@ from pathlib import Path
 import structlog
 
 from idlegrid.common import logs
-from idlegrid.demo.names import MODEL_NAMES
+from idlegrid.demo.cheats import CheatOptions
+from idlegrid.demo.names import CHEAT_MODES, MODEL_NAMES
 from idlegrid.demo.server import DEFAULT_HOST, ServeOptions, serve
 from idlegrid.demo.smollm2 import N_THREADS_DEFAULT
 
@@ -56,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="each model serves this many requests, then every inference errors")
     p.add_argument("--llm-extra-tokens", type=int, default=0,
                    help="a flooding node: generate this many tokens past max_tokens")
+    p.add_argument("--cheat", choices=CHEAT_MODES, default=None,
+                   help="a cheating node, for tests and drills (see idlegrid/demo/cheats.py)")
+    p.add_argument("--cheat-rate", type=float, default=1.0, help="share of jobs cheated on (default 1)")
+    p.add_argument("--cheat-seed", type=int, default=0, help="seed of which jobs are cheated on")
+    p.add_argument("--cheat-after", type=int, default=0,
+                   help="serve this many language-model jobs honestly first (to pass verification)")
     p.add_argument("--n-threads", type=int, default=N_THREADS_DEFAULT, help="llama.cpp threads")
     p.add_argument(
         "--workspace", type=Path, default=None, help="pytriton workspace (must not exist)"
@@ -83,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         llm_extra_tokens=args.llm_extra_tokens,
         n_threads=args.n_threads,
         workspace=args.workspace,
+        cheat=CheatOptions(args.cheat, args.cheat_rate, args.cheat_seed, args.cheat_after),
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

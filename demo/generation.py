@@ -6,6 +6,15 @@ incrementally (a character split over two tokens is never emitted half),
 holds back just enough text to catch a stop string that spans tokens, and
 counts every sampled token, the end-of-generation token included (as vLLM
 counts it).
+
+Each generation starts from an empty KV cache. llama-cpp-python would
+otherwise reuse the cached prefix a previous request shared with this one
+and evaluate only the rest, and a prompt evaluated in two batches gets
+slightly different logits from one evaluated in one (a 4-bit model on the
+CPU: up to a few tenths of a nat), enough to flip a greedy choice between
+near-ties. Without the cache a greedy answer is a function of the prompt
+alone, as the registry's canaries and the spot checks of greedy jobs (which
+must match exactly) require.
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ def generate(
         )
     budget = min(params.max_tokens, room)
     llm.set_seed(params.seed if params.seed is not None else secrets.randbits(32))
+    llm.reset()  # no prefix reuse: the same prompt always gives the same logits
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     holdback_chars = max((len(s) for s in params.stop), default=1) - 1
     pending = ""

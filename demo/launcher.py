@@ -25,7 +25,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from idlegrid.demo.leftovers import Leftovers, group_pids
-from idlegrid.demo.names import MODEL_NAMES
+from idlegrid.demo.names import CHEAT_MODES, MODEL_NAMES
 from idlegrid.demo.ports import resolve_port
 
 STARTUP_TIMEOUT_S = 120.0
@@ -147,6 +147,10 @@ def start_demo_triton(
     fail_after: int = -1,
     llm_extra_tokens: int = 0,
     n_threads: int | None = None,
+    cheat: str | None = None,
+    cheat_rate: float = 1.0,
+    cheat_seed: int = 0,
+    cheat_after: int = 0,
     startup_timeout_s: float = STARTUP_TIMEOUT_S,
 ) -> DemoTriton:
     """Launches the demo Triton and returns once the server and ``models``
@@ -157,12 +161,17 @@ def start_demo_triton(
     ``fail_after`` >= 0 lets each model serve that many requests first (a node
     that passes the registry's canary, then fails);
     ``llm_extra_tokens`` makes the language model generate that many tokens
-    past each request's max_tokens (a node that floods its output).
+    past each request's max_tokens (a node that floods its output);
+    ``cheat`` (a mode of cheats.py) makes the node cheat on a share
+    ``cheat_rate`` of its language-model jobs, chosen by ``cheat_seed``,
+    after serving ``cheat_after`` of them honestly.
     Raises DemoTritonError if the child exits or is not ready in time.
     """
     unknown = set(models) - set(MODEL_NAMES)
     if unknown or not models:
         raise ValueError(f"models must be a non-empty subset of {MODEL_NAMES}, got {models}")
+    if cheat is not None and cheat not in CHEAT_MODES or not 0.0 <= cheat_rate <= 1.0:
+        raise ValueError(f"cheat must be one of {CHEAT_MODES} and cheat_rate in [0, 1], got {cheat}, {cheat_rate}")
     ports = [resolve_port(p, HOST) for p in (grpc_port, http_port, metrics_port)]
     if len(set(ports)) != 3:
         raise ValueError(f"grpc, http and metrics ports must differ, got {ports}")
@@ -187,6 +196,9 @@ def start_demo_triton(
         cmd += ["--llm-extra-tokens", str(llm_extra_tokens)]
     if n_threads is not None:
         cmd += ["--n-threads", str(n_threads)]
+    if cheat is not None:
+        cmd += ["--cheat", cheat, "--cheat-rate", repr(cheat_rate), "--cheat-seed", str(cheat_seed),
+                "--cheat-after", str(cheat_after)]
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     started = time.monotonic()

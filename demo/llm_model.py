@@ -31,6 +31,9 @@ the responses is the total), and the last one carries the finish reason.
 With ``stream`` false it sends one response with the whole text and the
 totals. Either way Triton then closes the request with an empty final
 response (seen only by gRPC clients that set ``enable_empty_final_response``).
+
+A node started with ``--cheat`` changes what it generates or reports on the
+jobs it cheats on (cheats.py); the tensors stay the same.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ from pytriton.model_config import ModelConfig, Tensor
 from pytriton.proxy.types import Request
 
 from idlegrid.common.errors import InvalidArgument, Unavailable
-from idlegrid.demo.generation import Chunk, generate
+from idlegrid.demo import cheats
+from idlegrid.demo.generation import Chunk
 from idlegrid.demo.sampling import MAX_TOKENS_MAX, SamplingParams, parse_sampling_params
 from idlegrid.models.prompt import Prompt, PromptBuilder
 
@@ -107,7 +111,7 @@ class LlmModel:
 
     def __init__(
         self, llm: llama_cpp.Llama, *, token_delay_ms: int = 0, fail: bool = False,
-        fail_after: int = -1, extra_tokens: int = 0,
+        fail_after: int = -1, extra_tokens: int = 0, cheat: cheats.CheatOptions | None = None,
     ) -> None:
         if token_delay_ms < 0:
             raise ValueError(f"token_delay_ms must be >= 0, got {token_delay_ms}")
@@ -118,6 +122,8 @@ class LlmModel:
         self._fail_after = fail_after  # >= 0: serve this many requests, then fail
         self._extra_tokens = extra_tokens  # > 0: a flooding node, past max_tokens
         self._served = 0
+        # A cheating node (cheats.py): decided job by job, on the event loop.
+        self._cheater = cheats.Cheater(cheat) if cheat is not None and cheat.mode else None
         self._worker = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="smollm2"
         )
@@ -131,12 +137,13 @@ class LlmModel:
         params: SamplingParams,
         put: Callable[[Prompt | Chunk | Exception], None],
         cancelled: threading.Event,
+        cheat: cheats.Cheat | None = None,
     ) -> None:
         """Worker thread: the prompt, then each chunk, or an exception."""
         try:
             prompt = self._prompts.build(text_input)
             put(prompt)
-            for chunk in generate(self._llm, prompt.tokens, params):
+            for chunk in cheats.chunks(cheat, self._llm, prompt.tokens, params):
                 if cancelled.is_set():
                     return
                 put(chunk)
@@ -178,16 +185,19 @@ class LlmModel:
                 raise item
             return item
 
-        loop.run_in_executor(self._worker, self._generate, text_input, params, put, cancelled)
+        cheat = self._cheater.pick() if self._cheater is not None else None
+        loop.run_in_executor(self._worker, self._generate, text_input, cheats.run_params(cheat, params), put,
+                             cancelled, cheat)
         try:
             prompt = await next_item()
             assert isinstance(prompt, Prompt)
-            n_in = len(prompt.tokens)
+            n_in = cheats.reported_input_tokens(cheat, len(prompt.tokens))
             texts: list[str] = [prompt.text] if prepend_input else []
             n_out = 0
             while True:
                 chunk = await next_item()
                 assert isinstance(chunk, Chunk)
+                chunk = cheats.reported_chunk(cheat, chunk, sent_tokens=n_out, max_tokens=params.max_tokens)
                 n_out += chunk.num_output_tokens
                 if self._token_delay_s:
                     await asyncio.sleep(self._token_delay_s * chunk.num_output_tokens)
@@ -209,4 +219,5 @@ class LlmModel:
             num_input_tokens=n_in,
             num_output_tokens=n_out,
             finish_reason=chunk.finish_reason,
+            cheat=cheat.mode if cheat is not None else None,
         )

@@ -19,8 +19,9 @@ from pathlib import Path
 import structlog
 from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
-from idlegrid.demo import echo_model, llm_model
-from idlegrid.demo.names import ECHO_MODEL_NAME, LLM_MODEL_NAME, MODEL_NAMES
+from idlegrid.demo import echo_model, llm_model, scoring_model
+from idlegrid.demo.cheats import CheatOptions
+from idlegrid.demo.names import ECHO_MODEL_NAME, LLM_MODEL_NAME, MODEL_NAMES, SCORE_MODEL_NAME
 from idlegrid.demo.ports import resolve_port
 from idlegrid.demo.smollm2 import N_THREADS_DEFAULT, load_smollm2
 
@@ -49,6 +50,7 @@ class ServeOptions:
     llm_extra_tokens: int = 0  # a flooding node: generates this many tokens past max_tokens
     n_threads: int = N_THREADS_DEFAULT
     workspace: Path | None = None
+    cheat: CheatOptions = CheatOptions()  # a cheating node (cheats.py); honest by default
 
     def __post_init__(self) -> None:
         unknown = set(self.models) - set(MODEL_NAMES)
@@ -92,7 +94,11 @@ def serve(options: ServeOptions, stop: threading.Event) -> None:
             fail=options.fail,
             fail_after=options.fail_after,
             extra_tokens=options.llm_extra_tokens,
+            cheat=options.cheat,
         )
+    scorer = None
+    if SCORE_MODEL_NAME in options.models:
+        scorer = scoring_model.ScoringModel(load_smollm2(n_threads=options.n_threads), fail=options.fail)
     config = TritonConfig(
         http_address=options.host,
         http_port=http_port,
@@ -119,6 +125,15 @@ def serve(options: ServeOptions, stop: threading.Event) -> None:
                 config=llm_model.CONFIG,
                 strict=True,
             )
+        if scorer is not None:
+            triton.bind(
+                model_name=SCORE_MODEL_NAME,
+                infer_func=scorer.infer,
+                inputs=scoring_model.INPUTS,
+                outputs=scoring_model.OUTPUTS,
+                config=scoring_model.CONFIG,
+                strict=True,
+            )
         if ECHO_MODEL_NAME in options.models:
             triton.bind(
                 model_name=ECHO_MODEL_NAME,
@@ -138,6 +153,8 @@ def serve(options: ServeOptions, stop: threading.Event) -> None:
             models=list(options.models),
             fail=options.fail,
             llm_delay_ms=options.llm_delay_ms,
+            cheat=options.cheat.mode,
+            cheat_rate=options.cheat.rate,
             startup_ms=round((time.monotonic() - started) * 1000),
         )
         while not stop.wait(_ALIVE_CHECK_S):
@@ -147,4 +164,6 @@ def serve(options: ServeOptions, stop: threading.Event) -> None:
         triton.stop()
         if llm is not None:
             llm.close()
+        if scorer is not None:
+            scorer.close()
         log.info("demo_triton_stopped")

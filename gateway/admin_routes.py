@@ -11,7 +11,9 @@
 
 Every action is audited (who: the admin key; what; the result); money
 operations are capped (gateway/admin_limits.py); an admin key lives at most
-IDLEGRID_GATEWAY_ADMIN_KEY_TTL_S.
+IDLEGRID_GATEWAY_ADMIN_KEY_TTL_S. The registry's catalog and operator
+controls (suspensions, trust, provider tokens, banned endpoints) are admin
+routes too: gateway/operator_routes.py.
 """
 
 from __future__ import annotations
@@ -24,7 +26,16 @@ from starlette.routing import Route
 
 from idlegrid.common.errors import InvalidArgument
 from idlegrid.common.money import AMOUNT_MAX
-from idlegrid.gateway import admin_limits, audit, bodies, keys, onboarding, params, views
+from idlegrid.gateway import (
+    admin_limits,
+    audit,
+    bodies,
+    keys,
+    onboarding,
+    operator_routes,
+    params,
+    views,
+)
 from idlegrid.gateway.admin_limits import MoneyOp
 from idlegrid.gateway.context import caller, gw, metadata
 from idlegrid.gateway.errors import ApiError, bad_request, rpc
@@ -203,6 +214,7 @@ def routes() -> list[Route]:
         Route("/v1/admin/accounts/{account_id}/topup", topup, methods=["POST"]),
         Route("/v1/admin/accounts/{account_id}/payout", payout, methods=["POST"]),
         Route("/v1/admin/audit", audit_trail, methods=["GET"]),
+        *operator_routes.routes(),
     ]
 
 

@@ -17,6 +17,7 @@ Entries never hold a key or a secret. Admins read them with GET
 | create_key | ok |
 | revoke_key | ok |
 | topup, payout | started (caps passed, the ledger is asked), then ok, already_applied, refused (a cap or the ledger's answer) or failed (outcome unknown: it still counts against the caps) |
+| the operator controls (gateway/operator_routes.py: OPERATOR_ACTIONS) | ok, or refused (with the error code); the registry keeps its own trail of them too |
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from idlegrid.gateway import store, views
 from idlegrid.gateway.store import AuditEntry, Db
 
 CLI_ACTOR = "cli"
-ACTIONS = ("create_account", "create_key", "revoke_key", "topup", "payout")
+OPERATOR_ACTIONS = ("put_catalog_model", "remove_catalog_model", "suspend_node", "unsuspend_node", "suspend_provider",
+                    "unsuspend_provider", "trust_provider", "untrust_provider", "rotate_provider_token",
+                    "revoke_provider_token", "ban_endpoint", "unban_endpoint")
+ACTIONS = ("create_account", "create_key", "revoke_key", "topup", "payout", *OPERATOR_ACTIONS)
 RESULTS = ("started", "ok", "already_applied", "refused", "failed")
 DETAIL_CHARS_MAX = 500
 

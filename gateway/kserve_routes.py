@@ -7,7 +7,9 @@
 | GET /v2/models/{name}[/versions/{v}]/ready | any | whether a READY node serves it |
 | POST /v2/models/{name}[/versions/{v}]/infer | consumer | one scheduler job (JSON or binary tensors) |
 
-Errors use KServe's body ``{"error": "<message>"}``.
+Errors use KServe's body ``{"error": "<message>"}``. An infer call takes the
+partner's price ceiling and placement as OpenRouter's ``provider`` object, the
+JSON of the ``X-Idlegrid-Provider`` header (provider_prefs.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from idlegrid.common.node_view import NodeInfo
-from idlegrid.gateway import bodies, catalog
+from idlegrid.gateway import bodies, catalog, provider_prefs
 from idlegrid.gateway.context import caller, gw, metadata
 from idlegrid.gateway.errors import ApiError, rpc
 from idlegrid.gateway.job_ids import job_id, job_uuid
@@ -87,6 +89,7 @@ async def infer(request: Request) -> Response:
     version = request.path_params.get("version", "")
     raw = await bodies.read(request, g.settings.body_bytes_max)
     body = decode_request(raw, request.headers.get(HEADER_LENGTH))
+    provider = provider_prefs.from_header(request.headers.get(provider_prefs.HEADER))
     if version:
         await catalog.synced(g.backends.nodes)
         _offers(request)
@@ -95,6 +98,8 @@ async def infer(request: Request) -> Response:
     req = spb.InferRequest(job_id=job, consumer_account_id=rec.account_id, model=name,
                            tensors=spb.TensorInput(inputs=body.inputs, outputs=body.outputs),
                            timeout_ms=g.settings.job_timeout_ms)
+    if provider is not None:
+        req.provider.CopyFrom(provider)
     resp = await rpc(g.backends.scheduler.Infer(req, timeout=g.settings.job_timeout_s + JOB_MARGIN_S,
                                                 metadata=metadata(request)))
     note(request.scope, cost_micros=resp.usage.cost_micros, node=resp.routing.node_id.hex())

@@ -78,6 +78,8 @@ async def _text(request: Request, *, is_chat: bool) -> Response | EventStream:
     note(request.scope, job_id=job_uuid(job), model=parsed.model, stream=parsed.stream)
     req = spb.InferRequest(job_id=job, consumer_account_id=rec.account_id, model=parsed.model, text=parsed.text,
                            timeout_ms=g.settings.job_timeout_ms)
+    if parsed.provider is not None:
+        req.provider.CopyFrom(parsed.provider)
     created = int(time.time())
     cid = ("chatcmpl-" if is_chat else "cmpl-") + job.hex()
     if parsed.stream:

@@ -2,13 +2,15 @@
 into the scheduler's TextGeneration. Whatever the gateway cannot honour is a
 400 naming the field, never silently ignored: n > 1, tools, function calls,
 log probabilities, response formats other than text, penalties, roles other
-than system / developer / user / assistant, non-text content parts."""
+than system / developer / user / assistant, non-text content parts.
+OpenRouter's ``provider`` object (price ceilings and placement) is read by
+provider_prefs.py."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from idlegrid.gateway import bodies
+from idlegrid.gateway import bodies, provider_prefs
 from idlegrid.gateway.errors import bad_request
 from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 
@@ -22,7 +24,7 @@ ROLES = {"system": "system", "developer": "system", "user": "user", "assistant":
 
 _COMMON = frozenset({
     "model", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "stream", "stream_options", "user",
-    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs",
+    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "provider",
 })
 CHAT_FIELDS = _COMMON | {
     "messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice", "functions", "function_call",
@@ -37,6 +39,7 @@ class TextRequest:
     text: spb.TextGeneration
     stream: bool
     include_usage: bool
+    provider: spb.ProviderPreferences | None = None  # OpenRouter's provider object
 
 
 def _model(body: dict) -> str:
@@ -158,7 +161,7 @@ def chat(body: dict) -> TextRequest:
     bodies.boolean(body, "parallel_tool_calls")
     if body.get("metadata") is not None and not isinstance(body["metadata"], dict):
         raise bad_request("'metadata' must be an object", param="metadata", code="invalid_type")
-    return TextRequest(model, text, stream, include_usage)
+    return TextRequest(model, text, stream, include_usage, provider_prefs.parse(body.get("provider")))
 
 
 def completion(body: dict) -> TextRequest:
@@ -180,4 +183,4 @@ def completion(body: dict) -> TextRequest:
     bodies.unsupported(body, "suffix", allowed=(None, ""))
     bodies.unsupported(body, "best_of", allowed=(None, 1))
     bodies.unsupported(body, "logprobs", allowed=(None,))
-    return TextRequest(model, text, stream, include_usage)
+    return TextRequest(model, text, stream, include_usage, provider_prefs.parse(body.get("provider")))

@@ -12,6 +12,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Route
 
 from idlegrid.common.paging import PAGE_SIZE_DEFAULT
+from idlegrid.gateway import openapi_operator as operator_doc
 from idlegrid.gateway import openapi_schemas as S
 from idlegrid.gateway.console import api_doc as console_doc
 
@@ -76,6 +77,13 @@ def _op(op_id: str, summary: str, tag: str, *, errors: tuple[int, ...] = _BASE, 
     return op
 
 
+def _provider_header(op: dict) -> dict:
+    """The KServe infer's X-Idlegrid-Provider header (OpenRouter's provider object as JSON)."""
+    op.setdefault("parameters", []).append({"name": "X-Idlegrid-Provider", "in": "header", "required": False,
+                                            "schema": S.PROVIDER_HEADER})
+    return op
+
+
 def _link(op_id: str, description: str, **parameters: str) -> dict:
     """An OpenAPI link: what a client (and the stateful fuzzer) does next."""
     return {"operationId": op_id, "description": description,
@@ -119,7 +127,8 @@ def _paths() -> dict:
             stream=True, ok=S.ref("ChatCompletion"),
             description="Headers: x-idlegrid-job-id, x-idlegrid-node, x-idlegrid-cost-micros (not on streams: "
                         "the last chunk carries usage.cost_micros). Idempotency-Key makes a retry safe. "
-                        "503 when no ready node serves the model.")},
+                        "503 when no ready node serves the model (code no_node_available), or none within "
+                        "provider.max_price (code no_node_within_max_price); nothing is charged then.")},
         "/v1/completions": {"post": _op("createCompletion", "Text completion (stream with SSE)", v1,
                                         body=S.COMPLETION, errors=_TEXT_ERRORS, stream=True,
                                         ok=S.ref("TextCompletion"))},
@@ -170,19 +179,19 @@ def _paths() -> dict:
                                           errors=(*_BASE, 404, 502, 504), ok=S.ref("ModelMetadata"))},
         "/v2/models/{model}/ready": {"get": _op("modelReady", "Model ready (no body)", ks, path=model, kserve=True,
                                                 errors=(*_BASE, 404), ok=_EMPTY)},
-        "/v2/models/{model}/infer": {"post": _op(
+        "/v2/models/{model}/infer": {"post": _provider_header(_op(
             "modelInfer", "Inference (JSON tensors, or Triton's binary tensor data extension)", ks, path=model,
             body=S.KSERVE_INFER, errors=_TEXT_ERRORS, kserve=True, ok=S.ref("InferResponse"),
-            ok_types=("application/json", "application/octet-stream"))},
+            ok_types=("application/json", "application/octet-stream")))},
         "/v2/models/{model}/versions/{version}": {"get": _op(
             "modelVersionMetadata", "Model metadata", ks, path=model_v, kserve=True,
             errors=(*_BASE, 404, 502, 504), ok=S.ref("ModelMetadata"))},
         "/v2/models/{model}/versions/{version}/ready": {"get": _op(
             "modelVersionReady", "Model ready (no body)", ks, path=model_v, kserve=True, errors=(*_BASE, 404),
             ok=_EMPTY)},
-        "/v2/models/{model}/versions/{version}/infer": {"post": _op(
+        "/v2/models/{model}/versions/{version}/infer": {"post": _provider_header(_op(
             "modelVersionInfer", "Inference", ks, path=model_v, body=S.KSERVE_INFER, errors=_TEXT_ERRORS,
-            kserve=True, ok=S.ref("InferResponse"), ok_types=("application/json", "application/octet-stream"))},
+            kserve=True, ok=S.ref("InferResponse"), ok_types=("application/json", "application/octet-stream")))},
         "/healthz": {"get": _op("healthz", "The process is alive", ops, secure=False, errors=(), ok=S.ref("Live"))},
         "/readyz": {"get": _op("readyz", "Database and backend services answer", ops, secure=False, errors=(),
                                ok=S.ref("Ready"))},
@@ -198,7 +207,7 @@ def _paths() -> dict:
 
 
 def document() -> dict:
-    paths = console_doc.add_to(_paths())  # two answers that differ from the pattern of _op:
+    paths = operator_doc.add_to(console_doc.add_to(_paths()))  # two answers that differ from the pattern of _op:
     paths["/v2/health/ready"]["get"]["responses"]["503"] = {"description": "the gateway's node view is not synced"}
     paths["/readyz"]["get"]["responses"]["503"] = {"description": "a dependency does not answer",
                                                    **_json(S.ref("Ready"))}

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from idlegrid.common.money import AMOUNT_MAX
 from idlegrid.common.paging import PAGE_SIZE_MAX
+from idlegrid.gateway.audit import ACTIONS as AUDIT_ACTIONS
 from idlegrid.gateway.keys import EXPIRES_IN_S_MAX
 from idlegrid.gateway.params import CURSOR_CHARS_MAX
+from idlegrid.gateway.provider_prefs import HEADER_BYTES_MAX, ID_PATTERN, IDS_MAX
 
 STR = {"type": "string"}
 INT = {"type": "integer"}
@@ -60,10 +62,35 @@ MONEY = obj({"amount_micros": {"type": "integer", "minimum": 1, "maximum": AMOUN
              "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 128,
                                  "pattern": "^[^\\x00-\\x1f\\x7f]+$", "description": "no control characters"}},
             closed=True)
+_IDS = {"type": ["array", "null"], "maxItems": IDS_MAX, "items": {"type": "string", "pattern": ID_PATTERN},
+        "description": "node or provider ids (32 hex digits or a UUID); a provider id names all its nodes"}
+_PRICE = {"type": ["integer", "null"], "minimum": 0, "maximum": AMOUNT_MAX}
+PROVIDER = {
+    "type": ["object", "null"], "additionalProperties": False,
+    "description": "OpenRouter's provider preferences. Prices are integer micro-credits: prompt and completion "
+                   "per million tokens, request per request (the unit of /v1/models' pricing). A node priced "
+                   "above max_price is never used and never charged; when no ready node is within it: 503, "
+                   "code no_node_within_max_price, nothing charged.",
+    "properties": {
+        "sort": {"enum": ["price", "latency", "throughput", None],
+                 "description": "price: cheapest first; latency: lowest recent latency; throughput: most spare "
+                                "capacity. Unset: the default score, load-balanced"},
+        "max_price": {"type": ["object", "null"], "additionalProperties": False, "properties": {
+            "prompt": {**_PRICE, "description": "micro-credits per million prompt tokens"},
+            "completion": {**_PRICE, "description": "micro-credits per million completion tokens"},
+            "request": {**_PRICE, "description": "micro-credits per request"}}},
+        "order": {**_IDS, "description": "nodes or providers tried first, in this order"},
+        "only": {**_IDS, "description": "no other node is used"},
+        "ignore": {**_IDS, "description": "never used"},
+        "allow_fallbacks": {"type": ["boolean", "null"],
+                            "description": "default true; false: only the order nodes are tried (without order, "
+                                           "the only nodes; without either, the first choice alone)"}}}
+PROVIDER_HEADER = {"type": "string", "maxLength": HEADER_BYTES_MAX,
+                   "description": "the provider object (see the chat completion body) as JSON"}
 _SAMPLING = {"max_tokens": {"type": "integer", "minimum": 1}, "temperature": {"type": "number", "minimum": 0},
              "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}, "stop": {},
              "seed": INT, "n": {"const": 1}, "stream": BOOL,
-             "stream_options": {"type": "object", "properties": {"include_usage": BOOL}}}
+             "stream_options": {"type": "object", "properties": {"include_usage": BOOL}}, "provider": PROVIDER}
 CHAT = {"type": "object", "required": ["model", "messages"], "properties": {
     "model": STR, "messages": {"type": "array", "minItems": 1, "items": obj(
         {"role": {"enum": ["system", "developer", "user", "assistant"]}, "name": STR,
@@ -104,15 +131,24 @@ _USAGE = obj({"object": {"const": "usage"}, "account_id": NULL_UUID, "bucket_s":
               "jobs": _JOBS})
 _SUMS = {"jobs": INT, "prompt_tokens": INT, "completion_tokens": INT, "requests": INT, "cost_micros": INT,
          "earned_micros": INT, "pending_micros": INT}
+_HELD_SUMS = {"held_micros": INT, "released_micros": INT, "voided_micros": INT}
+_EARNING_JOB = {**_LINE_ITEM, "properties": {
+    **_LINE_ITEM["properties"], "earning": {"enum": ["held", "released", "voided", "posted", None]},
+    "earning_release_at": NULL_STR, "earning_resolved_at": NULL_STR, "earning_note": NULL_STR,
+    "check_result": {"enum": ["unchecked", "passed", "failed"]}, "check_detail": NULL_STR,
+    "checked_at": NULL_STR}}
 _EARNINGS = obj({"object": {"const": "provider.earnings"}, "account_id": NULL_UUID, "earned_micros": INT,
-                 "paid_out_micros": INT, "balance_micros": INT, "pending_micros": INT, "fee_bps": INT,
-                 "by_node": {"type": "array", "items": obj({"node_id": NULL_STR, **_SUMS})},
-                 "by_model": {"type": "array", "items": obj({"model": STR, **_SUMS})}, "jobs": _JOBS})
+                 "paid_out_micros": INT, "balance_micros": INT, "available_micros": INT, **_HELD_SUMS,
+                 "next_release_at": NULL_STR, "pending_micros": INT, "fee_bps": INT,
+                 "by_node": {"type": "array", "items": obj({"node_id": NULL_STR, **_SUMS, **_HELD_SUMS})},
+                 "by_model": {"type": "array", "items": obj({"model": STR, **_SUMS})},
+                 "jobs": obj({"data": {"type": "array", "items": _EARNING_JOB}, "next_cursor": NULL_STR})})
 _NODE = {"type": "object", "required": ["node_id", "state", "models"], "properties": {
     "node_id": STR, "endpoint": STR, "state": STR, "state_reason": STR, "state_detail": STR, "region": STR,
     "labels": {"type": "object", "additionalProperties": STR}, "hardware": OBJ,
     "models": {"type": "array", "items": OBJ}, "load": {"type": ["object", "null"]},
-    "registered_at": NULL_STR, "state_changed_at": NULL_STR, "agent_version": STR}}
+    "registered_at": NULL_STR, "state_changed_at": NULL_STR, "agent_version": STR,
+    "trusted": BOOL, "reputation": OBJ}}
 _RANGE = obj({"min": INT, "max": INT})
 _MODEL = {"type": "object", "required": ["id", "object", "created", "owned_by", "kind", "nodes", "pricing"],
           "properties": {"id": STR, "object": {"const": "model"}, "created": INT, "owned_by": STR,
@@ -160,7 +196,7 @@ COMPONENTS = {
                            "amount_micros": INT, "transfer_ids": {"type": "array", "items": NULL_UUID},
                            "account": _ACCOUNT}),
     "AuditPage": page(obj({"seq": INT, "at": STR, "actor": {**STR, "description": "the admin key id, or cli"},
-                           "action": {"enum": ["create_account", "create_key", "revoke_key", "topup", "payout"]},
+                           "action": {"enum": list(AUDIT_ACTIONS)},
                            "result": {"enum": ["started", "ok", "already_applied", "refused", "failed"]},
                            "account_id": NULL_STR, "key_id": NULL_STR, "amount_micros": NULL_INT,
                            "idempotency_key": NULL_STR, "detail": STR})),

@@ -19,7 +19,7 @@ _KINDS = {lpb.ACCOUNT_KIND_CONSUMER: "consumer", lpb.ACCOUNT_KIND_PROVIDER: "pro
           lpb.ACCOUNT_KIND_EXTERNAL: "external"}
 _CODES = {lpb.TRANSFER_CODE_TOPUP: "topup", lpb.TRANSFER_CODE_RESERVE: "reserve",
           lpb.TRANSFER_CODE_EARNING: "earning", lpb.TRANSFER_CODE_FEE: "fee", lpb.TRANSFER_CODE_PAYOUT: "payout",
-          lpb.TRANSFER_CODE_EXPIRY: "expiry"}
+          lpb.TRANSFER_CODE_EXPIRY: "expiry", lpb.TRANSFER_CODE_REFUND: "refund"}
 _OUTCOMES = {mpb.OUTCOME_COMPLETED: "completed", mpb.OUTCOME_PARTIAL: "partial", mpb.OUTCOME_FAILED: "failed"}
 _SETTLEMENTS = {mpb.SETTLEMENT_STATE_PENDING: "pending", mpb.SETTLEMENT_STATE_SETTLED: "settled",
                 mpb.SETTLEMENT_STATE_RELEASED: "released", mpb.SETTLEMENT_STATE_EXPIRED: "expired",
@@ -58,8 +58,12 @@ def account(a: lpb.Account) -> dict:
 
 
 def transfer(t: lpb.Transfer, account_id: bytes) -> dict:
+    held = t.code == lpb.TRANSFER_CODE_EARNING and t.flags & (lpb.TRANSFER_FLAG_POST_PENDING_TRANSFER
+                                                              | lpb.TRANSFER_FLAG_VOID_PENDING_TRANSFER)
     if t.flags & lpb.TRANSFER_FLAG_EXPIRED:
         what = "expiry"
+    elif held:  # a held earning released after its window, or voided (refunded to the partner)
+        what = "earning_released" if t.flags & lpb.TRANSFER_FLAG_POST_PENDING_TRANSFER else "earning_voided"
     elif t.flags & lpb.TRANSFER_FLAG_POST_PENDING_TRANSFER:
         what = "settle"
     elif t.flags & lpb.TRANSFER_FLAG_VOID_PENDING_TRANSFER:

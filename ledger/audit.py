@@ -9,7 +9,10 @@ Checks, each reported precisely:
    the totals table;
 4. balance flags hold; every transfer names existing accounts;
 5. the open holds are exactly the unresolved pending transfers, and escrow's
-   pending credits equal the sum of its open holds and its posted balance is 0;
+   pending credits equal the sum of its open holds; held earnings: escrow's
+   posted balance is exactly what it holds for providers, every released
+   one posted in full, every voided one refunded exactly once to the partner
+   who paid (idlegrid.ledger.audit_earnings);
 6. given the checkpoint log (``anchors``, read with a public key the database
    never holds), the recomputed chain passes through every signed checkpoint
    and no old tail is uncovered (idlegrid.ledger.checkpoint_audit). Without
@@ -29,6 +32,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from idlegrid.ledger.audit_earnings import EarningsAudit
 from idlegrid.ledger.chain import GENESIS, batch_hash, micros, transfer_bytes
 from idlegrid.ledger.checkpoint_audit import Anchors, check
 from idlegrid.ledger.codes import (
@@ -100,6 +104,7 @@ class _Audit:
         self._prev_hash, self._expected_seq, self._expected_batch = GENESIS, 1, 1
         self._batch: int | None = None
         self._batch_rows: list[bytes] = []
+        self._earnings = EarningsAudit(self.report.add)
 
     # -- 1. the hash chain, and 2. the balances replayed ---------------------
 
@@ -113,6 +118,7 @@ class _Audit:
         if t.batch != self._batch:
             self._close_batch()
             self._batch, self._batch_rows = t.batch, []
+        self._earnings.transfer(t)
         self._batch_rows.append(transfer_bytes(seq, t.id, t.debit_account_id, t.credit_account_id, t.amount,
                                                t.pending_id, t.user_data, t.timeout_s, t.ledger, t.code, t.flags))
         d, c = self._balances[t.debit_account_id], self._balances[t.credit_account_id]
@@ -220,5 +226,8 @@ class _Audit:
             held = sum(p[2] for pid, p in self._pendings.items() if pid in unresolved and p[1] == escrow)
             if eb[2] != held:
                 self.report.add(f"escrow:jobs pending credits {eb[2]} != open holds {held}")
-            if eb[3] != eb[1]:
-                self.report.add(f"escrow:jobs posted balance is {eb[3] - eb[1]}, expected 0")
+
+            def pending_debits(account: bytes) -> int:
+                return sum(p[2] for pid, p in self._pendings.items() if pid in unresolved and p[0] == account)
+
+            self._earnings.end(eb, pending_debits)

@@ -6,9 +6,12 @@ idempotency key, so a retried operation changes nothing.
 |---|---|
 | top-up  | external:deposits -> consumer |
 | reserve | pending consumer -> escrow:jobs, timeout |
-| settle  | linked: post the hold for the cost; escrow -> provider (cost - fee); escrow -> platform:revenue (fee) |
+| settle  | linked: post the hold for the cost; escrow -> provider (cost - fee, pending while held); escrow -> platform:revenue (fee) |
 | release | void the hold |
 | payout  | provider -> external:payouts |
+
+A held earning (``hold_earning``) is a pending transfer without a timeout;
+``idlegrid.ledger.earnings`` releases it or voids and refunds it.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class Settlement:
     provider_account_id: bytes = b""
     cost: int = 0
     fee_bps: int = 0
+    hold_earning: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +72,11 @@ class Outcome:
 
 def reserve_id(job_id: bytes) -> bytes:
     return derive("reserve", job_id)
+
+
+def earning_id(job_id: bytes) -> bytes:
+    """The job's earning transfer (escrow:jobs -> provider), pending while held."""
+    return derive("earning", job_id)
 
 
 def _id16(b: bytes, what: str) -> bytes:
@@ -176,9 +185,9 @@ class Market:
         escrow = well_known_account("escrow:jobs", ledger)
         chain = [Transfer(id=derive("settle", job), pending_id=reserve_id(job), amount=cost, flags=POST | LINKED)]
         if provider_amount:
-            chain.append(Transfer(id=derive("earning", job), debit_account_id=escrow, credit_account_id=provider,
+            chain.append(Transfer(id=earning_id(job), debit_account_id=escrow, credit_account_id=provider,
                            amount=provider_amount, user_data=job, ledger=ledger, code=CODE_EARNING,
-                           flags=LINKED))
+                           flags=LINKED | (PENDING if s.hold_earning else 0)))
         if fee:
             chain.append(Transfer(id=derive("fee", job), debit_account_id=escrow,
                            credit_account_id=well_known_account("platform:revenue", ledger),

@@ -59,7 +59,8 @@ async def start(config: Config, *, port: int | None = None, database_url: str | 
             config=config, port=config.ports["ledger"] if port is None else port,
             guard=config.guard(accepted(LEDGER)),
             quiet_methods=(f"/{SERVICE_NAME}/CreateTransfers", f"/{SERVICE_NAME}/Reserve",
-                           f"/{SERVICE_NAME}/Settle", f"/{SERVICE_NAME}/SettleBatch"),
+                           f"/{SERVICE_NAME}/Settle", f"/{SERVICE_NAME}/SettleBatch",
+                           f"/{SERVICE_NAME}/ReleaseEarnings", f"/{SERVICE_NAME}/VoidEarnings"),
         )
     except BaseException:  # nothing stays half started
         if writer is not None:

@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from idlegrid.common.errors import InvalidArgument
 from idlegrid.ledger import chart, queries
 from idlegrid.ledger.codes import BATCH_SIZE_MAX, LEDGER_CREDITS
+from idlegrid.ledger.earnings import Earnings
 from idlegrid.ledger.market import Market, Outcome, Settlement
 from idlegrid.ledger.v1 import ledger_pb2 as pb
 from idlegrid.ledger.v1 import ledger_pb2_grpc
@@ -34,7 +35,7 @@ def _account(a: pb.Account) -> Account:
 
 def _settlement(s: pb.SettleRequest) -> Settlement:
     return Settlement(job_id=s.job_id, provider_account_id=s.provider_account_id, cost=s.cost,
-                      fee_bps=s.fee_bps)
+                      fee_bps=s.fee_bps, hold_earning=s.hold_earning)
 
 
 # -- domain -> wire ----------------------------------------------------------
@@ -77,6 +78,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         self._pool = pool
         self._writer = writer
         self._market = Market(writer)
+        self._earnings = Earnings(writer, pool)
 
     async def CreateAccounts(self, request, context):
         results = await chart.create_accounts(self._pool, [_account(a) for a in request.accounts])
@@ -130,6 +132,14 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def SettleBatch(self, request, context):
         outcomes = await self._market.settle_batch([_settlement(s) for s in request.settles])
         return pb.SettleBatchResponse(results=[_outcome_pb(o) for o in outcomes])
+
+    async def ReleaseEarnings(self, request, context):
+        outcomes = await self._earnings.release(list(request.job_ids))
+        return pb.EarningsResponse(results=[_outcome_pb(o) for o in outcomes])
+
+    async def VoidEarnings(self, request, context):
+        outcomes = await self._earnings.void(list(request.job_ids))
+        return pb.EarningsResponse(results=[_outcome_pb(o) for o in outcomes])
 
     async def Release(self, request, context):
         return _outcome_pb(await self._market.release(job_id=request.job_id))

@@ -62,13 +62,15 @@ class _TransferCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Transfer
     TRANSFER_CODE_RESERVE: _TransferCode.ValueType  # 2
     """consumer -> escrow:jobs (pending, posted on settlement)"""
     TRANSFER_CODE_EARNING: _TransferCode.ValueType  # 3
-    """escrow:jobs -> provider"""
+    """escrow:jobs -> provider (posted, or pending while held)"""
     TRANSFER_CODE_FEE: _TransferCode.ValueType  # 4
     """escrow:jobs -> platform:revenue"""
     TRANSFER_CODE_PAYOUT: _TransferCode.ValueType  # 5
     """provider -> external:payouts"""
     TRANSFER_CODE_EXPIRY: _TransferCode.ValueType  # 6
     """an expired hold, voided by the ledger"""
+    TRANSFER_CODE_REFUND: _TransferCode.ValueType  # 7
+    """escrow:jobs -> consumer: a voided held earning, refunded"""
 
 class TransferCode(_TransferCode, metaclass=_TransferCodeEnumTypeWrapper):
     """Reason codes of the marketplace's own transfers (the `code` field)."""
@@ -79,13 +81,15 @@ TRANSFER_CODE_TOPUP: TransferCode.ValueType  # 1
 TRANSFER_CODE_RESERVE: TransferCode.ValueType  # 2
 """consumer -> escrow:jobs (pending, posted on settlement)"""
 TRANSFER_CODE_EARNING: TransferCode.ValueType  # 3
-"""escrow:jobs -> provider"""
+"""escrow:jobs -> provider (posted, or pending while held)"""
 TRANSFER_CODE_FEE: TransferCode.ValueType  # 4
 """escrow:jobs -> platform:revenue"""
 TRANSFER_CODE_PAYOUT: TransferCode.ValueType  # 5
 """provider -> external:payouts"""
 TRANSFER_CODE_EXPIRY: TransferCode.ValueType  # 6
 """an expired hold, voided by the ledger"""
+TRANSFER_CODE_REFUND: TransferCode.ValueType  # 7
+"""escrow:jobs -> consumer: a voided held earning, refunded"""
 Global___TransferCode: _TypeAlias = TransferCode  # noqa: Y015
 
 class _AccountKind:
@@ -929,12 +933,20 @@ class SettleRequest(_message.Message):
     PROVIDER_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
     FEE_BPS_FIELD_NUMBER: _builtins.int
+    HOLD_EARNING_FIELD_NUMBER: _builtins.int
     job_id: _builtins.bytes
     provider_account_id: _builtins.bytes
     cost: _builtins.int
     """actual cost, <= the reserved amount; 0 = release"""
     fee_bps: _builtins.int
     """platform fee in basis points (0..10,000), floor-rounded"""
+    hold_earning: _builtins.bool
+    """The provider's share is credited as a pending transfer (no timeout) to
+    be released (ReleaseEarnings) or voided and refunded (VoidEarnings)
+    later; the fee is posted at once either way. false: posted at once.
+    Part of the job's settlement: the same job settled again with the
+    other value is CONFLICT.
+    """
     def __init__(
         self,
         *,
@@ -942,10 +954,11 @@ class SettleRequest(_message.Message):
         provider_account_id: _builtins.bytes = ...,
         cost: _builtins.int = ...,
         fee_bps: _builtins.int = ...,
+        hold_earning: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "fee_bps", b"fee_bps", "job_id", b"job_id", "provider_account_id", b"provider_account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "fee_bps", b"fee_bps", "hold_earning", b"hold_earning", "job_id", b"job_id", "provider_account_id", b"provider_account_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -994,6 +1007,55 @@ class SettleBatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SettleBatchResponse: _TypeAlias = SettleBatchResponse  # noqa: Y015
+
+@_typing.final
+class EarningsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """1..1,000, each 16 bytes, each once"""
+
+    def __init__(
+        self,
+        *,
+        job_ids: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_ids", b"job_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EarningsRequest: _TypeAlias = EarningsRequest  # noqa: Y015
+
+@_typing.final
+class EarningsResponse(_message.Message):
+    """One OperationResponse per job, in order: OK or ALREADY_APPLIED (amount: the
+    earning), HOLD_NOT_FOUND (the job has no held earning: not settled, or
+    settled without a hold), HOLD_ALREADY_RESOLVED (released when voiding,
+    voided when releasing: results[0] says PENDING_TRANSFER_ALREADY_POSTED or
+    PENDING_TRANSFER_ALREADY_VOIDED).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___OperationResponse]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___OperationResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EarningsResponse: _TypeAlias = EarningsResponse  # noqa: Y015
 
 @_typing.final
 class ReleaseRequest(_message.Message):

@@ -94,6 +94,16 @@ class LedgerServiceStub:
                 request_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.PayoutRequest.SerializeToString,
                 response_deserializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.OperationResponse.FromString,
                 _registered_method=True)
+        self.ReleaseEarnings = channel.unary_unary(
+                '/idlegrid.ledger.v1.LedgerService/ReleaseEarnings',
+                request_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.EarningsRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.EarningsResponse.FromString,
+                _registered_method=True)
+        self.VoidEarnings = channel.unary_unary(
+                '/idlegrid.ledger.v1.LedgerService/VoidEarnings',
+                request_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.EarningsRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.EarningsResponse.FromString,
+                _registered_method=True)
         self.ResolveAccount = channel.unary_unary(
                 '/idlegrid.ledger.v1.LedgerService/ResolveAccount',
                 request_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.ResolveAccountRequest.SerializeToString,
@@ -188,6 +198,26 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseEarnings(self, request, context):
+        """Held earnings (settled with hold_earning): each job's pending
+        escrow:jobs -> provider credit ends exactly once, by one of these two.
+        Both take 1..1,000 jobs in one group commit, one result per job, and
+        are idempotent by job id (a retry answers ALREADY_APPLIED).
+        ReleaseEarnings posts each job's held earning in full.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VoidEarnings(self, request, context):
+        """VoidEarnings voids each job's held earning and, linked with it (both or
+        neither), refunds the same amount escrow:jobs -> the consumer whose
+        reservation paid for the job (TRANSFER_CODE_REFUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ResolveAccount(self, request, context):
         """Looks an account up by its name: a well-known one ("escrow:jobs",
         "platform:revenue", "external:deposits", "external:payouts") or any name
@@ -259,6 +289,16 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.Payout,
                     request_deserializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.PayoutRequest.FromString,
                     response_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.OperationResponse.SerializeToString,
+            ),
+            'ReleaseEarnings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseEarnings,
+                    request_deserializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.EarningsRequest.FromString,
+                    response_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.EarningsResponse.SerializeToString,
+            ),
+            'VoidEarnings': grpc.unary_unary_rpc_method_handler(
+                    servicer.VoidEarnings,
+                    request_deserializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.EarningsRequest.FromString,
+                    response_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.EarningsResponse.SerializeToString,
             ),
             'ResolveAccount': grpc.unary_unary_rpc_method_handler(
                     servicer.ResolveAccount,
@@ -590,6 +630,60 @@ class LedgerService:
             '/idlegrid.ledger.v1.LedgerService/Payout',
             idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.PayoutRequest.SerializeToString,
             idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.OperationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseEarnings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.ledger.v1.LedgerService/ReleaseEarnings',
+            idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.EarningsRequest.SerializeToString,
+            idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.EarningsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VoidEarnings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.ledger.v1.LedgerService/VoidEarnings',
+            idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.EarningsRequest.SerializeToString,
+            idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.EarningsResponse.FromString,
             options,
             channel_credentials,
             insecure,

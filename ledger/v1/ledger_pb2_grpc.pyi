@@ -71,6 +71,18 @@ class LedgerServiceStub:
     """
     Release: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ReleaseRequest, _ledger_pb2.OperationResponse]
     Payout: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.PayoutRequest, _ledger_pb2.OperationResponse]
+    ReleaseEarnings: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.EarningsRequest, _ledger_pb2.EarningsResponse]
+    """Held earnings (settled with hold_earning): each job's pending
+    escrow:jobs -> provider credit ends exactly once, by one of these two.
+    Both take 1..1,000 jobs in one group commit, one result per job, and
+    are idempotent by job id (a retry answers ALREADY_APPLIED).
+    ReleaseEarnings posts each job's held earning in full.
+    """
+    VoidEarnings: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.EarningsRequest, _ledger_pb2.EarningsResponse]
+    """VoidEarnings voids each job's held earning and, linked with it (both or
+    neither), refunds the same amount escrow:jobs -> the consumer whose
+    reservation paid for the job (TRANSFER_CODE_REFUND).
+    """
     ResolveAccount: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ResolveAccountRequest, _ledger_pb2.ResolveAccountResponse]
     """Looks an account up by its name: a well-known one ("escrow:jobs",
     "platform:revenue", "external:deposits", "external:payouts") or any name
@@ -108,6 +120,18 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     """
     Release: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ReleaseRequest, _ledger_pb2.OperationResponse]  # type: ignore[assignment]
     Payout: _aio.UnaryUnaryMultiCallable[_ledger_pb2.PayoutRequest, _ledger_pb2.OperationResponse]  # type: ignore[assignment]
+    ReleaseEarnings: _aio.UnaryUnaryMultiCallable[_ledger_pb2.EarningsRequest, _ledger_pb2.EarningsResponse]  # type: ignore[assignment]
+    """Held earnings (settled with hold_earning): each job's pending
+    escrow:jobs -> provider credit ends exactly once, by one of these two.
+    Both take 1..1,000 jobs in one group commit, one result per job, and
+    are idempotent by job id (a retry answers ALREADY_APPLIED).
+    ReleaseEarnings posts each job's held earning in full.
+    """
+    VoidEarnings: _aio.UnaryUnaryMultiCallable[_ledger_pb2.EarningsRequest, _ledger_pb2.EarningsResponse]  # type: ignore[assignment]
+    """VoidEarnings voids each job's held earning and, linked with it (both or
+    neither), refunds the same amount escrow:jobs -> the consumer whose
+    reservation paid for the job (TRANSFER_CODE_REFUND).
+    """
     ResolveAccount: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ResolveAccountRequest, _ledger_pb2.ResolveAccountResponse]  # type: ignore[assignment]
     """Looks an account up by its name: a well-known one ("escrow:jobs",
     "platform:revenue", "external:deposits", "external:payouts") or any name
@@ -214,6 +238,30 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.PayoutRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.OperationResponse, _abc.Awaitable[_ledger_pb2.OperationResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReleaseEarnings(
+        self,
+        request: _ledger_pb2.EarningsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.EarningsResponse, _abc.Awaitable[_ledger_pb2.EarningsResponse]]:
+        """Held earnings (settled with hold_earning): each job's pending
+        escrow:jobs -> provider credit ends exactly once, by one of these two.
+        Both take 1..1,000 jobs in one group commit, one result per job, and
+        are idempotent by job id (a retry answers ALREADY_APPLIED).
+        ReleaseEarnings posts each job's held earning in full.
+        """
+
+    @_abc_1.abstractmethod
+    def VoidEarnings(
+        self,
+        request: _ledger_pb2.EarningsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.EarningsResponse, _abc.Awaitable[_ledger_pb2.EarningsResponse]]:
+        """VoidEarnings voids each job's held earning and, linked with it (both or
+        neither), refunds the same amount escrow:jobs -> the consumer whose
+        reservation paid for the job (TRANSFER_CODE_REFUND).
+        """
 
     @_abc_1.abstractmethod
     def ResolveAccount(

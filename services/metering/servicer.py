@@ -6,17 +6,22 @@ import base64
 import struct
 
 import asyncpg
+import structlog
 from asyncpg.pgproto import pgproto
 
 from idlegrid.common.errors import Conflict, InvalidArgument, NotFound
 from idlegrid.common.paging import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
-from idlegrid.metering import store, usage
+from idlegrid.metering import earnings_store, earnings_views, store, usage
+from idlegrid.metering.earnings import EarningsWorker
 from idlegrid.metering.settlement import SettlementWorker
 from idlegrid.metering.states import Settlement
 from idlegrid.metering.v1 import metering_pb2 as pb
 from idlegrid.metering.v1 import metering_pb2_grpc
 
+log = structlog.get_logger("metering.servicer")
+
 BUCKETS_MAX = 10_000
+TEXT_LEN_MAX = 1024  # check details and void reasons
 BUCKET_S_MIN, BUCKET_S_MAX, BUCKET_S_DEFAULT = 60, 2_592_000, 3600
 _UTC = __import__("datetime").UTC
 
@@ -35,6 +40,10 @@ def _filter(f: pb.UsageFilter) -> dict:
             if len(v) > usage.NAME_LEN_MAX:
                 raise InvalidArgument(f"filter.{name} is too long")
             out[name] = v
+    if f.earning:
+        if f.earning not in pb.EarningState.values():
+            raise InvalidArgument("filter.earning is unknown")
+        out["earning"] = f.earning
     if f.HasField("since"):
         out["since"] = f.since.ToDatetime(tzinfo=_UTC)
     if f.HasField("until"):
@@ -64,13 +73,16 @@ def _after(token: str):
 
 
 class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
-    def __init__(self, pool: asyncpg.Pool, worker: SettlementWorker, *, fee_bps: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, worker: SettlementWorker, earnings: EarningsWorker, *, fee_bps: int,
+                 earnings_hold_s: int) -> None:
         self._pool = pool
         self._worker = worker
+        self._earnings = earnings
         self._fee_bps = fee_bps
+        self._hold_s = earnings_hold_s
 
     async def RecordUsage(self, request, context):
-        values = usage.validate(request.record, self._fee_bps)
+        values = usage.validate(request.record, self._fee_bps, self._hold_s)
         row, created = await store.insert(self._pool, values, Settlement.PENDING)
         if not created and not usage.same(row, values):
             raise Conflict("a different usage record exists for this job")
@@ -113,3 +125,34 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             b.start.FromDatetime(r["start"])
             out.append(b)
         return pb.GetUsageResponse(buckets=out)
+
+    async def GetEarnings(self, request, context):
+        if len(request.provider_account_id) != 16:
+            raise InvalidArgument("provider_account_id must be 16 bytes")
+        total, by_node = await earnings_store.summary(self._pool, pgproto.UUID(request.provider_account_id),
+                                                      earnings_views.NODES_MAX)
+        return earnings_views.response(total, by_node)
+
+    async def RecordCheckResult(self, request, context):
+        if len(request.job_id) != 16:
+            raise InvalidArgument("job_id must be 16 bytes")
+        if len(request.detail) > TEXT_LEN_MAX:
+            raise InvalidArgument(f"detail is longer than {TEXT_LEN_MAX} characters")
+        result = pb.CHECK_RESULT_PASSED if request.passed else pb.CHECK_RESULT_FAILED
+        row, changed = await earnings_store.record_check(self._pool, pgproto.UUID(request.job_id), result,
+                                                         request.detail)
+        if row is None:
+            raise NotFound("no usage recorded for this job")
+        if not changed and row["check_result"] != result:
+            raise Conflict("a different check result is recorded for this job")
+        return pb.RecordCheckResultResponse(changed=changed, record=usage.to_pb(row))
+
+    async def VoidNodeEarnings(self, request, context):
+        if not 1 <= len(request.node_id) <= usage.NAME_LEN_MAX:
+            raise InvalidArgument(f"node_id must be 1..{usage.NAME_LEN_MAX} characters")
+        if not 1 <= len(request.reason) <= TEXT_LEN_MAX:
+            raise InvalidArgument(f"reason must be 1..{TEXT_LEN_MAX} characters")
+        jobs, micros, pending = await self._earnings.void_node(request.node_id, request.reason)
+        log.info("earnings.node_voided", node_id=request.node_id, reason=request.reason, jobs=jobs,
+                 micros=micros, pending=pending)
+        return pb.VoidNodeEarningsResponse(jobs_voided=jobs, refunded_micros=micros, jobs_pending=pending)

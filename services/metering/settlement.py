@@ -1,6 +1,7 @@
 """The settlement worker (outbox pattern). Every usage record is queued in the
 same write that stores it; this worker settles each on the ledger and marks it
-done. The ledger operations are idempotent by job id, so a crash anywhere
+done (the provider's share HELD for the record's release window, see
+idlegrid.metering.earnings). The ledger operations are idempotent by job id, so a crash anywhere
 (after the ledger applied a settlement but before it was marked) only leads to
 a retry that answers ALREADY_APPLIED: every job is settled exactly once."""
 
@@ -14,7 +15,8 @@ import grpc
 import structlog
 
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
-from idlegrid.metering import states, store
+from idlegrid.metering import earning_states, states, store
+from idlegrid.metering.earning_states import Earning
 from idlegrid.metering.states import Settlement
 
 log = structlog.get_logger("metering.settlement")
@@ -104,16 +106,22 @@ class SettlementWorker:
                     delay = min(BACKOFF_S_MAX, 0.5 * 2 ** min(r["attempts"], 8))
                     await store.retry_later(conn, r["job_id"], delay, v.error)
                 else:
-                    await store.finish(conn, r["job_id"], v.state, v.fee_micros, v.provider_micros, v.error)
+                    earning = (earning_states.at_settlement(v.provider_micros, r["earnings_hold_s"])
+                               if v.state == Settlement.SETTLED else Earning.NONE)
+                    earning_states.check(Earning.NONE, earning)
+                    await store.finish(conn, r["job_id"], v.state, v.fee_micros, v.provider_micros, v.error,
+                                       earning)
                     self.settled += 1
         return len(rows) == CLAIM_MAX
 
     @staticmethod
     def _request(r) -> lpb.SettleRequest:
-        """Cost 0 settles as a release of the job's hold."""
+        """Cost 0 settles as a release of the job's hold. The provider's share
+        is held on the ledger when the record's release window is not 0."""
         provider = r["provider_account_id"]
         return lpb.SettleRequest(job_id=r["job_id"].bytes, provider_account_id=provider.bytes if provider else b"",
-                                 cost=r["cost_micros"], fee_bps=r["fee_bps"])
+                                 cost=r["cost_micros"], fee_bps=r["fee_bps"],
+                                 hold_earning=r["earnings_hold_s"] > 0 and r["cost_micros"] > 0)
 
     async def _settle_batch(self, rows) -> list[Verdict]:
         """One ledger call for every row (one group commit); rows are settled

@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import asyncpg
 
+from idlegrid.metering.earning_states import Earning
 from idlegrid.metering.states import Settlement
 from idlegrid.metering.usage import COLUMNS
 
@@ -38,7 +39,7 @@ async def get(pool: asyncpg.Pool, job_id) -> asyncpg.Record | None:
 def where(f: dict) -> tuple[str, list]:
     """A WHERE clause for the filter dict (column -> value; since/until)."""
     conds, args = [], []
-    for col in ("consumer_account_id", "provider_account_id", "node_id", "model"):
+    for col in ("consumer_account_id", "provider_account_id", "node_id", "model", "earning"):
         if f.get(col) is not None:
             args.append(f[col])
             conds.append(f"{col} = ${len(args)}")
@@ -80,17 +81,23 @@ async def buckets(pool, f: dict, bucket_s: int, group_col: str | None, rows_max:
 async def claim(conn, limit: int) -> list:
     """Pending settlements due now, locked for this worker (others skip them)."""
     return await conn.fetch(
-        f"""SELECT job_id, provider_account_id, cost_micros, fee_bps, attempts FROM metering.usage
+        f"""SELECT job_id, provider_account_id, cost_micros, fee_bps, earnings_hold_s, attempts FROM metering.usage
             WHERE settlement = {_PENDING} AND next_attempt_at <= clock_timestamp()
             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED""", limit)
 
 
-async def finish(conn, job_id, settlement: Settlement, fee: int, provider: int, error: str) -> None:
-    """Moves a PENDING record to its final state (a final state never changes)."""
+async def finish(conn, job_id, settlement: Settlement, fee: int, provider: int, error: str,
+                 earning: Earning = Earning.NONE) -> None:
+    """Moves a PENDING record to its final state (a final state never changes),
+    and its provider share to ``earning``: HELD until the record's release
+    window is over, or POSTED."""
     await conn.execute(
         f"""UPDATE metering.usage SET settlement = $2, fee_micros = $3, provider_micros = $4,
-                  settlement_error = $5, settled_at = clock_timestamp(), attempts = attempts + 1
-            WHERE job_id = $1 AND settlement = {_PENDING}""", job_id, int(settlement), fee, provider, error)
+                  settlement_error = $5, settled_at = clock_timestamp(), attempts = attempts + 1,
+                  earning = $6::smallint, earning_release_at = CASE WHEN $6::smallint = {int(Earning.HELD)}
+                    THEN clock_timestamp() + make_interval(secs => earnings_hold_s) END
+            WHERE job_id = $1 AND settlement = {_PENDING}""", job_id, int(settlement), fee, provider, error,
+        int(earning))
 
 
 async def retry_later(conn, job_id, delay_s: float, error: str) -> None:

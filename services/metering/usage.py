@@ -19,8 +19,9 @@ COLUMNS = (
     "job_id", "consumer_account_id", "provider_account_id", "provider_id", "node_id", "model",
     "prompt_tokens", "completion_tokens", "node_prompt_tokens", "node_completion_tokens", "requests",
     "duration_ms", "price_input_per_mtok", "price_output_per_mtok", "price_per_request", "cost_micros",
-    "fee_bps", "outcome", "started_at", "finished_at",
+    "fee_bps", "outcome", "started_at", "finished_at", "earnings_hold_s",
 )
+_SET_BY_METERING = ("fee_bps", "earnings_hold_s")  # its policies, not the caller's record
 _INT_FIELDS = COLUMNS[6:16]
 
 
@@ -32,8 +33,9 @@ def _id(b: bytes, what: str, *, optional: bool = False):
     return pgproto.UUID(b)
 
 
-def validate(r: pb.UsageRecord, fee_bps: int) -> tuple:
-    """The row to insert for ``r``; raises InvalidArgument on bad input."""
+def validate(r: pb.UsageRecord, fee_bps: int, earnings_hold_s: int = 0) -> tuple:
+    """The row to insert for ``r`` under metering's fee and release window;
+    raises InvalidArgument on bad input."""
     for name in ("provider_id", "node_id", "model"):
         if len(getattr(r, name)) > NAME_LEN_MAX:
             raise InvalidArgument(f"{name} is longer than {NAME_LEN_MAX} characters")
@@ -58,7 +60,7 @@ def validate(r: pb.UsageRecord, fee_bps: int) -> tuple:
         _id(r.job_id, "job_id"), _id(r.consumer_account_id, "consumer_account_id"),
         _id(r.provider_account_id, "provider_account_id", optional=True),
         r.provider_id, r.node_id, r.model,
-        *(getattr(r, n) for n in _INT_FIELDS), fee_bps, r.outcome, started, finished,
+        *(getattr(r, n) for n in _INT_FIELDS), fee_bps, r.outcome, started, finished, earnings_hold_s,
     )
 
 
@@ -79,6 +81,10 @@ def to_pb(row) -> pb.UsageRecord:
         started_at=_ts(row["started_at"]), finished_at=_ts(row["finished_at"]),
         settlement=row["settlement"], fee_micros=row["fee_micros"], provider_micros=row["provider_micros"],
         settlement_error=row["settlement_error"], settled_at=_ts(row["settled_at"]),
+        earning=row["earning"], earnings_hold_s=row["earnings_hold_s"],
+        earning_release_at=_ts(row["earning_release_at"]), earning_resolved_at=_ts(row["earning_resolved_at"]),
+        earning_note=row["earning_note"], check_result=row["check_result"], check_detail=row["check_detail"],
+        checked_at=_ts(row["checked_at"]),
     )
 
 
@@ -87,6 +93,6 @@ def same(row, values: tuple) -> bool:
     return all(
         (row[c].bytes if hasattr(row[c], "bytes") else row[c]) == (v.bytes if hasattr(v, "bytes") else v)
         for c, v in zip(COLUMNS, values, strict=True)
-        if c != "fee_bps"
+        if c not in _SET_BY_METERING
     )
 

@@ -7,10 +7,13 @@ Checks, in order, each under a deadline (the whole run under another):
    the offer (a language model has a BYTES ``text_input`` and a BYTES
    ``text_output``, as Triton's vLLM backend does; the max batch size is the
    advertised one);
-3. per model, a canary inference: a language model generates at most 2
-   tokens from a tiny prompt; a tensor model gets the smallest input its
-   metadata allows (every variable dimension 1, zeros). Its wall time is
-   recorded as the model's canary latency.
+3. per model, the catalog's canaries (catalog.py): a language model runs
+   each canary's prompt greedily (temperature 0, the canary's max_tokens)
+   and must answer the catalog's expected text exactly; a tensor model runs
+   each canary's KServe body and must answer its outputs within the
+   catalog's tolerance (canary_io.py). The first canary's wall time is
+   recorded as the model's canary latency. A model the catalog does not
+   hold fails.
 The first failing check ends the run; its description is the node's
 state_detail.
 
@@ -23,23 +26,19 @@ at an address the provider names in linked mode.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import numpy as np
-import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
-from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+from tritonclient.utils import InferenceServerException
 
 from idlegrid.common.node_link import NODE_ID_HEADER
+from idlegrid.registry import canary_io
+from idlegrid.registry.canary_io import Failed
 from idlegrid.registry.v1 import registry_pb2 as pb
 from idlegrid.registry.validate import DETAIL_CHARS_MAX
-
-CANARY_PROMPT = "Hi"
-CANARY_MAX_TOKENS = 2
 
 
 @dataclass(slots=True)
@@ -65,12 +64,11 @@ class Target:
         return f"node {node} via relay {self.address}" if node else f"triton at {self.address}"
 
 
+Catalog = Mapping[str, pb.CatalogModel]  # model name → its catalog entry, as verification starts
+
+
 class Verifier(Protocol):
-    async def verify(self, target: Target, offers: Sequence[pb.ModelOffer]) -> Result: ...
-
-
-class Failed(Exception):
-    pass
+    async def verify(self, target: Target, offers: Sequence[pb.ModelOffer], catalog: Catalog) -> Result: ...
 
 
 def _short(text: str) -> str:
@@ -87,7 +85,7 @@ class TritonVerifier:
     canary_timeout_s: float = 30.0
     total_timeout_s: float = 60.0
 
-    async def verify(self, target: Target, offers: Sequence[pb.ModelOffer]) -> Result:
+    async def verify(self, target: Target, offers: Sequence[pb.ModelOffer], catalog: Catalog) -> Result:
         result = Result(ok=False, detail="")
         client = aioclient.InferenceServerClient(url=target.address, ssl=target.ssl,
                                                  root_certificates=target.root_certificates)
@@ -96,7 +94,7 @@ class TritonVerifier:
             async with asyncio.timeout(self.total_timeout_s):
                 await self._server(client, target.label, h)
                 for o in offers:
-                    result.latency_us[(o.name, o.version)] = await self._model(client, o, h)
+                    result.latency_us[(o.name, o.version)] = await self._model(client, o, catalog.get(o.name), h)
             result.ok = True
             result.detail = f"{len(offers)} model(s) verified"
         except Failed as e:
@@ -123,8 +121,11 @@ class TritonVerifier:
         if not ready:
             raise Failed(f"{label} is not ready")
 
-    async def _model(self, client, o: pb.ModelOffer, h) -> int:
+    async def _model(self, client, o: pb.ModelOffer, entry: pb.CatalogModel | None, h) -> int:
+        """The model's checks, then each of its catalog canaries: the latency of the first."""
         label, t = _label(o), self.call_timeout_s
+        if entry is None:
+            raise Failed(f"{label} is not in the marketplace's catalog")
         ready = await self._call(f"{label} readiness",
                                  client.is_model_ready(o.name, o.version, headers=h, client_timeout=t))
         if not ready:
@@ -145,92 +146,57 @@ class TritonVerifier:
         elif not inputs or not outputs:
             raise Failed(f"{label} has no inputs or no outputs")
         optional = {i.name for i in cfg.input if i.optional}
-        request = _canary_inputs(o.kind, meta, optional)
-        decoupled = cfg.model_transaction_policy.decoupled
-        start = time.perf_counter()
-        if decoupled:
-            got = await self._stream(client, o, request, h)
-        else:
-            res = await self._call(f"{label} canary inference", client.infer(
-                o.name, request, model_version=o.version, headers=h, client_timeout=self.canary_timeout_s))
-            got = {out.name for out in res.get_response().outputs}
-        latency_us = int((time.perf_counter() - start) * 1e6)
-        if o.kind == pb.MODEL_KIND_LLM and "text_output" not in got:
-            raise Failed(f"{label} canary inference returned no text_output")
-        if not got:
-            raise Failed(f"{label} canary inference returned no outputs")
-        if got - outputs.keys():
-            raise Failed(f"{label} canary inference returned outputs its metadata does not list: "
-                         f"{sorted(got - outputs.keys())}")
-        return latency_us
+        latencies = []
+        for i, c in enumerate(entry.canaries):
+            what = f"{label} canary {i + 1} of {len(entry.canaries)}"
+            request = canary_io.inputs(o.kind, meta, optional, c)
+            start = time.perf_counter()
+            got = await self._infer(client, o, request, cfg.model_transaction_policy.decoupled, what, h)
+            latencies.append(int((time.perf_counter() - start) * 1e6))
+            if not got:
+                raise Failed(f"{what} returned no outputs")
+            if got.keys() - outputs.keys():
+                raise Failed(f"{what} returned outputs its metadata does not list: {sorted(got.keys() - outputs.keys())}")
+            why = canary_io.mismatch(o.kind, c, got)
+            if why is not None:
+                raise Failed(f"{what} does not match the catalog's reference: {why}")
+        return latencies[0]
 
-    async def _stream(self, client, o: pb.ModelOffer, request, h) -> set[str]:
+    async def _infer(self, client, o: pb.ModelOffer, request, decoupled: bool, what: str, h) -> dict:
+        """The canary's outputs (name → array)."""
+        if decoupled:
+            res = await self._stream(client, o, request, what, h)
+        else:
+            res = await self._call(f"{what} inference", client.infer(
+                o.name, request, model_version=o.version, headers=h, client_timeout=self.canary_timeout_s))
+        return {out.name: res.as_numpy(out.name) for out in res.get_response().outputs}
+
+    async def _stream(self, client, o: pb.ModelOffer, request, what: str, h):
         """One request on a decoupled model, read to its first response that
         carries outputs (a language model in non-streaming mode sends exactly
         one); the stream is then closed."""
-        label = _label(o)
         done = asyncio.Event()
 
         async def requests():
             yield {"model_name": o.name, "model_version": o.version, "inputs": request}
             await done.wait()  # keep the stream open until the answer
 
-        got: set[str] = set()
         responses = client.stream_infer(requests(), stream_timeout=self.canary_timeout_s, headers=h)
         try:
             async with asyncio.timeout(self.canary_timeout_s):
                 async for result, error in responses:
                     if error is not None:
-                        raise Failed(f"{label} canary inference: {error.message()}")
-                    got.update(out.name for out in result.get_response().outputs)
-                    if got:
-                        break
-                else:
-                    raise Failed(f"{label} canary inference: the stream ended without a response")
+                        raise Failed(f"{what} inference: {error.message()}")
+                    if result.get_response().outputs:
+                        return result
+                raise Failed(f"{what} inference: the stream ended without a response")
         except TimeoutError:
-            raise Failed(f"{label} canary inference: no response within {self.canary_timeout_s:g} s") from None
+            raise Failed(f"{what} inference: no response within {self.canary_timeout_s:g} s") from None
         except InferenceServerException as e:
-            raise Failed(f"{label} canary inference: {e.message()}") from None
+            raise Failed(f"{what} inference: {e.message()}") from None
         finally:
             done.set()
             responses.cancel()
-        return got
-
-
-def _canary_inputs(kind: int, meta, optional: set[str]) -> list[grpcclient.InferInput]:
-    """The smallest valid request the metadata describes."""
-    out = []
-    for t in meta.inputs:
-        shape = [1 if d < 0 else d for d in t.shape]
-        if kind == pb.MODEL_KIND_LLM:
-            if t.name == "text_input":
-                value = np.array([CANARY_PROMPT.encode()], dtype=np.object_).reshape(shape)
-            elif t.name == "sampling_parameters":
-                params = {"max_tokens": CANARY_MAX_TOKENS, "temperature": 0}
-                value = np.array([json.dumps(params).encode()], dtype=np.object_).reshape(shape)
-            elif t.name in ("stream", "exclude_input_in_output"):
-                value = np.full(shape, t.name == "exclude_input_in_output", dtype=np.bool_)
-            elif t.name in optional:
-                continue
-            else:
-                value = _zeros(t.datatype, shape)
-        elif t.name in optional:
-            continue
-        else:
-            value = _zeros(t.datatype, shape)
-        inp = grpcclient.InferInput(t.name, list(value.shape), t.datatype)
-        inp.set_data_from_numpy(value)
-        out.append(inp)
-    return out
-
-
-def _zeros(datatype: str, shape: list[int]) -> np.ndarray:
-    if datatype == "BYTES":
-        return np.full(shape, b"0", dtype=np.object_)
-    dtype = triton_to_np_dtype(datatype)
-    if dtype is None:
-        raise Failed(f"cannot build a canary input of Triton type {datatype}")
-    return np.zeros(shape, dtype=dtype)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +204,6 @@ class SkipVerifier:
     """Benchmarks and tests only (registry setting skip_verification): trusts
     every offer without contacting the node."""
 
-    async def verify(self, target: Target, offers: Sequence[pb.ModelOffer]) -> Result:
+    async def verify(self, target: Target, offers: Sequence[pb.ModelOffer], catalog: Catalog) -> Result:
         return Result(ok=True, detail="verification skipped (registry setting skip_verification)",
                       latency_us={})

@@ -6,8 +6,8 @@ and touch only memory: they renew the lease and keep the node's load (soft
 state, never written). Three background loops do the rest:
 
 - the sweep, every ``sweep_interval_ms``: nodes whose lease ran out go
-  OFFLINE (reason LEASE_EXPIRED); when the writer is full, the rest wait for
-  the next sweep;
+  OFFLINE (reason LEASE_EXPIRED), SUSPENDED ones aside (only an operator
+  moves them); when the writer is full, the rest wait for the next sweep;
 - eviction, every EVICT_EVERY_S: OFFLINE nodes past ``offline_retention_s``
   leave the live view (their rows stay) and their tokens stop working;
 - load reports, every ``load_report_interval_ms``: the loads heartbeated
@@ -89,7 +89,8 @@ class Leases:
             await asyncio.sleep(interval_s)
             self.sweeps += 1
             now = self._loop.time()
-            expired = [n for n in self._view.live if n.lease_deadline < now]
+            # A SUSPENDED node stays SUSPENDED whether it heartbeats or not.
+            expired = [n for n in self._view.live if n.lease_deadline < now and n.state != states.SUSPENDED]
             written = []
             for n in expired:
                 try:

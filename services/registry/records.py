@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from idlegrid.registry.reputation import Reputation
 from idlegrid.registry.v1 import registry_pb2 as pb
 
 
@@ -22,12 +23,17 @@ class Provider:
     id: bytes
     name: str
     ledger_account_id: bytes
-    token_digest: bytes
+    token_digest: bytes | None  # None: revoked by an operator (until rotated)
     created_at: float
+    trusted: bool = False         # an operator trusts it: its nodes run spot checks
+    suspended: bool = False       # every node of it is SUSPENDED
+    suspended_reason: str = ""
+    under_review: bool = False    # a node of it failed a spot check
 
     def to_proto(self) -> pb.Provider:
         return pb.Provider(provider_id=self.id, name=self.name, ledger_account_id=self.ledger_account_id,
-                           created_at=ts(self.created_at))
+                           created_at=ts(self.created_at), trusted=self.trusted, suspended=self.suspended,
+                           suspended_reason=self.suspended_reason, under_review=self.under_review)
 
 
 @dataclass(slots=True)
@@ -78,6 +84,9 @@ class LiveNode:
     lease_deadline: float = 0.0          # loop.time() after which the lease has run out
     generation: int = 0                  # bumped by each registration; stale verifications check it
     link: Link | None = None             # a linked node's relay link, while it holds one
+    endpoint_host: str = ""              # a direct node's host as it registered it (bans match it)
+    tokenizers: dict[str, str] = field(default_factory=dict)  # model name → the catalog's tokenizer
+    reputation: Reputation = field(default_factory=Reputation)
     _proto: pb.Node | None = None
 
     def changed(self) -> None:
@@ -89,7 +98,8 @@ class LiveNode:
             models = []
             for o in self.offers:
                 v = self.verification.get((o.name, o.version)) or Verification()
-                models.append(pb.Model(offer=o, verified=v.verified, canary_latency_us=v.canary_latency_us))
+                models.append(pb.Model(offer=o, verified=v.verified, canary_latency_us=v.canary_latency_us,
+                                       tokenizer=self.tokenizers.get(o.name, "")))
             self._proto = pb.Node(
                 node_id=self.id, provider_id=self.provider.id,
                 provider_account_id=self.provider.ledger_account_id, endpoint=self.endpoint,
@@ -99,6 +109,8 @@ class LiveNode:
                 registered_at=ts(self.registered_at), state_changed_at=ts(self.state_changed_at),
                 agent_version=self.agent_version,
                 link=self.link.to_proto() if self.link is not None else None,
+                reputation=self.reputation.to_proto(under_review=self.provider.under_review),
+                trusted=self.provider.trusted,
             )
         return self._proto
 

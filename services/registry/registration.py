@@ -19,6 +19,7 @@ the live nodes (ALREADY_EXISTS).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from idlegrid.common.errors import (
     Unauthenticated,
 )
 from idlegrid.registry import credentials, direct, states, store, validate
+from idlegrid.registry.bans import Bans, host_of
+from idlegrid.registry.catalog import Catalog
 from idlegrid.registry.leases import Leases
 from idlegrid.registry.live import LiveView
 from idlegrid.registry.quotas import ProviderQuotas
@@ -43,6 +46,7 @@ from idlegrid.registry.settings import RegistrySettings
 from idlegrid.registry.store import Registration
 from idlegrid.registry.transitions import Lifecycle
 from idlegrid.registry.v1 import registry_pb2 as pb
+from idlegrid.registry.validate import DETAIL_CHARS_MAX
 from idlegrid.registry.writer import ChangeWriter
 
 log = structlog.get_logger("registry")
@@ -66,8 +70,11 @@ class Principal:
 
 class Registrar:
     def __init__(self, *, pool: asyncpg.Pool, settings: RegistrySettings, view: LiveView, writer: ChangeWriter,
-                 lifecycle: Lifecycle, leases: Leases, resolver: direct.Resolver | None = None) -> None:
+                 lifecycle: Lifecycle, leases: Leases, catalog: Catalog, bans: Bans,
+                 resolver: direct.Resolver | None = None) -> None:
         self._pool = pool
+        self._catalog = catalog
+        self._bans = bans
         self.resolver = resolver or direct.system_resolver
         self._claimed: set[str] = set()  # direct endpoints of registrations in progress
         self._settings = settings
@@ -130,9 +137,13 @@ class Registrar:
         if who.node is not None:
             raise PermissionDenied("RegisterNode takes the provider token, not a node token")
         validate.registration(request)
-        endpoint = ""
+        self._catalog.admit(request.models)
+        endpoint = host = ""
         if request.endpoint:
+            host = host_of(request.endpoint)
+            self._bans.check(host)
             endpoint = await direct.admit(request.endpoint, self._settings, self.resolver)
+            self._bans.check(host_of(endpoint))
         view, writer, lifecycle = self._view, self._writer, self._lifecycle
         node_id = request.node_id or uuid.uuid4().bytes
         node = view.nodes.get(node_id)
@@ -166,42 +177,61 @@ class Registrar:
                 node.heartbeat_interval_ms = self._settings.heartbeat_interval_ms
                 view.add(node)
             if node is None:
-                node = self._new_node(node_id, who.provider, request, digest, endpoint)
+                node = self._new_node(node_id, who.provider, request, digest, endpoint, host)
                 await writer.submit(Registration.of(node))
                 self._leases.renew(node)
                 lifecycle.admit(node)
             else:
                 lifecycle.cancel_verification(node)
                 writer.room()
-                self._reset(node, request, digest, endpoint)
-                written = writer.submit(Registration.of(node))
-                lifecycle.apply(node, states.JOINING, pb.STATE_REASON_REGISTERED, "registered again")
+                state, reason, detail = self._entry(node, who.provider)
+                self._reset(node, request, digest, endpoint, host)
+                registration = Registration.of(node)
+                registration = dataclasses.replace(registration, state=state, reason=reason, detail=detail)
+                written = writer.submit(registration)
+                lifecycle.apply(node, state, reason, detail)
                 await written
         finally:
             self._quotas.done(who.provider, counted)
             view.registering.discard(node_id)
             self._claimed.discard(endpoint)
-        lifecycle.start_verification(node)  # a linked node waits in JOINING for its link
+        if node.state != states.SUSPENDED:
+            lifecycle.start_verification(node)  # a linked node waits in JOINING for its link
         log.info("registry.node_registered", node_id=str(uuid.UUID(bytes=node_id)), endpoint=node.endpoint or "(link)",
                  models=[o.name for o in node.offers])
         return node, token
 
+    @staticmethod
+    def _entry(node: LiveNode | None, provider: Provider) -> tuple[int, int, str]:
+        """The state a registration enters: JOINING, or SUSPENDED for a
+        suspended node (its reason kept) or a node of a suspended provider."""
+        if node is not None and node.state == states.SUSPENDED:
+            return states.SUSPENDED, node.reason, node.detail
+        if provider.suspended:
+            return (states.SUSPENDED, pb.STATE_REASON_SUSPENDED,
+                    f"its provider is suspended by an operator: {provider.suspended_reason}"[:DETAIL_CHARS_MAX])
+        return states.JOINING, pb.STATE_REASON_REGISTERED, "registered again" if node is not None else ""
+
     def _new_node(self, node_id: bytes, provider: Provider, r: pb.RegisterNodeRequest, digest: bytes,
-                  endpoint: str) -> LiveNode:
+                  endpoint: str, host: str) -> LiveNode:
         at = time.time()
+        state, reason, detail = self._entry(None, provider)
         return LiveNode(
             id=node_id, provider=provider, token_digest=digest, endpoint=endpoint, hardware=r.hardware,
             region=r.region, labels=dict(r.labels), offers=list(r.models), agent_version=r.agent_version,
-            registered_at=at, state=states.JOINING, reason=pb.STATE_REASON_REGISTERED, detail="",
-            state_changed_at=at, heartbeat_interval_ms=self._settings.heartbeat_interval_ms)
+            registered_at=at, state=state, reason=reason, detail=detail,
+            state_changed_at=at, heartbeat_interval_ms=self._settings.heartbeat_interval_ms, endpoint_host=host,
+            tokenizers={o.name: self._catalog.tokenizer(o.name) for o in r.models})
 
-    def _reset(self, node: LiveNode, r: pb.RegisterNodeRequest, digest: bytes, endpoint: str) -> None:
+    def _reset(self, node: LiveNode, r: pb.RegisterNodeRequest, digest: bytes, endpoint: str, host: str) -> None:
         """A node registered again: what it now says of itself, a new token,
         no link (the agent links again with the new token), a new generation
         (stale verifications see it), a fresh lease."""
         node.token_digest = digest
         node.link = None
         node.endpoint, node.hardware, node.region = endpoint, r.hardware, r.region
+        node.endpoint_host = host
+        node.tokenizers = {o.name: self._catalog.tokenizer(o.name) for o in r.models}
         node.labels, node.offers, node.agent_version = dict(r.labels), list(r.models), r.agent_version
         node.registered_at = time.time()
         node.verification = {}

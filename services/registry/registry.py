@@ -10,7 +10,10 @@
 - reads (reads.py): one node, a page of nodes, a snapshot;
 - the writer (writer.py) and the watch hub (hub.py): every state change is
   applied in memory, published to watchers and handed to the one ordered
-  writer in a single synchronous step.
+  writer in a single synchronous step;
+- trust: the model catalog (catalog.py, catalog_ops.py), the operator
+  controls (operators.py, bans.py) and spot-check verdicts (checks.py,
+  reputation.py), their SQL in trust_store.py.
 """
 
 from __future__ import annotations
@@ -19,15 +22,20 @@ import asyncpg
 import structlog
 
 from idlegrid.common.errors import Unauthenticated
-from idlegrid.registry import reads, states, store, validate
+from idlegrid.registry import reads, states, store, trust_store, validate
+from idlegrid.registry.bans import Bans
 from idlegrid.registry.canary import Verifier
+from idlegrid.registry.catalog import Catalog
+from idlegrid.registry.catalog_ops import CatalogOps
+from idlegrid.registry.checks import Checks
 from idlegrid.registry.direct import Resolver
 from idlegrid.registry.hub import WatchHub
 from idlegrid.registry.leases import Leases
 from idlegrid.registry.links import Links
 from idlegrid.registry.live import LiveView
+from idlegrid.registry.operators import Operators
 from idlegrid.registry.reach import Reach
-from idlegrid.registry.records import LiveNode, Provider
+from idlegrid.registry.records import LiveNode, Provider, Verification
 from idlegrid.registry.registration import Principal, Registrar
 from idlegrid.registry.settings import RegistrySettings
 from idlegrid.registry.transitions import Lifecycle
@@ -47,12 +55,18 @@ class Registry:
                             watchers_max=settings.watchers_max,
                             snapshot_reuse_s=settings.load_report_interval_ms / 1000)
         self.view = LiveView()
+        self.catalog = Catalog()
+        self._bans = Bans()
         self._lifecycle = Lifecycle(view=self.view, hub=self.hub, writer=self._writer, verifier=verifier,
-                                    settings=settings, reach=reach or Reach())
+                                    settings=settings, reach=reach or Reach(), catalog=self.catalog)
         self._leases = Leases(view=self.view, hub=self.hub, lifecycle=self._lifecycle, settings=settings)
         self._registrar = Registrar(pool=pool, settings=settings, view=self.view, writer=self._writer,
-                                    lifecycle=self._lifecycle, leases=self._leases, resolver=resolver)
+                                    lifecycle=self._lifecycle, leases=self._leases, catalog=self.catalog,
+                                    bans=self._bans, resolver=resolver)
         self._links = Links(view=self.view, lifecycle=self._lifecycle, leases=self._leases)
+        self.operators = Operators(pool=pool, view=self.view, lifecycle=self._lifecycle, bans=self._bans)
+        self.catalog_ops = CatalogOps(pool=pool, view=self.view, lifecycle=self._lifecycle, catalog=self.catalog)
+        self.checks = Checks(pool=pool, view=self.view, lifecycle=self._lifecycle)
 
     @property
     def providers(self) -> dict[bytes, Provider]:
@@ -77,19 +91,30 @@ class Registry:
         work. Nodes that were live get a fresh lease; nodes caught mid-
         verification go OFFLINE (their agents register again), and so do
         linked nodes: their links are not stored; their agents register and
-        link again."""
+        link again. SUSPENDED nodes stay SUSPENDED."""
         self._leases.open()
         async with self._pool.acquire() as conn:
+            for m in await trust_store.load_catalog(conn):
+                self.catalog.models[m.name] = m
+            self._bans.hosts |= await trust_store.load_banned(conn)
             for p in await store.load_providers(conn):
                 self.view.providers[p.id] = p
             loaded = await store.load_nodes(conn, self.view.providers, retention_s=self.settings.offline_retention_s)
+            reputations = await trust_store.load_reputations(conn, [n.id for n in loaded])
         self._writer.start()
         for n in loaded:
             n.heartbeat_interval_ms = self.settings.heartbeat_interval_ms
+            n.tokenizers = {o.name: self.catalog.tokenizer(o.name) for o in n.offers}
+            for o in n.offers:  # an offer the catalog no longer sells is not verified
+                v = n.verification.get((o.name, o.version))
+                if v is not None and v.verified and not self.catalog.conforms(o):
+                    n.verification[(o.name, o.version)] = Verification(False, v.canary_latency_us)
+            if n.id in reputations:
+                n.reputation = reputations[n.id]
             self._leases.renew(n)
             self.view.add(n)
         for n in loaded:
-            if n.state == states.OFFLINE:
+            if n.state in (states.OFFLINE, states.SUSPENDED):
                 continue
             if n.linked:
                 self._lifecycle.transition(n, states.OFFLINE, pb.STATE_REASON_REGISTRY_RESTARTED,
@@ -156,6 +181,20 @@ class Registry:
 
     async def agent_unlinked(self, node: LiveNode, unlinked_for_ms: int) -> None:
         await self._links.agent_unlinked(node, unlinked_for_ms)
+
+    # ------------------------------------------------------------ trust
+
+    async def put_catalog_model(self, request: pb.PutCatalogModelRequest) -> pb.CatalogModel:
+        return await self.catalog_ops.put(request)
+
+    def list_catalog(self) -> list[pb.CatalogModel]:
+        return [self.catalog.models[k] for k in sorted(self.catalog.models)]
+
+    async def remove_catalog_model(self, request: pb.RemoveCatalogModelRequest) -> None:
+        await self.catalog_ops.remove(request)
+
+    async def report_check(self, request: pb.ReportCheckRequest) -> LiveNode:
+        return await self.checks.report(request)
 
     def get(self, node_id: bytes) -> LiveNode:
         return reads.get(self.view, node_id)

@@ -1,8 +1,10 @@
 """gRPC servicer of the registry: proto in, domain calls, proto out.
 
-CreateProvider, GetNode, ListNodes, WatchNodes, AttachLink and DetachLink
-sit behind the service token (checked by the shared interceptor); AttachLink
-also proves the node with its token in ``x-idlegrid-node-token``.
+CreateProvider, GetNode, ListNodes, WatchNodes, AttachLink and DetachLink,
+the catalog, the operator controls and ReportCheck sit behind the service
+credentials (the shared interceptor checks who may call each:
+common/identities.py); AttachLink also proves the node with its token in
+``x-idlegrid-node-token``.
 RegisterNode, Heartbeat, Drain, Deregister and SetPaused are open methods for
 the interceptor and authenticate here, with provider and node credentials.
 """
@@ -108,6 +110,41 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ListNodes(self, request, context):
         page, next_token = self._reg.list(request)
         return pb.ListNodesResponse(nodes=[n.to_proto() for n in page], next_page_token=next_token)
+
+    # ---- the catalog and operator controls
+
+    async def PutCatalogModel(self, request, context):
+        return await self._reg.put_catalog_model(request)
+
+    async def ListCatalog(self, request, context):
+        return pb.ListCatalogResponse(models=self._reg.list_catalog())
+
+    async def RemoveCatalogModel(self, request, context):
+        await self._reg.remove_catalog_model(request)
+        return pb.RemoveCatalogModelResponse()
+
+    async def SetSuspended(self, request, context):
+        nodes = await self._reg.operators.set_suspended(request)
+        return pb.SetSuspendedResponse(nodes=[n.to_proto() for n in nodes])
+
+    async def SetProviderTrusted(self, request, context):
+        provider = await self._reg.operators.set_trusted(request)
+        return pb.SetProviderTrustedResponse(provider=provider.to_proto())
+
+    async def RotateProviderToken(self, request, context):
+        return pb.RotateProviderTokenResponse(provider_token=await self._reg.operators.rotate(request))
+
+    async def RevokeProviderToken(self, request, context):
+        return pb.RevokeProviderTokenResponse(node_ids=await self._reg.operators.revoke(request))
+
+    async def SetEndpointBanned(self, request, context):
+        return pb.SetEndpointBannedResponse(node_ids=await self._reg.operators.ban(request))
+
+    async def ListOperatorActions(self, request, context):
+        return await self._reg.operators.actions(request)
+
+    async def ReportCheck(self, request, context):
+        return pb.ReportCheckResponse(node=(await self._reg.report_check(request)).to_proto())
 
     async def WatchNodes(self, request, context):
         hub = self._reg.hub

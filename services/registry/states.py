@@ -6,9 +6,12 @@
        │            │  │       PAUSED ──▶ DRAINING
        └────────────┼──┴─────────┴─┴─────────┴──▶ OFFLINE
                     └──(a new link: verify again)─┘
-    any state ──(registration)──▶ JOINING
+    any state but SUSPENDED ──(registration)──▶ JOINING
+    any state ──(operator, failed spot check)──▶ SUSPENDED ──(operator)──▶ VERIFYING
 
-Only READY is routable. A linked node (no direct endpoint) is verified only
+Only READY is routable. SUSPENDED (an operator's decision, or a failed spot
+check) leaves only by an operator's unsuspension: heartbeats, links, pauses,
+leases, drains and registrations leave it SUSPENDED. A linked node (no direct endpoint) is verified only
 once its link attached (JOINING waits for it); a node whose link drops goes
 OFFLINE (LINK_LOST), and a new link takes it through VERIFYING again. PAUSED:
 its owner needs the GPU; no new work, running jobs finish; PAUSED → PAUSED

@@ -57,6 +57,12 @@ class Registration:
     agent_version: str
     registered_at: float
     offers: tuple[pb.ModelOffer, ...]
+    endpoint_host: str = ""
+    # The state it registers into: JOINING, or SUSPENDED (a suspended node, or
+    # a node of a suspended provider) with its reason and detail.
+    state: int = states.JOINING
+    reason: int = pb.STATE_REASON_REGISTERED
+    detail: str = ""
 
     @classmethod
     def of(cls, node: LiveNode) -> Registration:
@@ -67,11 +73,13 @@ class Registration:
             endpoint=node.endpoint, region=node.region, labels=json.dumps(node.labels, sort_keys=True),
             gpus=json.dumps([{"name": g.name, "memory_bytes": g.memory_bytes, "count": g.count} for g in hw.gpus]),
             cpu_cores=hw.cpu_cores, memory_bytes=hw.memory_bytes, agent_version=node.agent_version,
-            registered_at=node.registered_at, offers=tuple(node.offers),
+            registered_at=node.registered_at, offers=tuple(node.offers), endpoint_host=node.endpoint_host,
+            state=node.state, reason=node.reason, detail=node.detail,
         )
 
 
 async def insert_provider(pool: asyncpg.Pool, p: Provider) -> None:
+    assert p.token_digest is not None
     try:
         await pool.execute(
             "INSERT INTO registry.providers (id, name, ledger_account_id, token_sha256, created_at)"
@@ -82,31 +90,37 @@ async def insert_provider(pool: asyncpg.Pool, p: Provider) -> None:
 
 
 async def write_registrations(conn: asyncpg.Connection, items: list[Registration]) -> None:
-    """Upserts the nodes (state JOINING), replaces their models, records the events."""
-    joining, registered = states.NAMES[states.JOINING], states.REASON_NAMES[pb.STATE_REASON_REGISTERED]
+    """Upserts the nodes (JOINING, or SUSPENDED), replaces their models, records the events."""
     ids = [_u(r.node_id) for r in items]
+    names = [states.NAMES[r.state] for r in items]
+    reasons = [states.REASON_NAMES[r.reason] for r in items]
+    details = [r.detail for r in items]
     await conn.execute(
         """
         INSERT INTO registry.nodes AS n (id, provider_id, token_sha256, endpoint, region, labels, gpus,
-            cpu_cores, memory_bytes, agent_version, state, reason, detail, registered_at, state_changed_at)
+            cpu_cores, memory_bytes, agent_version, state, reason, detail, registered_at, state_changed_at,
+            endpoint_host)
         SELECT u.id, u.provider_id, u.token, u.endpoint, u.region, u.labels::jsonb, u.gpus::jsonb,
-               u.cpu_cores, u.memory_bytes, u.agent_version, $11, $12, '', u.at, u.at
+               u.cpu_cores, u.memory_bytes, u.agent_version, u.state, u.reason, u.detail, u.at, u.at, u.host
         FROM unnest($1::uuid[], $2::uuid[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::text[],
-                    $8::int[], $9::bigint[], $10::text[], $13::timestamptz[])
+                    $8::int[], $9::bigint[], $10::text[], $11::text[], $12::text[], $13::timestamptz[],
+                    $14::text[], $15::text[])
              AS u(id, provider_id, token, endpoint, region, labels, gpus, cpu_cores, memory_bytes,
-                  agent_version, at)
+                  agent_version, state, reason, at, detail, host)
         ON CONFLICT (id) DO UPDATE SET
             token_sha256 = excluded.token_sha256, endpoint = excluded.endpoint, region = excluded.region,
             labels = excluded.labels, gpus = excluded.gpus, cpu_cores = excluded.cpu_cores,
             memory_bytes = excluded.memory_bytes, agent_version = excluded.agent_version,
             state = excluded.state, reason = excluded.reason, detail = excluded.detail,
-            registered_at = excluded.registered_at, state_changed_at = excluded.state_changed_at
+            registered_at = excluded.registered_at, state_changed_at = excluded.state_changed_at,
+            endpoint_host = excluded.endpoint_host
         WHERE n.provider_id = excluded.provider_id
         """,
         ids, [_u(r.provider_id) for r in items], [r.token_digest for r in items],
         [r.endpoint for r in items], [r.region for r in items], [r.labels for r in items],
         [r.gpus for r in items], [r.cpu_cores for r in items], [r.memory_bytes for r in items],
-        [r.agent_version for r in items], joining, registered, [_t(r.registered_at) for r in items],
+        [r.agent_version for r in items], names, reasons, [_t(r.registered_at) for r in items], details,
+        [r.endpoint_host for r in items],
     )
     await conn.execute("DELETE FROM registry.node_models WHERE node_id = ANY($1::uuid[])", ids)
     cols: dict[str, list] = {k: [] for k in ("id", "pos", "name", "version", "kind", "mbs", "ctx", "digest",
@@ -129,8 +143,8 @@ async def write_registrations(conn: asyncpg.Connection, items: list[Registration
     )
     await conn.execute(
         "INSERT INTO registry.node_events (node_id, at, state, reason, detail)"
-        " SELECT id, at, $3, $4, '' FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at)",
-        ids, [_t(r.registered_at) for r in items], joining, registered)
+        " SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[])",
+        ids, [_t(r.registered_at) for r in items], names, reasons, details)
 
 
 async def write_changes(conn: asyncpg.Connection, items: list[Change]) -> None:
@@ -172,7 +186,9 @@ async def write_changes(conn: asyncpg.Connection, items: list[Change]) -> None:
 async def load_providers(conn: asyncpg.Connection) -> list[Provider]:
     rows = await conn.fetch("SELECT * FROM registry.providers")
     return [Provider(id=r["id"].bytes, name=r["name"], ledger_account_id=r["ledger_account_id"].bytes,
-                     token_digest=r["token_sha256"], created_at=r["created_at"].timestamp()) for r in rows]
+                     token_digest=r["token_sha256"], created_at=r["created_at"].timestamp(), trusted=r["trusted"],
+                     suspended=r["suspended"], suspended_reason=r["suspended_reason"],
+                     under_review=r["under_review"]) for r in rows]
 
 
 async def load_nodes(conn: asyncpg.Connection, providers: dict[bytes, Provider], *,
@@ -210,7 +226,8 @@ async def load_nodes(conn: asyncpg.Connection, providers: dict[bytes, Provider],
             endpoint=r["endpoint"], hardware=hw, region=r["region"], labels=json.loads(r["labels"]),
             offers=offers, agent_version=r["agent_version"], registered_at=r["registered_at"].timestamp(),
             state=states.BY_NAME[r["state"]], reason=states.REASON_BY_NAME[r["reason"]], detail=r["detail"],
-            state_changed_at=r["state_changed_at"].timestamp(), verification=ver))
+            state_changed_at=r["state_changed_at"].timestamp(), verification=ver,
+            endpoint_host=r["endpoint_host"]))
     return out
 
 

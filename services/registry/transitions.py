@@ -19,6 +19,11 @@ starts again through the new one.
 
 PAUSED (SetPaused): a READY node whose owner needs the GPU; no new work;
 resumed → READY.
+
+SUSPENDED (an operator, or a failed spot check): no jobs, and nothing but an
+operator takes the node out of it (unsuspend → VERIFYING, verified again).
+Deregistering a suspended node only revokes its token; the lease sweep,
+links, pauses and registrations leave it SUSPENDED.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import structlog
 from idlegrid.common.errors import FailedPrecondition, IdlegridError
 from idlegrid.registry import states
 from idlegrid.registry.canary import Verifier
+from idlegrid.registry.catalog import Catalog
 from idlegrid.registry.hub import WatchHub
 from idlegrid.registry.live import LiveView
 from idlegrid.registry.reach import Reach
@@ -50,8 +56,9 @@ LINK_MOVES_MAX = 3  # verification runs again at most this often when the link m
 
 class Lifecycle:
     def __init__(self, *, view: LiveView, hub: WatchHub, writer: ChangeWriter, verifier: Verifier,
-                 settings: RegistrySettings, reach: Reach) -> None:
+                 settings: RegistrySettings, reach: Reach, catalog: Catalog) -> None:
         self._view = view
+        self._catalog = catalog
         self._reach = reach
         self._hub = hub
         self._writer = writer
@@ -99,9 +106,9 @@ class Lifecycle:
         node.changed()
         self._hub.publish(node.revision, pb.DELTA_KIND_UPSERTED, node.to_proto())
 
-    def room(self) -> None:
-        """ResourceExhausted when a transition could not be written now."""
-        self._writer.room()
+    def room(self, n: int = 1) -> None:
+        """ResourceExhausted when ``n`` transitions could not be written now."""
+        self._writer.room(n)
 
     def transition(self, node: LiveNode, state: int, reason: int, detail: str = "", *, revoke: bool = False,
                    verification: tuple[tuple[str, str, bool, int], ...] = ()) -> asyncio.Future:
@@ -123,12 +130,40 @@ class Lifecycle:
         await self.transition(node, states.DRAINING, pb.STATE_REASON_DRAIN_REQUESTED, f"requested by {requested_by}")
 
     async def deregister(self, node: LiveNode, *, requested_by: str) -> None:
-        """Any state → OFFLINE (deregistered), and the node's token is revoked."""
+        """Any state → OFFLINE (deregistered), and the node's token is revoked.
+        A SUSPENDED node stays SUSPENDED; only its token is revoked."""
+        written = self.end_now(node, f"requested by {requested_by}")
+        if written is not None:
+            await written
+
+    def end_now(self, node: LiveNode, detail: str) -> asyncio.Future | None:
+        """Takes the node OFFLINE (deregistered) and revokes its token, or for a
+        SUSPENDED node only revokes its token; None when nothing changes. The
+        future resolves once written."""
+        if node.state == states.SUSPENDED:
+            if node.token_digest is None:
+                return None
+            return self.transition(node, states.SUSPENDED, node.reason, node.detail, revoke=True)
         if node.state == states.OFFLINE and node.reason == pb.STATE_REASON_DEREGISTERED:
-            return
+            return None
         self.cancel_verification(node)
-        await self.transition(node, states.OFFLINE, pb.STATE_REASON_DEREGISTERED, f"requested by {requested_by}",
-                              revoke=True)
+        return self.transition(node, states.OFFLINE, pb.STATE_REASON_DEREGISTERED, detail, revoke=True)
+
+    def suspend(self, node: LiveNode, reason: int, detail: str) -> asyncio.Future | None:
+        """Any state → SUSPENDED (no change for a node already suspended)."""
+        if node.state == states.SUSPENDED:
+            return None
+        self.cancel_verification(node)
+        return self.transition(node, states.SUSPENDED, reason, detail)
+
+    def unsuspend(self, node: LiveNode, detail: str) -> asyncio.Future | None:
+        """SUSPENDED → VERIFYING, and verification again (no change for a node
+        that is not suspended)."""
+        if node.state != states.SUSPENDED:
+            return None
+        written = self.transition(node, states.VERIFYING, pb.STATE_REASON_UNSUSPENDED, detail)
+        self.start_verification(node)
+        return written
 
     async def pause(self, node: LiveNode, *, paused: bool, detail: str) -> None:
         """READY → PAUSED (PAUSED → PAUSED: a new detail), or PAUSED → READY.
@@ -171,13 +206,17 @@ class Lifecycle:
                 if node.generation != generation or not _waits_for_verification(node):
                     return
                 if self._reach.target(node) is None:
+                    if node.state == states.VERIFYING:  # unsuspended while it holds no link
+                        await self.transition(node, states.OFFLINE, pb.STATE_REASON_LINK_LOST,
+                                              "unsuspended while it holds no link: verified when it links again")
                     return  # a linked node without its link yet: AttachLink starts it again
-                await self.transition(node, states.VERIFYING, pb.STATE_REASON_VERIFICATION_STARTED)
+                if node.state != states.VERIFYING:
+                    await self.transition(node, states.VERIFYING, pb.STATE_REASON_VERIFICATION_STARTED)
                 for _ in range(LINK_MOVES_MAX):
                     link, target = node.link, self._reach.target(node)
                     if target is None:
                         return  # the link dropped: DetachLink took the node OFFLINE
-                    result = await self._verifier.verify(target, list(node.offers))
+                    result = await self._verifier.verify(target, list(node.offers), self._catalog.snapshot())
                     if node.generation != generation or node.state != states.VERIFYING:
                         return  # the lease ran out, the link dropped or the node registered again
                     if node.link is link:
@@ -191,10 +230,11 @@ class Lifecycle:
                 await self.transition(node, states.OFFLINE, pb.STATE_REASON_VERIFICATION_FAILED, result.detail)
                 return
             rows = []
-            for o in node.offers:
-                v = Verification(verified=True, canary_latency_us=result.latency_us.get((o.name, o.version), 0))
+            for o in node.offers:  # an offer the catalog dropped meanwhile is not verified
+                v = Verification(verified=self._catalog.conforms(o),
+                                 canary_latency_us=result.latency_us.get((o.name, o.version), 0))
                 node.verification[(o.name, o.version)] = v
-                rows.append((o.name, o.version, True, v.canary_latency_us))
+                rows.append((o.name, o.version, v.verified, v.canary_latency_us))
             reason = pb.STATE_REASON_VERIFICATION_SKIPPED if self._skip_verification else pb.STATE_REASON_VERIFIED
             await self.transition(node, states.READY, reason, result.detail, verification=tuple(rows))
         except asyncio.CancelledError:
@@ -204,6 +244,8 @@ class Lifecycle:
 
 
 def _waits_for_verification(node: LiveNode) -> bool:
-    """JOINING, or OFFLINE because its link was lost (a new link attached)."""
-    return node.state == states.JOINING or (node.state == states.OFFLINE
-                                            and node.reason == pb.STATE_REASON_LINK_LOST)
+    """JOINING, OFFLINE because its link was lost (a new link attached), or
+    VERIFYING because an operator lifted its suspension."""
+    return (node.state == states.JOINING
+            or (node.state == states.OFFLINE and node.reason == pb.STATE_REASON_LINK_LOST)
+            or (node.state == states.VERIFYING and node.reason == pb.STATE_REASON_UNSUSPENDED))

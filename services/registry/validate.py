@@ -204,3 +204,37 @@ def pause_detail(value: str) -> str:
     if len(value) > DETAIL_CHARS_MAX or not value.isprintable():
         raise InvalidArgument(f"detail must be 0..{DETAIL_CHARS_MAX} printable chars")
     return value
+
+
+ACTOR_CHARS_MAX = 128
+REASON_CHARS_MAX = 1_024
+JOB_ID_BYTES = 16
+SEQ_MAX = (1 << 63) - 1
+
+
+def operator(actor: str, reason: str) -> None:
+    """Who acts (1..128 printable chars) and why (1..1,024 printable chars)."""
+    if not 1 <= len(actor) <= ACTOR_CHARS_MAX or not actor.isprintable():
+        raise InvalidArgument(f"actor is required: 1..{ACTOR_CHARS_MAX} printable chars")
+    if not 1 <= len(reason) <= REASON_CHARS_MAX or not reason.isprintable() or not reason.strip():
+        raise InvalidArgument(f"reason is required: 1..{REASON_CHARS_MAX} printable chars")
+
+
+def check_report(request: pb.ReportCheckRequest) -> None:
+    node_id(request.node_id)
+    node_id(request.job_id, "job_id")
+    if request.kind not in (pb.CHECK_KIND_SPOT_CHECK, pb.CHECK_KIND_TOKEN_COUNT):
+        raise InvalidArgument("kind must be CHECK_KIND_SPOT_CHECK or CHECK_KIND_TOKEN_COUNT")
+    if len(request.detail) > DETAIL_CHARS_MAX or not request.detail.isprintable():
+        raise InvalidArgument(f"detail must be 0..{DETAIL_CHARS_MAX} printable chars")
+    if request.checker_node_id:
+        node_id(request.checker_node_id, "checker_node_id")
+
+
+def actions_page(request: pb.ListOperatorActionsRequest) -> tuple[int, int]:
+    """(after_seq, limit) of a ListOperatorActions request."""
+    if request.after_seq > SEQ_MAX:
+        raise InvalidArgument(f"after_seq must be at most {SEQ_MAX}")
+    if request.limit > PAGE_SIZE_MAX:
+        raise InvalidArgument(f"limit must be at most {PAGE_SIZE_MAX}, got {request.limit}")
+    return request.after_seq, request.limit or PAGE_SIZE_DEFAULT

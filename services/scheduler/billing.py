@@ -7,14 +7,20 @@ in, a ``Usage`` value out, no I/O; the caller records it.
 | stream broke midway, client left, deadline | the delivered tokens only | their cost - fee |
 | no output from any attempt | nothing (the hold is released) | nothing |
 
-For a language model, with the platform's tokenizer for the node's weights:
+For a language model, with the catalog's tokenizer (counting.py):
 
-    prompt     = the platform's count of text_input (reused from planning on the same weights)
+    prompt     = the platform's count of text_input (reused from planning)
     completion = min(the platform's count of the delivered text, max_tokens)
 
-and without one, the node's own counts (marked unverified). Then
+The node's counts are only cross-checked: a disagreement is returned as
+``mismatch`` (the caller reports it), never billed. Only a model registered
+before the catalog (no tokenizer named) that the platform cannot count is
+billed on the node's counts, marked unverified. Then
 
     cost = min(ceil((prompt * price_in + completion * price_out) / 1e6), hold)
+
+and since the node's prices are within the caller's max_price (routing) and
+completion <= max_tokens, the cost is within both max_price and the hold.
 
 and for other models cost = min(price_per_request, hold). A job that finished
 with no text still read its prompt and is billed; a job with nothing

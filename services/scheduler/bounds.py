@@ -8,14 +8,20 @@ bound fails that job (NodeError): billed only for what was delivered.
     language models   replies_max     = max_tokens + REPLIES_SLACK
                       reply_bytes_max = max_tokens * TOKEN_BYTES_MAX
                                         + replies_max * REPLY_OVERHEAD_BYTES
+                      texts_max       = max_tokens (replies that carry text:
+                                        the scheduler delivers no more)
     tensor models     replies_max     = 1
                       reply_bytes_max = the outputs' size from the model's
                                         metadata when every shape and datatype
                                         is fixed (+ REPLY_OVERHEAD_BYTES per
                                         output), else TENSOR_REPLY_BYTES_MAX
 
-A streamed piece is at least one token, so a well-behaved node sends at most
-max_tokens pieces, plus a few without text (the final flags).
+max_tokens is the request's (planning: the caller's, or the default), the
+same number the node is asked for in sampling_parameters. A streamed piece
+with text is at least one token, so a well-behaved node sends at most
+max_tokens of them, plus a few without text (the final flags); the
+scheduler delivers no text piece past max_tokens (dispatch), and bills at
+most max_tokens completion tokens (billing).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class BoundExceeded(Exception):
 class ReplyBound:
     replies_max: int
     reply_bytes_max: int
+    texts_max: int | None = None  # replies with text the caller may receive (language models)
 
     def headers(self) -> dict[str, str]:
         return node_link.bounds(reply_bytes_max=self.reply_bytes_max, replies_max=self.replies_max)
@@ -50,7 +57,7 @@ class ReplyBound:
 def for_llm(max_tokens: int) -> ReplyBound:
     assert max_tokens >= 1
     replies = max_tokens + REPLIES_SLACK
-    return ReplyBound(replies, max_tokens * TOKEN_BYTES_MAX + replies * REPLY_OVERHEAD_BYTES)
+    return ReplyBound(replies, max_tokens * TOKEN_BYTES_MAX + replies * REPLY_OVERHEAD_BYTES, texts_max=max_tokens)
 
 
 def for_tensors(meta: spb.ModelMetadata | None, requested: list[str] | None = None) -> ReplyBound:

@@ -1,7 +1,17 @@
-"""Token counting by the platform, with the model's own tokenizer where the
-platform has it (matched by model name and weights digest), so that billing
-never rests on the node's word alone. Without one, the node's counts are used
-and marked unverified."""
+"""Token counting by the platform, so that billing never rests on the node's
+word: prompt and completion tokens are counted with the catalog's tokenizer
+for the catalog's model name (``Model.tokenizer``, which the registry fills
+from its catalog), whatever weights digest the node claims. The node's own
+counts are only cross-checked (:func:`disagrees`).
+
+    Model.tokenizer set    the platform's tokenizer of that id, or none: then
+                           the job is refused before anything is reserved
+                           (:func:`platform_counter`, reason
+                           tokenizer_unavailable); never billed on the node's word
+    Model.tokenizer ""     a node registered before the catalog: the tokenizer
+                           known for the offer's name and weights digest, if
+                           any; otherwise the node's counts, marked unverified
+"""
 
 from __future__ import annotations
 
@@ -12,6 +22,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from idlegrid.common.errors import Unavailable
 from idlegrid.registry.v1 import registry_pb2 as rpb
 
 log = structlog.get_logger("scheduler.tokens")
@@ -56,11 +67,25 @@ def _smollm2_digest() -> str | None:
         return None
 
 
+# The catalog's tokenizer ids the platform can count with.
+TOKENIZERS = {"smollm2": _smollm2}
+# Before the catalog: tokenizers known by model name and weights digest.
 _KNOWN = {"smollm2-135m-instruct": (_smollm2_digest, _smollm2)}
 
 
+def _load(name: str, load) -> Counter | None:
+    try:
+        return load()
+    except Exception as e:  # noqa: BLE001 - the caller refuses or falls back
+        log.warning("tokenizer.unavailable", tokenizer=name, error=str(e))
+        return None
+
+
 def counter_for(model: rpb.Model) -> Counter | None:
-    """The platform's tokenizer for what this node serves, if it has it."""
+    """The platform's tokenizer for this model, if it has it."""
+    if model.tokenizer:
+        load = TOKENIZERS.get(model.tokenizer)
+        return _load(model.tokenizer, load) if load is not None else None
     known = _KNOWN.get(model.offer.name)
     if known is None:
         return None
@@ -68,11 +93,19 @@ def counter_for(model: rpb.Model) -> Counter | None:
     digest = model.offer.weights_digest
     if digest and digest != digest_fn():
         return None  # other weights under the same name: do not guess
-    try:
-        return load()
-    except Exception as e:  # noqa: BLE001 - counting falls back to the node's numbers
-        log.warning("tokenizer.unavailable", model=model.offer.name, error=str(e))
-        return None
+    return _load(model.offer.name, load)
+
+
+def platform_counter(model: rpb.Model) -> Counter | None:
+    """The counter a language-model job is billed with: the catalog
+    tokenizer's, or None for a pre-catalog model the platform cannot count
+    (billed on the node's counts, unverified). Raises Unavailable when the
+    catalog names a tokenizer the platform lacks."""
+    counter = counter_for(model)
+    if counter is None and model.tokenizer:
+        raise Unavailable(f"the platform cannot count tokens for model {model.offer.name!r} (tokenizer "
+                          f"{model.tokenizer!r} unavailable); nothing was charged", reason="tokenizer_unavailable")
+    return counter
 
 
 def text_input(prompt: str, messages: list[tuple[str, str]]) -> str:

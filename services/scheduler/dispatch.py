@@ -10,6 +10,7 @@ broken midway, cancelled by the client or past its deadline.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -116,20 +117,31 @@ class Dispatcher:
 
     async def _generate(self, job: Job, choice: routing.Choice, out: Outcome, emit: Emit | None) -> None:
         req = job.request
-        async for piece in self._triton.generate(
+        bound = bounds.for_llm(job.max_tokens)
+        texts = 0
+        async with contextlib.aclosing(self._triton.generate(
                 choice.info.node, req.model, choice.model.offer.version, job.text_input,
                 sampling_parameters(job), stream=emit is not None, request_id=req.job_id.hex(),
-                timeout_s=job.timeout_s, bound=bounds.for_llm(job.max_tokens)):
-            if not out.delivered and emit is not None:
-                await emit(spb.InferChunk(routing=routing_pb(out)))
-            out.node_in = piece.input_tokens or out.node_in
-            out.node_out += piece.output_tokens
-            if piece.text:
-                out.text.append(piece.text)
-                out.delivered = True
-                if emit is not None:
-                    await emit(spb.InferChunk(text=piece.text))
-            if piece.finish_reason:
-                out.finish_reason = piece.finish_reason
+                timeout_s=job.timeout_s, bound=bound)) as pieces:
+            async for piece in pieces:
+                if piece.text:
+                    texts += 1
+                    if bound.texts_max is not None and texts > bound.texts_max:
+                        raise NodeError(f"cut off: the node sent more than {bound.texts_max} pieces of text "
+                                        "(max_tokens)")
+                await self._deliver(piece, out, emit)
         out.complete = True
         out.finish_reason = out.finish_reason or "stop"
+
+    async def _deliver(self, piece, out: Outcome, emit: Emit | None) -> None:
+        if not out.delivered and emit is not None:
+            await emit(spb.InferChunk(routing=routing_pb(out)))
+        out.node_in = piece.input_tokens or out.node_in
+        out.node_out += piece.output_tokens
+        if piece.text:
+            out.text.append(piece.text)
+            out.delivered = True
+            if emit is not None:
+                await emit(spb.InferChunk(text=piece.text))
+        if piece.finish_reason:
+            out.finish_reason = piece.finish_reason

@@ -1,8 +1,10 @@
 """The life of one job, step by step:
 
-    check the request ─▶ plan (planning) ─▶ admit (a usage-record slot, recording)
-      ─▶ reserve the hold on the ledger ─▶ dispatch (with retries on other nodes)
-      ─▶ bill (billing, whatever way the job ended) ─▶ record the usage in metering
+    check the request ─▶ plan (planning) ─▶ the platform's tokenizer (counting)
+      ─▶ admit (a usage-record slot, recording) ─▶ reserve the hold on the ledger
+      ─▶ dispatch (with retries on other nodes) ─▶ bill (billing, whatever way
+      the job ended) ─▶ record the usage in metering; a token-count
+      disagreement is reported to the registry (disagreements)
 
 Metering settles each record on the ledger exactly once. Nothing is reserved
 before planning and admission succeed; once reserved, every way out of the
@@ -30,6 +32,7 @@ from idlegrid.common.errors import (
 from idlegrid.common.node_view import NodeTable
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
 from idlegrid.scheduler import billing, counting, planning
+from idlegrid.scheduler.disagreements import DisagreementReporter
 from idlegrid.scheduler.dispatch import Dispatcher, Emit, Outcome, routing_pb
 from idlegrid.scheduler.recording import RECORDS_IN_FLIGHT_MAX, UsageRecorder
 from idlegrid.scheduler.requests import check
@@ -45,11 +48,18 @@ LEDGER_TIMEOUT_S = 10.0
 
 class Jobs:
     def __init__(self, table: NodeTable, triton: TritonPool, ledger, metering, *,
-                 records_in_flight_max: int = RECORDS_IN_FLIGHT_MAX, known_metadata=None) -> None:
+                 records_in_flight_max: int = RECORDS_IN_FLIGHT_MAX, known_metadata=None,
+                 registry=None, spot_checks=None) -> None:
+        """``registry``: the RegistryServiceStub (scheduler's token) that hears
+        of token-count disagreements; None: they are only logged.
+        ``spot_checks``: the SpotChecker offered each completed job once its
+        usage is recorded; None: no spot checks."""
         self._table = table
         self._ledger = ledger  # LedgerServiceStub carrying the service token
         self._dispatcher = Dispatcher(triton, known_metadata=known_metadata)
-        self._recorder = UsageRecorder(metering, records_in_flight_max=records_in_flight_max)
+        self._recorder = UsageRecorder(metering, records_in_flight_max=records_in_flight_max,
+                                       spot_checks=spot_checks)
+        self.reporter = DisagreementReporter(registry) if registry is not None else None
 
     async def run(self, req: spb.InferRequest, emit: Emit | None = None) -> spb.InferResponse:
         """Runs one job. With ``emit``, streams InferChunks as they come."""
@@ -57,9 +67,9 @@ class Jobs:
         started_ns, t0_s = time.time_ns(), time.monotonic()
         await self._synced()
         plan = planning.route(self._table, req)
-        # Count the prompt once, with the platform's tokenizer where it has one;
-        # billing reuses the count when the job runs on the same weights.
-        counter = counting.counter_for(plan[0].model) if planning.takes_text(plan) else None
+        # Count the prompt once, with the catalog's tokenizer (billing reuses
+        # the count); a model the platform cannot count is refused here.
+        counter = counting.platform_counter(plan[0].model) if planning.takes_text(plan) else None
         job = planning.prepare(req, plan, counter=counter, started_ns=started_ns, t0_s=t0_s)
         self._recorder.admit()
         try:
@@ -91,8 +101,11 @@ class Jobs:
         return self._recorder.in_flight
 
     async def drain(self, timeout_s: float = 30.0) -> None:
-        """Waits for usage records still being written (graceful stop, tests)."""
+        """Waits for usage records and disagreement reports still being
+        written (graceful stop, tests)."""
         await self._recorder.drain(timeout_s)
+        if self.reporter is not None:
+            await self.reporter.drain(timeout_s)
 
     async def _synced(self) -> None:
         if not self._table.synced.is_set():
@@ -137,5 +150,8 @@ class Jobs:
             info.mismatches += 1
             log.warning("job.token_mismatch", node_id=info.node_id.hex(), platform=usage.mismatch,
                         node=(out.node_in, out.node_out))
-        self._recorder.record(record)
+            if self.reporter is not None:
+                self.reporter.report(node_id=info.node_id, job_id=job.request.job_id, platform=usage.mismatch,
+                                     node=(out.node_in, out.node_out))
+        self._recorder.record(record, job=job, out=out)
         return billing.usage_pb(usage)

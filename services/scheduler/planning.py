@@ -1,18 +1,24 @@
 """Planning a job before anything is reserved: which nodes to try and in what
 order, whether the request fits their context, and how much to hold.
 
-    plan   = up to ATTEMPTS_MAX distinct nodes, each picked by routing.choose
-             among the candidates not yet picked
+    plan   = up to ATTEMPTS_MAX distinct nodes (routing.plan: the caller's
+             provider.order first, then routing.choose among the rest)
     prompt = the platform's token count of text_input, where it has the
              model's tokenizer; otherwise len(text_input in bytes) + 32 (an
              upper bound: a token is at least a byte, plus the chat template)
-    fits   = prompt + max_tokens <= context_length, on every planned node
-    hold   = max(1, max over the plan of llm_cost(price, prompt, max_tokens))   language models
-           = max(1, max over the plan of price_per_request)                    other models
+    cost   = llm_cost(price, prompt, max_tokens)    language models
+           = price_per_request                      other models
+    hold   = max(1, cost on plan[0])                the node actually chosen
+    retry  = the later plan entries whose cost <= hold (and, for language
+             models, with plan[0]'s catalog tokenizer); the others are dropped
+    fits   = prompt + max_tokens <= context_length, on every kept node
 
-The hold is the most the job can cost on any node it may land on, so one
-reservation covers the retries too. Pure code: the caller waits for the node
-view and resolves the tokenizer; randomness is injectable.
+The hold is sized at the price of the node tried first, never the highest in
+the plan; a retry goes only where the job's maximum cost fits in that hold,
+so one reservation covers every attempt and what is charged never exceeds
+it. Every planned node is within the caller's max_price (routing), so
+neither is the charge. Pure code: the caller waits for the node view and
+resolves the tokenizer; randomness is injectable.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from dataclasses import dataclass
 from idlegrid.common.errors import InvalidArgument, NotFound, Unavailable
 from idlegrid.common.node_view import NodeTable
 from idlegrid.registry.v1 import registry_pb2 as rpb
-from idlegrid.scheduler import counting, pricing, routing
+from idlegrid.scheduler import counting, preferences, pricing, routing
 from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 
 ATTEMPTS_MAX = 3
@@ -60,21 +66,39 @@ def route(table: NodeTable, req: spb.InferRequest, *,
     no ready node fits, and text for a tensor model (or the reverse)."""
     if not table.knows_model(req.model):
         raise NotFound(f"no node serves model {req.model!r}", reason="model_not_found")
-    cands = routing.candidates(table, req.model, req.constraints)
+    cands = routing.candidates(table, req)
     if not cands:
+        if preferences.ceiling(req).bounded and routing.candidates(table, req, prices=False):
+            raise Unavailable(f"no ready node for model {req.model!r} is priced within max_price; nothing was "
+                              "charged", reason="no_node_within_max_price")
         raise Unavailable(f"no ready node for model {req.model!r} within the constraints", reason="no_node")
     want_llm = req.WhichOneof("input") == "text"
     if (cands[0][1].offer.kind == rpb.MODEL_KIND_LLM) != want_llm:
         raise InvalidArgument(
             f"model {req.model!r} takes {'text' if not want_llm else 'tensors'}, not "
             f"{'text' if want_llm else 'tensors'}")
-    plan: list[routing.Choice] = []
-    pool = list(cands)
-    while pool and len(plan) < ATTEMPTS_MAX:
-        c = routing.choose(pool, rnd)
-        plan.append(routing.Choice(c.info, c.model, c.reason, len(cands)))
-        pool = [x for x in pool if x[0] is not c.info]
-    return tuple(plan)
+    plan = routing.plan(cands, req.provider, rnd, attempts_max=ATTEMPTS_MAX)
+    if not plan:
+        raise Unavailable(f"no ready node named in provider.order serves {req.model!r}, and allow_fallbacks "
+                          "is false", reason="no_node")
+    return plan
+
+
+def _cost(c: routing.Choice, llm: bool, prompt: int, max_tokens: int) -> int:
+    price = c.model.offer.price
+    return pricing.llm_cost(price, prompt, max_tokens) if llm else pricing.request_cost(price)
+
+
+def within_hold(plan: tuple[routing.Choice, ...], llm: bool, prompt: int,
+                max_tokens: int) -> tuple[int, tuple[routing.Choice, ...]]:
+    """The hold (the job's maximum cost on plan[0]) and the plan entries
+    whose maximum cost fits in it, plan[0] first."""
+    hold = max(1, _cost(plan[0], llm, prompt, max_tokens))
+    tokenizer = plan[0].model.tokenizer
+    kept = tuple(c for c in plan if _cost(c, llm, prompt, max_tokens) <= hold
+                 and (not llm or c.model.tokenizer == tokenizer))
+    assert kept and kept[0] is plan[0]
+    return hold, kept
 
 
 def prepare(req: spb.InferRequest, plan: tuple[routing.Choice, ...], *, counter: counting.Counter | None,
@@ -87,6 +111,7 @@ def prepare(req: spb.InferRequest, plan: tuple[routing.Choice, ...], *, counter:
     max_tokens = req.text.max_tokens or DEFAULT_MAX_TOKENS
     counted = counter.prompt(text_in) if counter else 0
     prompt_est = counted if counter else (len(text_in.encode()) + TEMPLATE_BYTES if llm else 0)
+    hold, plan = within_hold(plan, llm, prompt_est, max_tokens)
     if llm:
         for c in plan:
             ctx = c.model.offer.context_length
@@ -94,9 +119,6 @@ def prepare(req: spb.InferRequest, plan: tuple[routing.Choice, ...], *, counter:
                 raise InvalidArgument(
                     f"prompt ({prompt_est} tokens) plus max_tokens ({max_tokens}) exceeds the "
                     f"model's context length ({ctx})", reason="context_length_exceeded")
-    hold = max(1, max(
-        pricing.llm_cost(c.model.offer.price, prompt_est, max_tokens) if llm else pricing.request_cost(c.model.offer.price)
-        for c in plan))
     return Job(request=req, plan=plan, llm=llm, text_input=text_in, max_tokens=max_tokens, prompt_counter=counter,
                prompt_tokens=counted, hold_micros=hold, timeout_s=(req.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000,
                started_ns=started_ns, t0_s=t0_s)

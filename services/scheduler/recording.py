@@ -14,6 +14,10 @@ and when every slot is taken a new job is refused with RESOURCE_EXHAUSTED
 (reason ``usage_backlog``) before it reserves anything. The scheduler sheds
 load rather than pile up money it has not accounted for while metering is
 down or slow; a refused job costs nothing and may be retried.
+
+Once a completed job's record is durable, the job is offered to the spot
+checker (spot_checks.py), when one is attached: it decides, without waiting,
+whether to check the job again on a trusted node.
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ import structlog
 
 from idlegrid.common.errors import ResourceExhausted
 from idlegrid.metering.v1 import metering_pb2 as mpb
+from idlegrid.scheduler.checks_run import sample_of
+from idlegrid.scheduler.dispatch import Outcome
+from idlegrid.scheduler.planning import Job
+from idlegrid.scheduler.spot_checks import SpotChecker
 
 log = structlog.get_logger("scheduler.recording")
 
@@ -36,10 +44,12 @@ DRAIN_TIMEOUT_S = 30.0
 
 
 class UsageRecorder:
-    def __init__(self, metering, *, records_in_flight_max: int = RECORDS_IN_FLIGHT_MAX) -> None:
+    def __init__(self, metering, *, records_in_flight_max: int = RECORDS_IN_FLIGHT_MAX,
+                 spot_checks: SpotChecker | None = None) -> None:
         if records_in_flight_max < 1:
             raise ValueError("records_in_flight_max must be at least 1")
         self._metering = metering  # MeteringServiceStub carrying the service token
+        self.spot_checks = spot_checks  # offered each completed job once its record is durable
         self._slots_max = records_in_flight_max
         self._slots = 0  # admitted jobs whose record is not yet written
         self._tasks: set[asyncio.Task] = set()
@@ -64,10 +74,11 @@ class UsageRecorder:
             raise AssertionError("a usage-record slot was given back twice")
         self._slots -= 1
 
-    def record(self, record: mpb.UsageRecord) -> None:
+    def record(self, record: mpb.UsageRecord, *, job: Job | None = None, out: Outcome | None = None) -> None:
         """Writes an admitted job's record in the background; its slot is
-        given back when the write is done."""
-        task = asyncio.get_running_loop().create_task(self._write(record))
+        given back when the write is done. With the ``job`` and what it
+        delivered (``out``), a completed job is then offered to the spot checker."""
+        task = asyncio.get_running_loop().create_task(self._write(record, job, out))
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
@@ -80,12 +91,13 @@ class UsageRecorder:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout_s)
 
-    async def _write(self, record: mpb.UsageRecord) -> None:
+    async def _write(self, record: mpb.UsageRecord, job: Job | None = None, out: Outcome | None = None) -> None:
         """Durably records the usage (metering settles it). Retried: the call is idempotent."""
         delay = RETRY_DELAY_S
         for attempt in range(RECORD_TRIES):
             try:
                 await self._metering.RecordUsage(mpb.RecordUsageRequest(record=record), timeout=RECORD_TIMEOUT_S)
+                self._offer(record, job, out)
                 return
             except grpc.aio.AioRpcError as e:
                 if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or \
@@ -96,3 +108,10 @@ class UsageRecorder:
                     return
             await asyncio.sleep(delay)
             delay *= 2
+
+    def _offer(self, record: mpb.UsageRecord, job: Job | None, out: Outcome | None) -> None:
+        if self.spot_checks is None or job is None or out is None:
+            return
+        sample = sample_of(job, out, record)
+        if sample is not None:
+            self.spot_checks.offer(sample, out.choice.info)

@@ -6,6 +6,7 @@ import math
 import re
 
 from idlegrid.common.errors import InvalidArgument, ResourceExhausted
+from idlegrid.scheduler import preferences
 from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 
 PROMPT_BYTES_MAX = 1 << 20
@@ -31,6 +32,7 @@ def check(req: spb.InferRequest) -> None:
         raise InvalidArgument("model must be 1..128 characters of [A-Za-z0-9_.-]")
     if req.timeout_ms > TIMEOUT_MS_MAX:
         raise InvalidArgument(f"timeout_ms must be at most {TIMEOUT_MS_MAX}")
+    preferences.check(req.provider)
     kind = req.WhichOneof("input")
     if kind == "text":
         t = req.text

@@ -18,7 +18,7 @@ from tests.harness.polling import eventually
 
 pytestmark = pytest.mark.slow
 WAIT_S = 60.0  # a bound on each wait, never a threshold
-FIELDS = ("balance_micros", "pending_micros", "earned_micros", "paid_out_micros")
+FIELDS = ("balance_micros", "held_micros", "earned_micros", "voided_micros", "pending_micros", "paid_out_micros")
 
 
 async def _jobs(stack, key: str, n: int = 2) -> None:

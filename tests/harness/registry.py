@@ -17,7 +17,8 @@ from idlegrid.registry.v1 import registry_pb2_grpc
 from tests.harness.polling import WAIT_S, eventually
 from tests.harness.stack import Stack, start_stack
 
-STOP_GRACE_S = 0.5  # open watch and heartbeat streams hold a stop for its whole grace
+STOP_GRACE_S = 0.5
+OPERATOR = "test-operator"  # the actor of the operator actions tests take  # open watch and heartbeat streams hold a stop for its whole grace
 
 
 @dataclass
@@ -88,6 +89,16 @@ class RegistryHarness:
             return n if n.state in states else None
 
         return await eventually(in_state, what=f"the node in state {states}", timeout_s=timeout_s)
+
+    async def sell(self, model: pb.CatalogModel, *, reason: str = "a test") -> pb.CatalogModel:
+        """Puts ``model`` in the catalog (as an operator)."""
+        return await self.admin.PutCatalogModel(pb.PutCatalogModelRequest(model=model, actor=OPERATOR,
+                                                                          reason=reason))
+
+    async def catalog_entry(self, name: str) -> pb.CatalogModel:
+        """A copy of the catalog's entry for ``name`` (the harness seeds the demo models)."""
+        [m] = [m for m in (await self.admin.ListCatalog(pb.ListCatalogRequest())).models if m.name == name]
+        return m
 
     def heartbeats(self, node: RegisteredNode):
         """A Heartbeat stream call with the node's token."""

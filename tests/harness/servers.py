@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib
 
-ORDER = ("ledger", "metering", "registry", "relay", "scheduler", "gateway")
+# The registry before metering: metering follows its WatchNodes (suspended nodes' earnings).
+ORDER = ("ledger", "registry", "metering", "relay", "scheduler", "gateway")
 BACKEND = ORDER[:-1]  # what the scheduler tests run: everything behind the gateway
 LEDGER_SWEEP_INTERVAL_S = 0.2
 METERING_POLL_S = 0.1
@@ -22,13 +23,26 @@ def relay_settings():
     return RelaySettings(ping_interval_ms=500, pong_timeout_ms=2_000)
 
 
-def options(part: str, addrs: dict[str, str], db_url: str, registry_settings=None, gateway_settings=None) -> dict:
+def metering_settings(**kw):
+    """Metering's settings for tests: earnings posted at settlement (no
+    release window) unless a test asks for one (``earnings_hold_s``), and an
+    earnings worker that looks every tenth of a second."""
+    from idlegrid.metering.settings import MeteringSettings
+
+    return MeteringSettings(**{"earnings_hold_s": 0, "earnings_poll_ms": 100, **kw})
+
+
+def options(part: str, addrs: dict[str, str], db_url: str, registry_settings=None, gateway_settings=None,
+            metering_settings_=None) -> dict:
     """The keyword arguments of ``idlegrid.<part>.service.start`` besides
     the config and the port."""
     if part == "ledger":
         return {"database_url": db_url, "sweep_interval_s": LEDGER_SWEEP_INTERVAL_S}
     if part == "metering":
-        return {"database_url": db_url, "ledger_addr": addrs["ledger"], "poll_s": METERING_POLL_S}
+        # Without a registry in the stack, metering takes no node as suspended.
+        return {"database_url": db_url, "ledger_addr": addrs["ledger"], "poll_s": METERING_POLL_S,
+                "registry_addr": addrs.get("registry"), "watch_registry": "registry" in addrs,
+                "settings": metering_settings_ or metering_settings()}
     if part == "registry":
         if registry_settings is None:
             from idlegrid.registry.settings import RegistrySettings
@@ -51,7 +65,7 @@ def options(part: str, addrs: dict[str, str], db_url: str, registry_settings=Non
 
 
 async def start(stack, parts: tuple[str, ...], *, ports: dict[str, int], registry_settings=None,
-                gateway_settings=None) -> None:
+                gateway_settings=None, metering_settings_=None) -> None:
     """Starts ``parts`` into ``stack.servers`` and ``stack.addrs``; a part
     whose address the caller already put in ``stack.addrs`` (one running in a
     child process) is not started."""
@@ -62,7 +76,7 @@ async def start(stack, parts: tuple[str, ...], *, ports: dict[str, int], registr
         if part not in parts or part in stack.addrs:
             continue
         service = importlib.import_module(f"idlegrid.{part}.service")
-        kw = options(part, stack.addrs, stack.db_url, registry_settings, gateway_settings)
+        kw = options(part, stack.addrs, stack.db_url, registry_settings, gateway_settings, metering_settings_)
         srv = await service.start(stack.config, port=ports.get(part, 0), **kw)
         stack.servers[part] = srv
         stack.addrs[part] = srv.url if part == "gateway" else f"{host}:{srv.port}"

@@ -1,5 +1,5 @@
 """The one builder for the services a test runs: any prefix of the money path
-(ledger, metering, registry, relay, scheduler, gateway), each a real server
+(ledger, registry, metering, relay, scheduler, gateway), each a real server
 in-process on a free port, on one database. Node agents join with
 :meth:`Stack.add_node`, through the relay (linked mode, as nodes behind NAT
 do) when one runs; the Tritons behind them come from the session pool.
@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from idlegrid.common.channel import open_channel
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
@@ -170,24 +172,28 @@ class Stack:
 
 async def start_stack(config, db_url: str, *, parts: tuple[str, ...] = BACKEND, provider: bool = True,
                       metering_addr: str | None = None, ports: dict[str, int] | None = None,
-                      registry_settings=None, gateway_settings=None) -> Stack:
+                      registry_settings=None, gateway_settings=None, metering_settings=None) -> Stack:
     """Starts ``parts`` in dependency order (each needs the ones before it in
     PARTS that it talks to). ``metering_addr``: use that metering (a child
     process) instead of starting one. ``provider``: when the ledger and the
     registry run, create a provider (its ledger account and registry token)
     for the nodes to join under. ``registry_settings``: by default nodes
-    heartbeat every half second (servers.py)."""
+    heartbeat every half second (servers.py). ``metering_settings``: by
+    default earnings are posted at settlement (servers.metering_settings;
+    pass ``servers.metering_settings(earnings_hold_s=N)`` to hold them)."""
     stack = Stack(config, db_url)
     if metering_addr is not None:
         stack.addrs["metering"] = metering_addr
     try:
         await servers.start(stack, parts, ports=ports or {}, registry_settings=registry_settings,
-                            gateway_settings=gateway_settings)
+                            gateway_settings=gateway_settings, metering_settings_=metering_settings)
         for part, stub in _STUBS.items():
             if part in stack.addrs:
                 ch = open_channel(stack.addrs[part], token=TOKEN)
                 stack.channels.append(ch)
                 stack.stubs[part] = stub(ch)
+        if "registry" in stack.servers:
+            await seed_catalog(stack)
         if provider and {"ledger", "registry"} <= stack.stubs.keys():
             await _create_provider(stack)
     except BaseException:
@@ -199,6 +205,19 @@ async def start_stack(config, db_url: str, *, parts: tuple[str, ...] = BACKEND, 
 
 async def stop_stack(stack: Stack) -> None:
     await stack.stop()
+
+
+# The demo models' canary references, kept across test runs (computed once).
+CANARY_CACHE = Path(tempfile.gettempdir()) / "idlegrid-test-canaries"
+
+
+async def seed_catalog(stack: Stack) -> None:
+    """The demo models in the registry's catalog, as ``idlegrid up`` puts
+    them: nodes offer only catalog models (imported on use: the demo's
+    reference outputs need the node extras)."""
+    from idlegrid.cli import demo_catalog
+
+    await demo_catalog.seed(stack.registry, actor="test-harness", cache_dir=CANARY_CACHE)
 
 
 async def _create_provider(stack: Stack) -> None:

@@ -51,15 +51,18 @@ async def pool(db_url):
 
 
 async def _insert(pool, *, cost: int, settlement: int, fee=0, provider=0, settled: bool = False) -> None:
+    """A row; a settled provider share is POSTED (the earning machine's own
+    rows are tested in test_earning_states.py)."""
+    earning = pb.EARNING_STATE_POSTED if settlement == Settlement.SETTLED and provider else 0
     await pool.execute(
         """INSERT INTO metering.usage (job_id, consumer_account_id, provider_account_id, model, prompt_tokens,
                completion_tokens, node_prompt_tokens, node_completion_tokens, requests, duration_ms,
                price_input_per_mtok, price_output_per_mtok, price_per_request, cost_micros, fee_bps, outcome,
-               started_at, finished_at, settlement, fee_micros, provider_micros, settled_at)
+               started_at, finished_at, settlement, fee_micros, provider_micros, settled_at, earning)
            VALUES ($1, $2, $3, 'm', 0, 0, 0, 0, 1, 0, 0, 0, $4, $4, 1000, 1, now(), now(), $5, $6, $7,
-                   CASE WHEN $8 THEN now() END)""",
+                   CASE WHEN $8 THEN now() END, $9)""",
         uuid.UUID(bytes=os.urandom(16)), uuid.UUID(bytes=os.urandom(16)), uuid.UUID(bytes=os.urandom(16)),
-        cost, settlement, fee, provider, settled)
+        cost, settlement, fee, provider, settled, earning)
 
 
 async def test_the_database_accepts_the_rows_the_machine_allows(pool):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import asynccontextmanager
 
+from idlegrid.models.weights import weights_sha256
 from idlegrid.node.agent import AgentOptions, NodeAgent
 from idlegrid.node.config_file import ModelPricing, NodeConfig
 from idlegrid.registry.v1 import registry_pb2 as pb
@@ -12,9 +13,12 @@ from tests.registry.support import ECHO, LLM
 
 
 def pricing(*, weights_file=None) -> NodeConfig:
+    """The demo models, priced; the language model with the catalog's weights
+    digest (or digested from ``weights_file``)."""
+    digest = "" if weights_file is not None else f"sha256:{weights_sha256()}"
     return NodeConfig(region="test", labels={"suite": "node"}, models={
         LLM: ModelPricing(name=LLM, price_per_million_input_tokens=11, price_per_million_output_tokens=22,
-                          context_length=2048, weights_file=weights_file),
+                          context_length=2048, weights_file=weights_file, weights_digest=digest),
         ECHO: ModelPricing(name=ECHO, price_per_request=3),
     })
 

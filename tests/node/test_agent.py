@@ -90,6 +90,9 @@ async def test_drain_with_the_real_triton_probe_ends_offline(reg, triton):
 
 async def test_a_failed_verification_is_reported_to_the_provider(reg, triton):
     p = await reg.provider()
+    sold = await reg.catalog_entry(ECHO)
+    sold.name = "ghost"
+    await reg.sell(sold)  # the catalog sells it; the node's Triton does not serve it
     ghost = pb.ModelOffer(name="ghost", kind=pb.MODEL_KIND_TENSOR, price=pb.Price(per_request=1))
     agent = NodeAgent(options(reg, p, triton), offers=[ghost])
     async with running(agent):

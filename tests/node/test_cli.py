@@ -56,7 +56,11 @@ async def test_node_start_registers_and_drains_on_sigterm(reg, triton, tmp_path)
 async def test_node_start_exits_with_an_error_when_verification_fails(reg, triton, tmp_path):
     p = await reg.provider()
     (tmp_path / "token").write_text(p.token)
-    # The echo model advertised as a language model: the registry's check refuses it.
+    # The echo model advertised as a language model: the registry's check refuses it
+    # (the catalog here wrongly sells echo as one, so that the registration is admitted).
+    llm = await reg.catalog_entry("smollm2-135m-instruct")
+    llm.name, llm.context_length, llm.weights_digest = "echo", 128, ""
+    await reg.sell(llm)
     (tmp_path / "node.toml").write_text(
         '[models.echo]\nkind = "llm"\ncontext_length = 128\nprice_per_million_input_tokens = 1\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDLEGRID_")}

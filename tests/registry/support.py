@@ -11,6 +11,7 @@ import socket
 
 import grpc
 
+from idlegrid.models.weights import weights_sha256
 from idlegrid.registry.v1 import registry_pb2 as pb
 from tests.harness.registry import RegisteredNode, RegistryHarness
 
@@ -25,7 +26,9 @@ def free_port() -> int:
 
 
 def llm_offer(**price) -> pb.ModelOffer:
+    """The demo language model as the catalog sells it (its digest and context length)."""
     return pb.ModelOffer(name=LLM, kind=pb.MODEL_KIND_LLM, max_batch_size=0, context_length=2048,
+                         weights_digest=f"sha256:{weights_sha256()}",
                          price=pb.Price(per_million_input_tokens=price.get("input", 50_000),
                                         per_million_output_tokens=price.get("output", 200_000)))
 

@@ -54,5 +54,8 @@ def test_the_state_machine_refuses_what_its_table_does_not_allow():
     with pytest.raises(states.IllegalTransition):
         states.check(states.READY, states.OFFLINE, pb.STATE_REASON_VERIFIED)  # wrong reason
     states.check(states.READY, states.DRAINING, pb.STATE_REASON_DRAIN_REQUESTED)
-    for src in states.ALLOWED:
+    for src in states.ALLOWED.keys() - {states.SUSPENDED}:
         states.check(src, states.JOINING, pb.STATE_REASON_REGISTERED)  # registering again: from anywhere
+        states.check(src, states.SUSPENDED, pb.STATE_REASON_SUSPENDED)  # an operator suspends from anywhere
+    # Only an operator lifts a suspension (→ VERIFYING); registering again keeps it.
+    assert states.ALLOWED[states.SUSPENDED] == {states.VERIFYING, states.SUSPENDED}

@@ -71,6 +71,9 @@ async def test_the_database_holds_the_node_its_models_and_every_state_change(reg
 @pytest.mark.slow  # a real demo Triton
 async def test_a_model_advertised_but_not_served_fails_verification(reg, triton):
     p = await reg.provider()
+    sold = await reg.catalog_entry(ECHO)
+    sold.name = "not-served"
+    await reg.sell(sold)  # in the catalog, but the node's Triton does not serve it
     ghost = pb.ModelOffer(name="not-served", kind=pb.MODEL_KIND_TENSOR, price=pb.Price(per_request=1))
     node = await reg.register(p, registration(triton.grpc_url, models=[echo_offer(), ghost]))
     n = await reg.wait_state(node.node_id, pb.NODE_STATE_OFFLINE, pb.NODE_STATE_READY)
@@ -91,6 +94,9 @@ async def test_a_triton_that_is_down_fails_verification(reg):
 @pytest.mark.slow  # a real demo Triton
 async def test_a_tensor_model_advertised_as_a_language_model_fails_verification(reg, triton):
     p = await reg.provider()
+    llm = await reg.catalog_entry(LLM)
+    llm.name, llm.context_length, llm.weights_digest = ECHO, 4096, ""
+    await reg.sell(llm)  # a catalog that (wrongly) sells echo as a language model
     fake_llm = pb.ModelOffer(name=ECHO, kind=pb.MODEL_KIND_LLM, max_batch_size=64, context_length=4096,
                              price=pb.Price(per_million_input_tokens=1))
     node = await reg.register(p, registration(triton.grpc_url, models=[fake_llm]))

@@ -25,39 +25,59 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#idlegrid/metering/v1/metering.proto\x12\x14idlegrid.metering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe2\x05\n\x0bUsageRecord\x12\x0e\n\x06job_id\x18\x01 \x01(\x0c\x12\x1b\n\x13\x63onsumer_account_id\x18\x02 \x01(\x0c\x12\x1b\n\x13provider_account_id\x18\x03 \x01(\x0c\x12\x13\n\x0bprovider_id\x18\x04 \x01(\t\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x15\n\rprompt_tokens\x18\x07 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x08 \x01(\x04\x12\x1a\n\x12node_prompt_tokens\x18\t \x01(\x04\x12\x1e\n\x16node_completion_tokens\x18\n \x01(\x04\x12\x10\n\x08requests\x18\x0b \x01(\x04\x12\x13\n\x0b\x64uration_ms\x18\x0c \x01(\x04\x12\x1c\n\x14price_input_per_mtok\x18\r \x01(\x04\x12\x1d\n\x15price_output_per_mtok\x18\x0e \x01(\x04\x12\x19\n\x11price_per_request\x18\x0f \x01(\x04\x12\x13\n\x0b\x63ost_micros\x18\x10 \x01(\x04\x12\x0f\n\x07\x66\x65\x65_bps\x18\x11 \x01(\r\x12.\n\x07outcome\x18\x12 \x01(\x0e\x32\x1d.idlegrid.metering.v1.Outcome\x12.\n\nstarted_at\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\nsettlement\x18\x15 \x01(\x0e\x32%.idlegrid.metering.v1.SettlementState\x12\x12\n\nfee_micros\x18\x16 \x01(\x04\x12\x17\n\x0fprovider_micros\x18\x17 \x01(\x04\x12\x18\n\x10settlement_error\x18\x18 \x01(\t\x12.\n\nsettled_at\x18\x19 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x12RecordUsageRequest\x12\x31\n\x06record\x18\x01 \x01(\x0b\x32!.idlegrid.metering.v1.UsageRecord\"Y\n\x13RecordUsageResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\x12\x31\n\x06record\x18\x02 \x01(\x0b\x32!.idlegrid.metering.v1.UsageRecord\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\x0c\"\xbd\x01\n\x0bUsageFilter\x12\x1b\n\x13\x63onsumer_account_id\x18\x01 \x01(\x0c\x12\x1b\n\x13provider_account_id\x18\x02 \x01(\x0c\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"h\n\x10ListUsageRequest\x12\x31\n\x06\x66ilter\x18\x01 \x01(\x0b\x32!.idlegrid.metering.v1.UsageFilter\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x11ListUsageResponse\x12\x32\n\x07records\x18\x01 \x03(\x0b\x32!.idlegrid.metering.v1.UsageRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x87\x01\n\x0fGetUsageRequest\x12\x31\n\x06\x66ilter\x18\x01 \x01(\x0b\x32!.idlegrid.metering.v1.UsageFilter\x12\x10\n\x08\x62ucket_s\x18\x02 \x01(\r\x12/\n\x08group_by\x18\x03 \x01(\x0e\x32\x1d.idlegrid.metering.v1.GroupBy\"\xf6\x01\n\x0bUsageBucket\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0c\n\x04jobs\x18\x03 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x04\x12\x10\n\x08requests\x18\x06 \x01(\x04\x12\x13\n\x0b\x63ost_micros\x18\x07 \x01(\x04\x12\x12\n\nfee_micros\x18\x08 \x01(\x04\x12\x17\n\x0fprovider_micros\x18\t \x01(\x04\x12\x1b\n\x13settled_cost_micros\x18\n \x01(\x04\"F\n\x10GetUsageResponse\x12\x32\n\x07\x62uckets\x18\x01 \x03(\x0b\x32!.idlegrid.metering.v1.UsageBucket*b\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_COMPLETED\x10\x01\x12\x13\n\x0fOUTCOME_PARTIAL\x10\x02\x12\x12\n\x0eOUTCOME_FAILED\x10\x03*\xcb\x01\n\x0fSettlementState\x12 \n\x1cSETTLEMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18SETTLEMENT_STATE_PENDING\x10\x01\x12\x1c\n\x18SETTLEMENT_STATE_SETTLED\x10\x02\x12\x1d\n\x19SETTLEMENT_STATE_RELEASED\x10\x03\x12\x1c\n\x18SETTLEMENT_STATE_EXPIRED\x10\x04\x12\x1d\n\x19SETTLEMENT_STATE_REJECTED\x10\x05*C\n\x07GroupBy\x12\x11\n\rGROUP_BY_NONE\x10\x00\x12\x11\n\rGROUP_BY_NODE\x10\x01\x12\x12\n\x0eGROUP_BY_MODEL\x10\x02\x32\x80\x03\n\x0fMeteringService\x12\x62\n\x0bRecordUsage\x12(.idlegrid.metering.v1.RecordUsageRequest\x1a).idlegrid.metering.v1.RecordUsageResponse\x12P\n\x06GetJob\x12#.idlegrid.metering.v1.GetJobRequest\x1a!.idlegrid.metering.v1.UsageRecord\x12\\\n\tListUsage\x12&.idlegrid.metering.v1.ListUsageRequest\x1a\'.idlegrid.metering.v1.ListUsageResponse\x12Y\n\x08GetUsage\x12%.idlegrid.metering.v1.GetUsageRequest\x1a&.idlegrid.metering.v1.GetUsageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#idlegrid/metering/v1/metering.proto\x12\x14idlegrid.metering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\x08\n\x0bUsageRecord\x12\x0e\n\x06job_id\x18\x01 \x01(\x0c\x12\x1b\n\x13\x63onsumer_account_id\x18\x02 \x01(\x0c\x12\x1b\n\x13provider_account_id\x18\x03 \x01(\x0c\x12\x13\n\x0bprovider_id\x18\x04 \x01(\t\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x15\n\rprompt_tokens\x18\x07 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x08 \x01(\x04\x12\x1a\n\x12node_prompt_tokens\x18\t \x01(\x04\x12\x1e\n\x16node_completion_tokens\x18\n \x01(\x04\x12\x10\n\x08requests\x18\x0b \x01(\x04\x12\x13\n\x0b\x64uration_ms\x18\x0c \x01(\x04\x12\x1c\n\x14price_input_per_mtok\x18\r \x01(\x04\x12\x1d\n\x15price_output_per_mtok\x18\x0e \x01(\x04\x12\x19\n\x11price_per_request\x18\x0f \x01(\x04\x12\x13\n\x0b\x63ost_micros\x18\x10 \x01(\x04\x12\x0f\n\x07\x66\x65\x65_bps\x18\x11 \x01(\r\x12.\n\x07outcome\x18\x12 \x01(\x0e\x32\x1d.idlegrid.metering.v1.Outcome\x12.\n\nstarted_at\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\nsettlement\x18\x15 \x01(\x0e\x32%.idlegrid.metering.v1.SettlementState\x12\x12\n\nfee_micros\x18\x16 \x01(\x04\x12\x17\n\x0fprovider_micros\x18\x17 \x01(\x04\x12\x18\n\x10settlement_error\x18\x18 \x01(\t\x12.\n\nsettled_at\x18\x19 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x07\x65\x61rning\x18\x1a \x01(\x0e\x32\".idlegrid.metering.v1.EarningState\x12\x17\n\x0f\x65\x61rnings_hold_s\x18\x1b \x01(\r\x12\x36\n\x12\x65\x61rning_release_at\x18\x1c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13\x65\x61rning_resolved_at\x18\x1d \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x65\x61rning_note\x18\x1e \x01(\t\x12\x37\n\x0c\x63heck_result\x18\x1f \x01(\x0e\x32!.idlegrid.metering.v1.CheckResult\x12\x14\n\x0c\x63heck_detail\x18  \x01(\t\x12.\n\nchecked_at\x18! \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x12RecordUsageRequest\x12\x31\n\x06record\x18\x01 \x01(\x0b\x32!.idlegrid.metering.v1.UsageRecord\"Y\n\x13RecordUsageResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\x12\x31\n\x06record\x18\x02 \x01(\x0b\x32!.idlegrid.metering.v1.UsageRecord\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\x0c\"\xf2\x01\n\x0bUsageFilter\x12\x1b\n\x13\x63onsumer_account_id\x18\x01 \x01(\x0c\x12\x1b\n\x13provider_account_id\x18\x02 \x01(\x0c\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x07\x65\x61rning\x18\x07 \x01(\x0e\x32\".idlegrid.metering.v1.EarningState\"h\n\x10ListUsageRequest\x12\x31\n\x06\x66ilter\x18\x01 \x01(\x0b\x32!.idlegrid.metering.v1.UsageFilter\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x11ListUsageResponse\x12\x32\n\x07records\x18\x01 \x03(\x0b\x32!.idlegrid.metering.v1.UsageRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x87\x01\n\x0fGetUsageRequest\x12\x31\n\x06\x66ilter\x18\x01 \x01(\x0b\x32!.idlegrid.metering.v1.UsageFilter\x12\x10\n\x08\x62ucket_s\x18\x02 \x01(\r\x12/\n\x08group_by\x18\x03 \x01(\x0e\x32\x1d.idlegrid.metering.v1.GroupBy\"\xf6\x01\n\x0bUsageBucket\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0c\n\x04jobs\x18\x03 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x04\x12\x10\n\x08requests\x18\x06 \x01(\x04\x12\x13\n\x0b\x63ost_micros\x18\x07 \x01(\x04\x12\x12\n\nfee_micros\x18\x08 \x01(\x04\x12\x17\n\x0fprovider_micros\x18\t \x01(\x04\x12\x1b\n\x13settled_cost_micros\x18\n \x01(\x04\"F\n\x10GetUsageResponse\x12\x32\n\x07\x62uckets\x18\x01 \x03(\x0b\x32!.idlegrid.metering.v1.UsageBucket\"1\n\x12GetEarningsRequest\x12\x1b\n\x13provider_account_id\x18\x01 \x01(\x0c\"\x8e\x02\n\rEarningTotals\x12\x18\n\x10\x61vailable_micros\x18\x01 \x01(\x04\x12\x15\n\rposted_micros\x18\x02 \x01(\x04\x12\x17\n\x0freleased_micros\x18\x03 \x01(\x04\x12\x13\n\x0bheld_micros\x18\x04 \x01(\x04\x12\x15\n\rvoided_micros\x18\x05 \x01(\x04\x12\x13\n\x0bposted_jobs\x18\x06 \x01(\x04\x12\x15\n\rreleased_jobs\x18\x07 \x01(\x04\x12\x11\n\theld_jobs\x18\x08 \x01(\x04\x12\x13\n\x0bvoided_jobs\x18\t \x01(\x04\x12\x33\n\x0fnext_release_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x0cNodeEarnings\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x33\n\x06totals\x18\x02 \x01(\x0b\x32#.idlegrid.metering.v1.EarningTotals\"~\n\x13GetEarningsResponse\x12\x32\n\x05total\x18\x01 \x01(\x0b\x32#.idlegrid.metering.v1.EarningTotals\x12\x33\n\x07\x62y_node\x18\x02 \x03(\x0b\x32\".idlegrid.metering.v1.NodeEarnings\"J\n\x18RecordCheckResultRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\x0c\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"_\n\x19RecordCheckResultResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\x12\x31\n\x06record\x18\x02 \x01(\x0b\x32!.idlegrid.metering.v1.UsageRecord\":\n\x17VoidNodeEarningsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"^\n\x18VoidNodeEarningsResponse\x12\x13\n\x0bjobs_voided\x18\x01 \x01(\x04\x12\x17\n\x0frefunded_micros\x18\x02 \x01(\x04\x12\x14\n\x0cjobs_pending\x18\x03 \x01(\x04*b\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_COMPLETED\x10\x01\x12\x13\n\x0fOUTCOME_PARTIAL\x10\x02\x12\x12\n\x0eOUTCOME_FAILED\x10\x03*\xcb\x01\n\x0fSettlementState\x12 \n\x1cSETTLEMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18SETTLEMENT_STATE_PENDING\x10\x01\x12\x1c\n\x18SETTLEMENT_STATE_SETTLED\x10\x02\x12\x1d\n\x19SETTLEMENT_STATE_RELEASED\x10\x03\x12\x1c\n\x18SETTLEMENT_STATE_EXPIRED\x10\x04\x12\x1d\n\x19SETTLEMENT_STATE_REJECTED\x10\x05*\x95\x01\n\x0c\x45\x61rningState\x12\x1d\n\x19\x45\x41RNING_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45\x41RNING_STATE_HELD\x10\x01\x12\x1a\n\x16\x45\x41RNING_STATE_RELEASED\x10\x02\x12\x18\n\x14\x45\x41RNING_STATE_VOIDED\x10\x03\x12\x18\n\x14\x45\x41RNING_STATE_POSTED\x10\x04*]\n\x0b\x43heckResult\x12\x1c\n\x18\x43HECK_RESULT_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43HECK_RESULT_PASSED\x10\x01\x12\x17\n\x13\x43HECK_RESULT_FAILED\x10\x02*C\n\x07GroupBy\x12\x11\n\rGROUP_BY_NONE\x10\x00\x12\x11\n\rGROUP_BY_NODE\x10\x01\x12\x12\n\x0eGROUP_BY_MODEL\x10\x02\x32\xcd\x05\n\x0fMeteringService\x12\x62\n\x0bRecordUsage\x12(.idlegrid.metering.v1.RecordUsageRequest\x1a).idlegrid.metering.v1.RecordUsageResponse\x12P\n\x06GetJob\x12#.idlegrid.metering.v1.GetJobRequest\x1a!.idlegrid.metering.v1.UsageRecord\x12\\\n\tListUsage\x12&.idlegrid.metering.v1.ListUsageRequest\x1a\'.idlegrid.metering.v1.ListUsageResponse\x12Y\n\x08GetUsage\x12%.idlegrid.metering.v1.GetUsageRequest\x1a&.idlegrid.metering.v1.GetUsageResponse\x12\x62\n\x0bGetEarnings\x12(.idlegrid.metering.v1.GetEarningsRequest\x1a).idlegrid.metering.v1.GetEarningsResponse\x12t\n\x11RecordCheckResult\x12..idlegrid.metering.v1.RecordCheckResultRequest\x1a/.idlegrid.metering.v1.RecordCheckResultResponse\x12q\n\x10VoidNodeEarnings\x12-.idlegrid.metering.v1.VoidNodeEarningsRequest\x1a..idlegrid.metering.v1.VoidNodeEarningsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'idlegrid.metering.v1.metering_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=1887
-  _globals['_OUTCOME']._serialized_end=1985
-  _globals['_SETTLEMENTSTATE']._serialized_start=1988
-  _globals['_SETTLEMENTSTATE']._serialized_end=2191
-  _globals['_GROUPBY']._serialized_start=2193
-  _globals['_GROUPBY']._serialized_end=2260
+  _globals['_OUTCOME']._serialized_start=3147
+  _globals['_OUTCOME']._serialized_end=3245
+  _globals['_SETTLEMENTSTATE']._serialized_start=3248
+  _globals['_SETTLEMENTSTATE']._serialized_end=3451
+  _globals['_EARNINGSTATE']._serialized_start=3454
+  _globals['_EARNINGSTATE']._serialized_end=3603
+  _globals['_CHECKRESULT']._serialized_start=3605
+  _globals['_CHECKRESULT']._serialized_end=3698
+  _globals['_GROUPBY']._serialized_start=3700
+  _globals['_GROUPBY']._serialized_end=3767
   _globals['_USAGERECORD']._serialized_start=95
-  _globals['_USAGERECORD']._serialized_end=833
-  _globals['_RECORDUSAGEREQUEST']._serialized_start=835
-  _globals['_RECORDUSAGEREQUEST']._serialized_end=906
-  _globals['_RECORDUSAGERESPONSE']._serialized_start=908
-  _globals['_RECORDUSAGERESPONSE']._serialized_end=997
-  _globals['_GETJOBREQUEST']._serialized_start=999
-  _globals['_GETJOBREQUEST']._serialized_end=1030
-  _globals['_USAGEFILTER']._serialized_start=1033
-  _globals['_USAGEFILTER']._serialized_end=1222
-  _globals['_LISTUSAGEREQUEST']._serialized_start=1224
-  _globals['_LISTUSAGEREQUEST']._serialized_end=1328
-  _globals['_LISTUSAGERESPONSE']._serialized_start=1330
-  _globals['_LISTUSAGERESPONSE']._serialized_end=1426
-  _globals['_GETUSAGEREQUEST']._serialized_start=1429
-  _globals['_GETUSAGEREQUEST']._serialized_end=1564
-  _globals['_USAGEBUCKET']._serialized_start=1567
-  _globals['_USAGEBUCKET']._serialized_end=1813
-  _globals['_GETUSAGERESPONSE']._serialized_start=1815
-  _globals['_GETUSAGERESPONSE']._serialized_end=1885
-  _globals['_METERINGSERVICE']._serialized_start=2263
-  _globals['_METERINGSERVICE']._serialized_end=2647
+  _globals['_USAGERECORD']._serialized_end=1173
+  _globals['_RECORDUSAGEREQUEST']._serialized_start=1175
+  _globals['_RECORDUSAGEREQUEST']._serialized_end=1246
+  _globals['_RECORDUSAGERESPONSE']._serialized_start=1248
+  _globals['_RECORDUSAGERESPONSE']._serialized_end=1337
+  _globals['_GETJOBREQUEST']._serialized_start=1339
+  _globals['_GETJOBREQUEST']._serialized_end=1370
+  _globals['_USAGEFILTER']._serialized_start=1373
+  _globals['_USAGEFILTER']._serialized_end=1615
+  _globals['_LISTUSAGEREQUEST']._serialized_start=1617
+  _globals['_LISTUSAGEREQUEST']._serialized_end=1721
+  _globals['_LISTUSAGERESPONSE']._serialized_start=1723
+  _globals['_LISTUSAGERESPONSE']._serialized_end=1819
+  _globals['_GETUSAGEREQUEST']._serialized_start=1822
+  _globals['_GETUSAGEREQUEST']._serialized_end=1957
+  _globals['_USAGEBUCKET']._serialized_start=1960
+  _globals['_USAGEBUCKET']._serialized_end=2206
+  _globals['_GETUSAGERESPONSE']._serialized_start=2208
+  _globals['_GETUSAGERESPONSE']._serialized_end=2278
+  _globals['_GETEARNINGSREQUEST']._serialized_start=2280
+  _globals['_GETEARNINGSREQUEST']._serialized_end=2329
+  _globals['_EARNINGTOTALS']._serialized_start=2332
+  _globals['_EARNINGTOTALS']._serialized_end=2602
+  _globals['_NODEEARNINGS']._serialized_start=2604
+  _globals['_NODEEARNINGS']._serialized_end=2688
+  _globals['_GETEARNINGSRESPONSE']._serialized_start=2690
+  _globals['_GETEARNINGSRESPONSE']._serialized_end=2816
+  _globals['_RECORDCHECKRESULTREQUEST']._serialized_start=2818
+  _globals['_RECORDCHECKRESULTREQUEST']._serialized_end=2892
+  _globals['_RECORDCHECKRESULTRESPONSE']._serialized_start=2894
+  _globals['_RECORDCHECKRESULTRESPONSE']._serialized_end=2989
+  _globals['_VOIDNODEEARNINGSREQUEST']._serialized_start=2991
+  _globals['_VOIDNODEEARNINGSREQUEST']._serialized_end=3049
+  _globals['_VOIDNODEEARNINGSRESPONSE']._serialized_start=3051
+  _globals['_VOIDNODEEARNINGSRESPONSE']._serialized_end=3145
+  _globals['_METERINGSERVICE']._serialized_start=3770
+  _globals['_METERINGSERVICE']._serialized_end=4487
 # @@protoc_insertion_point(module_scope)

@@ -4,8 +4,20 @@ isort:skip_file
 idlegrid metering: one usage record per job, idempotent by job id, and a
 settlement outbox that settles every record on the ledger exactly once.
 
+Earnings are held until they can be trusted: a settled job's provider
+share is credited as a pending (held) earning on the ledger for the
+release window (a metering setting, IDLEGRID_EARNINGS_HOLD_S, 24 h by
+default; 0 = posted at settlement), then released (posted) by metering's
+earnings worker. The platform fee is posted at settlement. A node that the
+registry SUSPENDS (metering follows WatchNodes), or whose earnings an
+operator voids (VoidNodeEarnings), never has its unreleased earnings
+released: each is voided and the same amount refunded to the partner who
+paid for the job. Every earning ends once (released or voided).
+
 Limits: ids are 16 bytes; names (node, provider, model) at most 128 chars;
-a page holds at most 1,000 records; a usage query at most 10,000 buckets.
+details and reasons at most 1,024 chars; a page holds at most 1,000
+records; a usage query at most 10,000 buckets; an earnings summary at most
+1,000 nodes.
 """
 
 from collections import abc as _abc
@@ -83,6 +95,61 @@ SETTLEMENT_STATE_REJECTED: SettlementState.ValueType  # 5
 """the ledger refused it (see settlement_error)"""
 Global___SettlementState: _TypeAlias = SettlementState  # noqa: Y015
 
+class _EarningState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EarningStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EarningState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EARNING_STATE_UNSPECIFIED: _EarningState.ValueType  # 0
+    """no earning: not settled, or no provider share"""
+    EARNING_STATE_HELD: _EarningState.ValueType  # 1
+    """pending on the ledger until earning_release_at"""
+    EARNING_STATE_RELEASED: _EarningState.ValueType  # 2
+    """posted after the window"""
+    EARNING_STATE_VOIDED: _EarningState.ValueType  # 3
+    """voided; the partner who paid got it back"""
+    EARNING_STATE_POSTED: _EarningState.ValueType  # 4
+    """posted at settlement (no release window)"""
+
+class EarningState(_EarningState, metaclass=_EarningStateEnumTypeWrapper):
+    """A settled job's provider share, as a state machine:
+      (none) ──settle, hold 0──▶ POSTED
+      (none) ──settle────────▶ HELD ──window over──▶ RELEASED
+                                 └──node suspended / operator──▶ VOIDED (refunded)
+    """
+
+EARNING_STATE_UNSPECIFIED: EarningState.ValueType  # 0
+"""no earning: not settled, or no provider share"""
+EARNING_STATE_HELD: EarningState.ValueType  # 1
+"""pending on the ledger until earning_release_at"""
+EARNING_STATE_RELEASED: EarningState.ValueType  # 2
+"""posted after the window"""
+EARNING_STATE_VOIDED: EarningState.ValueType  # 3
+"""voided; the partner who paid got it back"""
+EARNING_STATE_POSTED: EarningState.ValueType  # 4
+"""posted at settlement (no release window)"""
+Global___EarningState: _TypeAlias = EarningState  # noqa: Y015
+
+class _CheckResult:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CheckResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CheckResult.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHECK_RESULT_UNSPECIFIED: _CheckResult.ValueType  # 0
+    """not spot-checked"""
+    CHECK_RESULT_PASSED: _CheckResult.ValueType  # 1
+    CHECK_RESULT_FAILED: _CheckResult.ValueType  # 2
+
+class CheckResult(_CheckResult, metaclass=_CheckResultEnumTypeWrapper): ...
+
+CHECK_RESULT_UNSPECIFIED: CheckResult.ValueType  # 0
+"""not spot-checked"""
+CHECK_RESULT_PASSED: CheckResult.ValueType  # 1
+CHECK_RESULT_FAILED: CheckResult.ValueType  # 2
+Global___CheckResult: _TypeAlias = CheckResult  # noqa: Y015
+
 class _GroupBy:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -129,6 +196,14 @@ class UsageRecord(_message.Message):
     PROVIDER_MICROS_FIELD_NUMBER: _builtins.int
     SETTLEMENT_ERROR_FIELD_NUMBER: _builtins.int
     SETTLED_AT_FIELD_NUMBER: _builtins.int
+    EARNING_FIELD_NUMBER: _builtins.int
+    EARNINGS_HOLD_S_FIELD_NUMBER: _builtins.int
+    EARNING_RELEASE_AT_FIELD_NUMBER: _builtins.int
+    EARNING_RESOLVED_AT_FIELD_NUMBER: _builtins.int
+    EARNING_NOTE_FIELD_NUMBER: _builtins.int
+    CHECK_RESULT_FIELD_NUMBER: _builtins.int
+    CHECK_DETAIL_FIELD_NUMBER: _builtins.int
+    CHECKED_AT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.bytes
     """16 bytes"""
     consumer_account_id: _builtins.bytes
@@ -162,12 +237,30 @@ class UsageRecord(_message.Message):
     fee_micros: _builtins.int
     provider_micros: _builtins.int
     settlement_error: _builtins.str
+    earning: Global___EarningState.ValueType
+    """Set by metering: the provider's earning (provider_micros) and its check."""
+    earnings_hold_s: _builtins.int
+    """the release window in force when the job was recorded"""
+    earning_note: _builtins.str
+    """VOIDED: why (the suspension's or the operator's reason)"""
+    check_result: Global___CheckResult.ValueType
+    check_detail: _builtins.str
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def settled_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def earning_release_at(self) -> _timestamp_pb2.Timestamp:
+        """HELD and after: when it is (was) due"""
+
+    @_builtins.property
+    def earning_resolved_at(self) -> _timestamp_pb2.Timestamp:
+        """RELEASED or VOIDED: when"""
+
+    @_builtins.property
+    def checked_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -196,10 +289,18 @@ class UsageRecord(_message.Message):
         provider_micros: _builtins.int = ...,
         settlement_error: _builtins.str = ...,
         settled_at: _timestamp_pb2.Timestamp | None = ...,
+        earning: Global___EarningState.ValueType = ...,
+        earnings_hold_s: _builtins.int = ...,
+        earning_release_at: _timestamp_pb2.Timestamp | None = ...,
+        earning_resolved_at: _timestamp_pb2.Timestamp | None = ...,
+        earning_note: _builtins.str = ...,
+        check_result: Global___CheckResult.ValueType = ...,
+        check_detail: _builtins.str = ...,
+        checked_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "settled_at", b"settled_at", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checked_at", b"checked_at", "earning_release_at", b"earning_release_at", "earning_resolved_at", b"earning_resolved_at", "finished_at", b"finished_at", "settled_at", b"settled_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "consumer_account_id", b"consumer_account_id", "cost_micros", b"cost_micros", "duration_ms", b"duration_ms", "fee_bps", b"fee_bps", "fee_micros", b"fee_micros", "finished_at", b"finished_at", "job_id", b"job_id", "model", b"model", "node_completion_tokens", b"node_completion_tokens", "node_id", b"node_id", "node_prompt_tokens", b"node_prompt_tokens", "outcome", b"outcome", "price_input_per_mtok", b"price_input_per_mtok", "price_output_per_mtok", b"price_output_per_mtok", "price_per_request", b"price_per_request", "prompt_tokens", b"prompt_tokens", "provider_account_id", b"provider_account_id", "provider_id", b"provider_id", "provider_micros", b"provider_micros", "requests", b"requests", "settled_at", b"settled_at", "settlement", b"settlement", "settlement_error", b"settlement_error", "started_at", b"started_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check_detail", b"check_detail", "check_result", b"check_result", "checked_at", b"checked_at", "completion_tokens", b"completion_tokens", "consumer_account_id", b"consumer_account_id", "cost_micros", b"cost_micros", "duration_ms", b"duration_ms", "earning", b"earning", "earning_note", b"earning_note", "earning_release_at", b"earning_release_at", "earning_resolved_at", b"earning_resolved_at", "earnings_hold_s", b"earnings_hold_s", "fee_bps", b"fee_bps", "fee_micros", b"fee_micros", "finished_at", b"finished_at", "job_id", b"job_id", "model", b"model", "node_completion_tokens", b"node_completion_tokens", "node_id", b"node_id", "node_prompt_tokens", b"node_prompt_tokens", "outcome", b"outcome", "price_input_per_mtok", b"price_input_per_mtok", "price_output_per_mtok", b"price_output_per_mtok", "price_per_request", b"price_per_request", "prompt_tokens", b"prompt_tokens", "provider_account_id", b"provider_account_id", "provider_id", b"provider_id", "provider_micros", b"provider_micros", "requests", b"requests", "settled_at", b"settled_at", "settlement", b"settlement", "settlement_error", b"settlement_error", "started_at", b"started_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -280,10 +381,13 @@ class UsageFilter(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
     UNTIL_FIELD_NUMBER: _builtins.int
+    EARNING_FIELD_NUMBER: _builtins.int
     consumer_account_id: _builtins.bytes
     provider_account_id: _builtins.bytes
     node_id: _builtins.str
     model: _builtins.str
+    earning: Global___EarningState.ValueType
+    """0 = any"""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
         """inclusive (finished_at)"""
@@ -301,10 +405,11 @@ class UsageFilter(_message.Message):
         model: _builtins.str = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
         until: _timestamp_pb2.Timestamp | None = ...,
+        earning: Global___EarningState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer_account_id", b"consumer_account_id", "model", b"model", "node_id", b"node_id", "provider_account_id", b"provider_account_id", "since", b"since", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer_account_id", b"consumer_account_id", "earning", b"earning", "model", b"model", "node_id", b"node_id", "provider_account_id", b"provider_account_id", "since", b"since", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -457,3 +562,226 @@ class GetUsageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015
+
+@_typing.final
+class GetEarningsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    provider_account_id: _builtins.bytes
+    """16 bytes"""
+    def __init__(
+        self,
+        *,
+        provider_account_id: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider_account_id", b"provider_account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEarningsRequest: _TypeAlias = GetEarningsRequest  # noqa: Y015
+
+@_typing.final
+class EarningTotals(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AVAILABLE_MICROS_FIELD_NUMBER: _builtins.int
+    POSTED_MICROS_FIELD_NUMBER: _builtins.int
+    RELEASED_MICROS_FIELD_NUMBER: _builtins.int
+    HELD_MICROS_FIELD_NUMBER: _builtins.int
+    VOIDED_MICROS_FIELD_NUMBER: _builtins.int
+    POSTED_JOBS_FIELD_NUMBER: _builtins.int
+    RELEASED_JOBS_FIELD_NUMBER: _builtins.int
+    HELD_JOBS_FIELD_NUMBER: _builtins.int
+    VOIDED_JOBS_FIELD_NUMBER: _builtins.int
+    NEXT_RELEASE_AT_FIELD_NUMBER: _builtins.int
+    available_micros: _builtins.int
+    """posted_micros + released_micros"""
+    posted_micros: _builtins.int
+    released_micros: _builtins.int
+    held_micros: _builtins.int
+    voided_micros: _builtins.int
+    """refunded to partners"""
+    posted_jobs: _builtins.int
+    released_jobs: _builtins.int
+    held_jobs: _builtins.int
+    voided_jobs: _builtins.int
+    @_builtins.property
+    def next_release_at(self) -> _timestamp_pb2.Timestamp:
+        """the earliest held earning's; absent when none"""
+
+    def __init__(
+        self,
+        *,
+        available_micros: _builtins.int = ...,
+        posted_micros: _builtins.int = ...,
+        released_micros: _builtins.int = ...,
+        held_micros: _builtins.int = ...,
+        voided_micros: _builtins.int = ...,
+        posted_jobs: _builtins.int = ...,
+        released_jobs: _builtins.int = ...,
+        held_jobs: _builtins.int = ...,
+        voided_jobs: _builtins.int = ...,
+        next_release_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_release_at", b"next_release_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_micros", b"available_micros", "held_jobs", b"held_jobs", "held_micros", b"held_micros", "next_release_at", b"next_release_at", "posted_jobs", b"posted_jobs", "posted_micros", b"posted_micros", "released_jobs", b"released_jobs", "released_micros", b"released_micros", "voided_jobs", b"voided_jobs", "voided_micros", b"voided_micros"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EarningTotals: _TypeAlias = EarningTotals  # noqa: Y015
+
+@_typing.final
+class NodeEarnings(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    @_builtins.property
+    def totals(self) -> Global___EarningTotals: ...
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        totals: Global___EarningTotals | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["totals", b"totals"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "totals", b"totals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeEarnings: _TypeAlias = NodeEarnings  # noqa: Y015
+
+@_typing.final
+class GetEarningsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_FIELD_NUMBER: _builtins.int
+    BY_NODE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def total(self) -> Global___EarningTotals: ...
+    @_builtins.property
+    def by_node(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeEarnings]:
+        """at most 1,000 nodes, by node id"""
+
+    def __init__(
+        self,
+        *,
+        total: Global___EarningTotals | None = ...,
+        by_node: _abc.Iterable[Global___NodeEarnings] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_node", b"by_node", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEarningsResponse: _TypeAlias = GetEarningsResponse  # noqa: Y015
+
+@_typing.final
+class RecordCheckResultRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    PASSED_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.bytes
+    """16 bytes"""
+    passed: _builtins.bool
+    detail: _builtins.str
+    """<= 1,024 chars, e.g. the verdict's figures"""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.bytes = ...,
+        passed: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "job_id", b"job_id", "passed", b"passed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordCheckResultRequest: _TypeAlias = RecordCheckResultRequest  # noqa: Y015
+
+@_typing.final
+class RecordCheckResultResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGED_FIELD_NUMBER: _builtins.int
+    RECORD_FIELD_NUMBER: _builtins.int
+    changed: _builtins.bool
+    """false: the same verdict was already recorded"""
+    @_builtins.property
+    def record(self) -> Global___UsageRecord: ...
+    def __init__(
+        self,
+        *,
+        changed: _builtins.bool = ...,
+        record: Global___UsageRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "record", b"record"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordCheckResultResponse: _TypeAlias = RecordCheckResultResponse  # noqa: Y015
+
+@_typing.final
+class VoidNodeEarningsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """as in usage records (hex), 1..128 chars"""
+    reason: _builtins.str
+    """1..1,024 chars, recorded with each voided earning"""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VoidNodeEarningsRequest: _TypeAlias = VoidNodeEarningsRequest  # noqa: Y015
+
+@_typing.final
+class VoidNodeEarningsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_VOIDED_FIELD_NUMBER: _builtins.int
+    REFUNDED_MICROS_FIELD_NUMBER: _builtins.int
+    JOBS_PENDING_FIELD_NUMBER: _builtins.int
+    jobs_voided: _builtins.int
+    """by this call"""
+    refunded_micros: _builtins.int
+    """by this call"""
+    jobs_pending: _builtins.int
+    """still held (the ledger was unavailable): voided by the worker"""
+    def __init__(
+        self,
+        *,
+        jobs_voided: _builtins.int = ...,
+        refunded_micros: _builtins.int = ...,
+        jobs_pending: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs_pending", b"jobs_pending", "jobs_voided", b"jobs_voided", "refunded_micros", b"refunded_micros"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VoidNodeEarningsResponse: _TypeAlias = VoidNodeEarningsResponse  # noqa: Y015

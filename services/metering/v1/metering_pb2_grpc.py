@@ -54,6 +54,21 @@ class MeteringServiceStub:
                 request_serializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.GetEarnings = channel.unary_unary(
+                '/idlegrid.metering.v1.MeteringService/GetEarnings',
+                request_serializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.GetEarningsRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.GetEarningsResponse.FromString,
+                _registered_method=True)
+        self.RecordCheckResult = channel.unary_unary(
+                '/idlegrid.metering.v1.MeteringService/RecordCheckResult',
+                request_serializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.RecordCheckResultRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.RecordCheckResultResponse.FromString,
+                _registered_method=True)
+        self.VoidNodeEarnings = channel.unary_unary(
+                '/idlegrid.metering.v1.MeteringService/VoidNodeEarnings',
+                request_serializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.VoidNodeEarningsRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.VoidNodeEarningsResponse.FromString,
+                _registered_method=True)
 
 
 class MeteringServiceServicer:
@@ -89,6 +104,34 @@ class MeteringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEarnings(self, request, context):
+        """A provider's earnings by state: available (posted at settlement, or
+        released after the window), held (with the next release time) and
+        voided (refunded to partners), in total and per node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordCheckResult(self, request, context):
+        """The spot-checker's verdict on a job (shown to the provider per job).
+        NOT_FOUND while the job has no usage record; the same verdict again
+        changes nothing; a different verdict for a checked job is ABORTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VoidNodeEarnings(self, request, context):
+        """An operator's decision: every earning of the node still held, for jobs
+        recorded up to now, is voided and refunded to the partners who paid.
+        Idempotent; what the ledger could not take now the worker finishes
+        (jobs_pending), and none of those earnings is ever released.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeteringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +154,21 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.GetUsageRequest.FromString,
                     response_serializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'GetEarnings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEarnings,
+                    request_deserializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.GetEarningsRequest.FromString,
+                    response_serializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.GetEarningsResponse.SerializeToString,
+            ),
+            'RecordCheckResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordCheckResult,
+                    request_deserializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.RecordCheckResultRequest.FromString,
+                    response_serializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.RecordCheckResultResponse.SerializeToString,
+            ),
+            'VoidNodeEarnings': grpc.unary_unary_rpc_method_handler(
+                    servicer.VoidNodeEarnings,
+                    request_deserializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.VoidNodeEarningsRequest.FromString,
+                    response_serializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.VoidNodeEarningsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +279,87 @@ class MeteringService:
             '/idlegrid.metering.v1.MeteringService/GetUsage',
             idlegrid_dot_metering_dot_v1_dot_metering__pb2.GetUsageRequest.SerializeToString,
             idlegrid_dot_metering_dot_v1_dot_metering__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEarnings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.metering.v1.MeteringService/GetEarnings',
+            idlegrid_dot_metering_dot_v1_dot_metering__pb2.GetEarningsRequest.SerializeToString,
+            idlegrid_dot_metering_dot_v1_dot_metering__pb2.GetEarningsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordCheckResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.metering.v1.MeteringService/RecordCheckResult',
+            idlegrid_dot_metering_dot_v1_dot_metering__pb2.RecordCheckResultRequest.SerializeToString,
+            idlegrid_dot_metering_dot_v1_dot_metering__pb2.RecordCheckResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VoidNodeEarnings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.metering.v1.MeteringService/VoidNodeEarnings',
+            idlegrid_dot_metering_dot_v1_dot_metering__pb2.VoidNodeEarningsRequest.SerializeToString,
+            idlegrid_dot_metering_dot_v1_dot_metering__pb2.VoidNodeEarningsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,8 +4,20 @@ isort:skip_file
 idlegrid metering: one usage record per job, idempotent by job id, and a
 settlement outbox that settles every record on the ledger exactly once.
 
+Earnings are held until they can be trusted: a settled job's provider
+share is credited as a pending (held) earning on the ledger for the
+release window (a metering setting, IDLEGRID_EARNINGS_HOLD_S, 24 h by
+default; 0 = posted at settlement), then released (posted) by metering's
+earnings worker. The platform fee is posted at settlement. A node that the
+registry SUSPENDS (metering follows WatchNodes), or whose earnings an
+operator voids (VoidNodeEarnings), never has its unreleased earnings
+released: each is voided and the same amount refunded to the partner who
+paid for the job. Every earning ends once (released or voided).
+
 Limits: ids are 16 bytes; names (node, provider, model) at most 128 chars;
-a page holds at most 1,000 records; a usage query at most 10,000 buckets.
+details and reasons at most 1,024 chars; a page holds at most 1,000
+records; a usage query at most 10,000 buckets; an earnings summary at most
+1,000 nodes.
 """
 
 from collections import abc as _abc
@@ -47,6 +59,22 @@ class MeteringServiceStub:
     """Records (line items), newest first, filtered and paged."""
     GetUsage: _grpc.UnaryUnaryMultiCallable[_metering_pb2.GetUsageRequest, _metering_pb2.GetUsageResponse]
     """Aggregates per time bucket, filtered, optionally grouped by node or model."""
+    GetEarnings: _grpc.UnaryUnaryMultiCallable[_metering_pb2.GetEarningsRequest, _metering_pb2.GetEarningsResponse]
+    """A provider's earnings by state: available (posted at settlement, or
+    released after the window), held (with the next release time) and
+    voided (refunded to partners), in total and per node.
+    """
+    RecordCheckResult: _grpc.UnaryUnaryMultiCallable[_metering_pb2.RecordCheckResultRequest, _metering_pb2.RecordCheckResultResponse]
+    """The spot-checker's verdict on a job (shown to the provider per job).
+    NOT_FOUND while the job has no usage record; the same verdict again
+    changes nothing; a different verdict for a checked job is ABORTED.
+    """
+    VoidNodeEarnings: _grpc.UnaryUnaryMultiCallable[_metering_pb2.VoidNodeEarningsRequest, _metering_pb2.VoidNodeEarningsResponse]
+    """An operator's decision: every earning of the node still held, for jobs
+    recorded up to now, is voided and refunded to the partners who paid.
+    Idempotent; what the ledger could not take now the worker finishes
+    (jobs_pending), and none of those earnings is ever released.
+    """
 
 @_typing.type_check_only
 class MeteringServiceAsyncStub(MeteringServiceStub):
@@ -62,6 +90,22 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     """Records (line items), newest first, filtered and paged."""
     GetUsage: _aio.UnaryUnaryMultiCallable[_metering_pb2.GetUsageRequest, _metering_pb2.GetUsageResponse]  # type: ignore[assignment]
     """Aggregates per time bucket, filtered, optionally grouped by node or model."""
+    GetEarnings: _aio.UnaryUnaryMultiCallable[_metering_pb2.GetEarningsRequest, _metering_pb2.GetEarningsResponse]  # type: ignore[assignment]
+    """A provider's earnings by state: available (posted at settlement, or
+    released after the window), held (with the next release time) and
+    voided (refunded to partners), in total and per node.
+    """
+    RecordCheckResult: _aio.UnaryUnaryMultiCallable[_metering_pb2.RecordCheckResultRequest, _metering_pb2.RecordCheckResultResponse]  # type: ignore[assignment]
+    """The spot-checker's verdict on a job (shown to the provider per job).
+    NOT_FOUND while the job has no usage record; the same verdict again
+    changes nothing; a different verdict for a checked job is ABORTED.
+    """
+    VoidNodeEarnings: _aio.UnaryUnaryMultiCallable[_metering_pb2.VoidNodeEarningsRequest, _metering_pb2.VoidNodeEarningsResponse]  # type: ignore[assignment]
+    """An operator's decision: every earning of the node still held, for jobs
+    recorded up to now, is voided and refunded to the partners who paid.
+    Idempotent; what the ledger could not take now the worker finishes
+    (jobs_pending), and none of those earnings is ever released.
+    """
 
 class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -98,5 +142,39 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_metering_pb2.GetUsageResponse, _abc.Awaitable[_metering_pb2.GetUsageResponse]]:
         """Aggregates per time bucket, filtered, optionally grouped by node or model."""
+
+    @_abc_1.abstractmethod
+    def GetEarnings(
+        self,
+        request: _metering_pb2.GetEarningsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metering_pb2.GetEarningsResponse, _abc.Awaitable[_metering_pb2.GetEarningsResponse]]:
+        """A provider's earnings by state: available (posted at settlement, or
+        released after the window), held (with the next release time) and
+        voided (refunded to partners), in total and per node.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordCheckResult(
+        self,
+        request: _metering_pb2.RecordCheckResultRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metering_pb2.RecordCheckResultResponse, _abc.Awaitable[_metering_pb2.RecordCheckResultResponse]]:
+        """The spot-checker's verdict on a job (shown to the provider per job).
+        NOT_FOUND while the job has no usage record; the same verdict again
+        changes nothing; a different verdict for a checked job is ABORTED.
+        """
+
+    @_abc_1.abstractmethod
+    def VoidNodeEarnings(
+        self,
+        request: _metering_pb2.VoidNodeEarningsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metering_pb2.VoidNodeEarningsResponse, _abc.Awaitable[_metering_pb2.VoidNodeEarningsResponse]]:
+        """An operator's decision: every earning of the node still held, for jobs
+        recorded up to now, is voided and refunded to the partners who paid.
+        Idempotent; what the ledger could not take now the worker finishes
+        (jobs_pending), and none of those earnings is ever released.
+        """
 
 def add_MeteringServiceServicer_to_server(servicer: MeteringServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -253,9 +253,9 @@ class RegistryServiceServicer:
         the node, knows each model it sells. A node may offer only catalog
         models, with the catalog's kind, weights digest and context length, and
         at or below its price ceiling (RegisterNode: INVALID_ARGUMENT with
-        reason model_not_in_catalog, weights_digest_mismatch or
-        price_above_ceiling). Verification compares each canary's output with
-        the catalog's reference.
+        reason model_not_in_catalog, catalog_mismatch (another kind or context
+        length), weights_digest_mismatch or price_above_ceiling). Verification
+        compares each canary's output with the catalog's reference.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

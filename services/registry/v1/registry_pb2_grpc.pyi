@@ -156,9 +156,9 @@ class RegistryServiceStub:
     the node, knows each model it sells. A node may offer only catalog
     models, with the catalog's kind, weights digest and context length, and
     at or below its price ceiling (RegisterNode: INVALID_ARGUMENT with
-    reason model_not_in_catalog, weights_digest_mismatch or
-    price_above_ceiling). Verification compares each canary's output with
-    the catalog's reference.
+    reason model_not_in_catalog, catalog_mismatch (another kind or context
+    length), weights_digest_mismatch or price_above_ceiling). Verification
+    compares each canary's output with the catalog's reference.
     """
     ListCatalog: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListCatalogRequest, _registry_pb2.ListCatalogResponse]
     RemoveCatalogModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RemoveCatalogModelRequest, _registry_pb2.RemoveCatalogModelResponse]
@@ -262,9 +262,9 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     the node, knows each model it sells. A node may offer only catalog
     models, with the catalog's kind, weights digest and context length, and
     at or below its price ceiling (RegisterNode: INVALID_ARGUMENT with
-    reason model_not_in_catalog, weights_digest_mismatch or
-    price_above_ceiling). Verification compares each canary's output with
-    the catalog's reference.
+    reason model_not_in_catalog, catalog_mismatch (another kind or context
+    length), weights_digest_mismatch or price_above_ceiling). Verification
+    compares each canary's output with the catalog's reference.
     """
     ListCatalog: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListCatalogRequest, _registry_pb2.ListCatalogResponse]  # type: ignore[assignment]
     RemoveCatalogModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.RemoveCatalogModelRequest, _registry_pb2.RemoveCatalogModelResponse]  # type: ignore[assignment]
@@ -437,9 +437,9 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         the node, knows each model it sells. A node may offer only catalog
         models, with the catalog's kind, weights digest and context length, and
         at or below its price ceiling (RegisterNode: INVALID_ARGUMENT with
-        reason model_not_in_catalog, weights_digest_mismatch or
-        price_above_ceiling). Verification compares each canary's output with
-        the catalog's reference.
+        reason model_not_in_catalog, catalog_mismatch (another kind or context
+        length), weights_digest_mismatch or price_above_ceiling). Verification
+        compares each canary's output with the catalog's reference.
         """
 
     @_abc_1.abstractmethod

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%idlegrid/scheduler/v1/scheduler.proto\x12\x15idlegrid.scheduler.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xdc\x01\n\x0eTextGeneration\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x34\n\x08messages\x18\x02 \x03(\x0b\x32\".idlegrid.scheduler.v1.ChatMessage\x12\x12\n\nmax_tokens\x18\x03 \x01(\r\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x02\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"I\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x10\n\x08\x63ontents\x18\x04 \x01(\x0c\"M\n\x0bTensorInput\x12-\n\x06inputs\x18\x01 \x03(\x0b\x32\x1d.idlegrid.scheduler.v1.Tensor\x12\x0f\n\x07outputs\x18\x02 \x03(\t\"\x84\x02\n\x0b\x43onstraints\x12*\n\"max_price_per_million_input_tokens\x18\x01 \x01(\x04\x12+\n#max_price_per_million_output_tokens\x18\x02 \x01(\x04\x12\x1d\n\x15max_price_per_request\x18\x03 \x01(\x04\x12\x0e\n\x06region\x18\x04 \x01(\t\x12>\n\x06labels\x18\x05 \x03(\x0b\x32..idlegrid.scheduler.v1.Constraints.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8e\x02\n\x0cInferRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\x0c\x12\x1b\n\x13\x63onsumer_account_id\x18\x02 \x01(\x0c\x12\r\n\x05model\x18\x03 \x01(\t\x12\x35\n\x04text\x18\x04 \x01(\x0b\x32%.idlegrid.scheduler.v1.TextGenerationH\x00\x12\x35\n\x07tensors\x18\x05 \x01(\x0b\x32\".idlegrid.scheduler.v1.TensorInputH\x00\x12\x37\n\x0b\x63onstraints\x18\x06 \x01(\x0b\x32\".idlegrid.scheduler.v1.Constraints\x12\x12\n\ntimeout_ms\x18\x07 \x01(\rB\x07\n\x05input\"y\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x04\x12\x10\n\x08requests\x18\x03 \x01(\x04\x12\x13\n\x0b\x63ost_micros\x18\x04 \x01(\x04\x12\x17\n\x0ftokens_verified\x18\x05 \x01(\x08\"d\n\x07Routing\x12\x0f\n\x07node_id\x18\x01 \x01(\x0c\x12\x13\n\x0bprovider_id\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x12\n\ncandidates\x18\x05 \x01(\r\"\xd2\x01\n\rInferResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\x0c\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12.\n\x07outputs\x18\x04 \x03(\x0b\x32\x1d.idlegrid.scheduler.v1.Tensor\x12+\n\x05usage\x18\x05 \x01(\x0b\x32\x1c.idlegrid.scheduler.v1.Usage\x12/\n\x07routing\x18\x06 \x01(\x0b\x32\x1e.idlegrid.scheduler.v1.Routing\"\x87\x01\n\nInferChunk\x12\x31\n\x07routing\x18\x01 \x01(\x0b\x32\x1e.idlegrid.scheduler.v1.RoutingH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12-\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x1c.idlegrid.scheduler.v1.FinalH\x00\x42\x07\n\x05\x63hunk\"K\n\x05\x46inal\x12\x15\n\rfinish_reason\x18\x01 \x01(\t\x12+\n\x05usage\x18\x02 \x01(\x0b\x32\x1c.idlegrid.scheduler.v1.Usage\"M\n\x17GetModelMetadataRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\"?\n\x0eTensorMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xb0\x01\n\rModelMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12\x10\n\x08platform\x18\x03 \x01(\t\x12\x35\n\x06inputs\x18\x04 \x03(\x0b\x32%.idlegrid.scheduler.v1.TensorMetadata\x12\x36\n\x07outputs\x18\x05 \x03(\x0b\x32%.idlegrid.scheduler.v1.TensorMetadata2\xa9\x02\n\x10SchedulerService\x12R\n\x05Infer\x12#.idlegrid.scheduler.v1.InferRequest\x1a$.idlegrid.scheduler.v1.InferResponse\x12W\n\x0bInferStream\x12#.idlegrid.scheduler.v1.InferRequest\x1a!.idlegrid.scheduler.v1.InferChunk0\x01\x12h\n\x10GetModelMetadata\x12..idlegrid.scheduler.v1.GetModelMetadataRequest\x1a$.idlegrid.scheduler.v1.ModelMetadatab\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%idlegrid/scheduler/v1/scheduler.proto\x12\x15idlegrid.scheduler.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xdc\x01\n\x0eTextGeneration\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x34\n\x08messages\x18\x02 \x03(\x0b\x32\".idlegrid.scheduler.v1.ChatMessage\x12\x12\n\nmax_tokens\x18\x03 \x01(\r\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x02\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"I\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x10\n\x08\x63ontents\x18\x04 \x01(\x0c\"M\n\x0bTensorInput\x12-\n\x06inputs\x18\x01 \x03(\x0b\x32\x1d.idlegrid.scheduler.v1.Tensor\x12\x0f\n\x07outputs\x18\x02 \x03(\t\"\x84\x02\n\x0b\x43onstraints\x12*\n\"max_price_per_million_input_tokens\x18\x01 \x01(\x04\x12+\n#max_price_per_million_output_tokens\x18\x02 \x01(\x04\x12\x1d\n\x15max_price_per_request\x18\x03 \x01(\x04\x12\x0e\n\x06region\x18\x04 \x01(\t\x12>\n\x06labels\x18\x05 \x03(\x0b\x32..idlegrid.scheduler.v1.Constraints.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"t\n\x08MaxPrice\x12\x13\n\x06prompt\x18\x01 \x01(\x04H\x00\x88\x01\x01\x12\x17\n\ncompletion\x18\x02 \x01(\x04H\x01\x88\x01\x01\x12\x14\n\x07request\x18\x03 \x01(\x04H\x02\x88\x01\x01\x42\t\n\x07_promptB\r\n\x0b_completionB\n\n\x08_request\"\xdb\x01\n\x13ProviderPreferences\x12\x31\n\x04sort\x18\x01 \x01(\x0e\x32#.idlegrid.scheduler.v1.ProviderSort\x12\x32\n\tmax_price\x18\x02 \x01(\x0b\x32\x1f.idlegrid.scheduler.v1.MaxPrice\x12\r\n\x05order\x18\x03 \x03(\x0c\x12\x0c\n\x04only\x18\x04 \x03(\x0c\x12\x0e\n\x06ignore\x18\x05 \x03(\x0c\x12\x1c\n\x0f\x61llow_fallbacks\x18\x06 \x01(\x08H\x00\x88\x01\x01\x42\x12\n\x10_allow_fallbacks\"\xcc\x02\n\x0cInferRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\x0c\x12\x1b\n\x13\x63onsumer_account_id\x18\x02 \x01(\x0c\x12\r\n\x05model\x18\x03 \x01(\t\x12\x35\n\x04text\x18\x04 \x01(\x0b\x32%.idlegrid.scheduler.v1.TextGenerationH\x00\x12\x35\n\x07tensors\x18\x05 \x01(\x0b\x32\".idlegrid.scheduler.v1.TensorInputH\x00\x12\x37\n\x0b\x63onstraints\x18\x06 \x01(\x0b\x32\".idlegrid.scheduler.v1.Constraints\x12\x12\n\ntimeout_ms\x18\x07 \x01(\r\x12<\n\x08provider\x18\x08 \x01(\x0b\x32*.idlegrid.scheduler.v1.ProviderPreferencesB\x07\n\x05input\"y\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x04\x12\x10\n\x08requests\x18\x03 \x01(\x04\x12\x13\n\x0b\x63ost_micros\x18\x04 \x01(\x04\x12\x17\n\x0ftokens_verified\x18\x05 \x01(\x08\"d\n\x07Routing\x12\x0f\n\x07node_id\x18\x01 \x01(\x0c\x12\x13\n\x0bprovider_id\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x12\n\ncandidates\x18\x05 \x01(\r\"\xd2\x01\n\rInferResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\x0c\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12.\n\x07outputs\x18\x04 \x03(\x0b\x32\x1d.idlegrid.scheduler.v1.Tensor\x12+\n\x05usage\x18\x05 \x01(\x0b\x32\x1c.idlegrid.scheduler.v1.Usage\x12/\n\x07routing\x18\x06 \x01(\x0b\x32\x1e.idlegrid.scheduler.v1.Routing\"\x87\x01\n\nInferChunk\x12\x31\n\x07routing\x18\x01 \x01(\x0b\x32\x1e.idlegrid.scheduler.v1.RoutingH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12-\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x1c.idlegrid.scheduler.v1.FinalH\x00\x42\x07\n\x05\x63hunk\"K\n\x05\x46inal\x12\x15\n\rfinish_reason\x18\x01 \x01(\t\x12+\n\x05usage\x18\x02 \x01(\x0b\x32\x1c.idlegrid.scheduler.v1.Usage\"M\n\x17GetModelMetadataRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\"?\n\x0eTensorMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xb0\x01\n\rModelMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12\x10\n\x08platform\x18\x03 \x01(\t\x12\x35\n\x06inputs\x18\x04 \x03(\x0b\x32%.idlegrid.scheduler.v1.TensorMetadata\x12\x36\n\x07outputs\x18\x05 \x03(\x0b\x32%.idlegrid.scheduler.v1.TensorMetadata*\x7f\n\x0cProviderSort\x12\x1d\n\x19PROVIDER_SORT_UNSPECIFIED\x10\x00\x12\x17\n\x13PROVIDER_SORT_PRICE\x10\x01\x12\x19\n\x15PROVIDER_SORT_LATENCY\x10\x02\x12\x1c\n\x18PROVIDER_SORT_THROUGHPUT\x10\x03\x32\xa9\x02\n\x10SchedulerService\x12R\n\x05Infer\x12#.idlegrid.scheduler.v1.InferRequest\x1a$.idlegrid.scheduler.v1.InferResponse\x12W\n\x0bInferStream\x12#.idlegrid.scheduler.v1.InferRequest\x1a!.idlegrid.scheduler.v1.InferChunk0\x01\x12h\n\x10GetModelMetadata\x12..idlegrid.scheduler.v1.GetModelMetadataRequest\x1a$.idlegrid.scheduler.v1.ModelMetadatab\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,6 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CONSTRAINTS_LABELSENTRY']._loaded_options = None
   _globals['_CONSTRAINTS_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_PROVIDERSORT']._serialized_start=2401
+  _globals['_PROVIDERSORT']._serialized_end=2528
   _globals['_CHATMESSAGE']._serialized_start=64
   _globals['_CHATMESSAGE']._serialized_end=108
   _globals['_TEXTGENERATION']._serialized_start=111
@@ -45,24 +47,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONSTRAINTS']._serialized_end=748
   _globals['_CONSTRAINTS_LABELSENTRY']._serialized_start=703
   _globals['_CONSTRAINTS_LABELSENTRY']._serialized_end=748
-  _globals['_INFERREQUEST']._serialized_start=751
-  _globals['_INFERREQUEST']._serialized_end=1021
-  _globals['_USAGE']._serialized_start=1023
-  _globals['_USAGE']._serialized_end=1144
-  _globals['_ROUTING']._serialized_start=1146
-  _globals['_ROUTING']._serialized_end=1246
-  _globals['_INFERRESPONSE']._serialized_start=1249
-  _globals['_INFERRESPONSE']._serialized_end=1459
-  _globals['_INFERCHUNK']._serialized_start=1462
-  _globals['_INFERCHUNK']._serialized_end=1597
-  _globals['_FINAL']._serialized_start=1599
-  _globals['_FINAL']._serialized_end=1674
-  _globals['_GETMODELMETADATAREQUEST']._serialized_start=1676
-  _globals['_GETMODELMETADATAREQUEST']._serialized_end=1753
-  _globals['_TENSORMETADATA']._serialized_start=1755
-  _globals['_TENSORMETADATA']._serialized_end=1818
-  _globals['_MODELMETADATA']._serialized_start=1821
-  _globals['_MODELMETADATA']._serialized_end=1997
-  _globals['_SCHEDULERSERVICE']._serialized_start=2000
-  _globals['_SCHEDULERSERVICE']._serialized_end=2297
+  _globals['_MAXPRICE']._serialized_start=750
+  _globals['_MAXPRICE']._serialized_end=866
+  _globals['_PROVIDERPREFERENCES']._serialized_start=869
+  _globals['_PROVIDERPREFERENCES']._serialized_end=1088
+  _globals['_INFERREQUEST']._serialized_start=1091
+  _globals['_INFERREQUEST']._serialized_end=1423
+  _globals['_USAGE']._serialized_start=1425
+  _globals['_USAGE']._serialized_end=1546
+  _globals['_ROUTING']._serialized_start=1548
+  _globals['_ROUTING']._serialized_end=1648
+  _globals['_INFERRESPONSE']._serialized_start=1651
+  _globals['_INFERRESPONSE']._serialized_end=1861
+  _globals['_INFERCHUNK']._serialized_start=1864
+  _globals['_INFERCHUNK']._serialized_end=1999
+  _globals['_FINAL']._serialized_start=2001
+  _globals['_FINAL']._serialized_end=2076
+  _globals['_GETMODELMETADATAREQUEST']._serialized_start=2078
+  _globals['_GETMODELMETADATAREQUEST']._serialized_end=2155
+  _globals['_TENSORMETADATA']._serialized_start=2157
+  _globals['_TENSORMETADATA']._serialized_end=2220
+  _globals['_MODELMETADATA']._serialized_start=2223
+  _globals['_MODELMETADATA']._serialized_end=2399
+  _globals['_SCHEDULERSERVICE']._serialized_start=2531
+  _globals['_SCHEDULERSERVICE']._serialized_end=2828
 # @@protoc_insertion_point(module_scope)

@@ -10,19 +10,29 @@ most 1 MiB; at most 256 chat messages; max_tokens at most 32,768; at most
 16 stop strings of 256 bytes; tensor inputs at most 64 MiB together and 64
 tensors; timeout_ms at most 600,000.
 
+At most 64 ids in each of provider.order, provider.only and provider.ignore.
+
 Errors: INVALID_ARGUMENT malformed request or prompt beyond the model's
 context; NOT_FOUND no node offers the model; FAILED_PRECONDITION with reason
 insufficient_funds when the consumer cannot cover the maximum cost (nothing
 is dispatched); ALREADY_EXISTS the job id was used before; UNAVAILABLE no
-ready node within the constraints, or every attempt failed before output
-(nothing charged); DEADLINE_EXCEEDED the job ran past timeout_ms (delivered
-output is billed).
+ready node within the constraints (reason no_node), none at or below the
+caller's max_price (reason no_node_within_max_price), the platform lacks the
+catalog tokenizer of a language model and will not bill on the node's word
+(reason tokenizer_unavailable), or every attempt failed before output
+(nothing charged in every case); DEADLINE_EXCEEDED the job ran past
+timeout_ms (delivered output is billed).
+
+Money: the hold is the job's maximum cost at the price of the node tried
+first; a retry goes only to a node whose maximum cost fits in that hold, so
+what is charged never exceeds the hold, nor the caller's max_price.
 """
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -33,6 +43,35 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ProviderSort:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProviderSortEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProviderSort.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROVIDER_SORT_UNSPECIFIED: _ProviderSort.ValueType  # 0
+    PROVIDER_SORT_PRICE: _ProviderSort.ValueType  # 1
+    """cheapest first"""
+    PROVIDER_SORT_LATENCY: _ProviderSort.ValueType  # 2
+    """lowest recent latency first"""
+    PROVIDER_SORT_THROUGHPUT: _ProviderSort.ValueType  # 3
+    """most spare capacity first"""
+
+class ProviderSort(_ProviderSort, metaclass=_ProviderSortEnumTypeWrapper):
+    """How the nodes are ordered (OpenRouter's provider.sort). UNSPECIFIED: the
+    default score (price, load, latency, reliability) with load balancing.
+    Any other value disables load balancing and exploration.
+    """
+
+PROVIDER_SORT_UNSPECIFIED: ProviderSort.ValueType  # 0
+PROVIDER_SORT_PRICE: ProviderSort.ValueType  # 1
+"""cheapest first"""
+PROVIDER_SORT_LATENCY: ProviderSort.ValueType  # 2
+"""lowest recent latency first"""
+PROVIDER_SORT_THROUGHPUT: ProviderSort.ValueType  # 3
+"""most spare capacity first"""
+Global___ProviderSort: _TypeAlias = ProviderSort  # noqa: Y015
 
 @_typing.final
 class ChatMessage(_message.Message):
@@ -230,6 +269,105 @@ class Constraints(_message.Message):
 Global___Constraints: _TypeAlias = Constraints  # noqa: Y015
 
 @_typing.final
+class MaxPrice(_message.Message):
+    """Price ceilings in the registry's units: micro-credits per million tokens
+    and micro-credits per request. Unset = no ceiling; 0 = free nodes only.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_FIELD_NUMBER: _builtins.int
+    COMPLETION_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    prompt: _builtins.int
+    """per million prompt (input) tokens"""
+    completion: _builtins.int
+    """per million completion (output) tokens"""
+    request: _builtins.int
+    """per request"""
+    def __init__(
+        self,
+        *,
+        prompt: _builtins.int | None = ...,
+        completion: _builtins.int | None = ...,
+        request: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_completion", b"_completion", "_prompt", b"_prompt", "_request", b"_request", "completion", b"completion", "prompt", b"prompt", "request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_completion", b"_completion", "_prompt", b"_prompt", "_request", b"_request", "completion", b"completion", "prompt", b"prompt", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__completion: _TypeAlias = _typing.Literal["completion"]  # noqa: Y015
+    _WhichOneofArgType__completion: _TypeAlias = _typing.Literal["_completion", b"_completion"]  # noqa: Y015
+    _WhichOneofReturnType__prompt: _TypeAlias = _typing.Literal["prompt"]  # noqa: Y015
+    _WhichOneofArgType__prompt: _TypeAlias = _typing.Literal["_prompt", b"_prompt"]  # noqa: Y015
+    _WhichOneofReturnType__request: _TypeAlias = _typing.Literal["request"]  # noqa: Y015
+    _WhichOneofArgType__request: _TypeAlias = _typing.Literal["_request", b"_request"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__completion) -> _WhichOneofReturnType__completion | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__prompt) -> _WhichOneofReturnType__prompt | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__request) -> _WhichOneofReturnType__request | None: ...
+
+Global___MaxPrice: _TypeAlias = MaxPrice  # noqa: Y015
+
+@_typing.final
+class ProviderPreferences(_message.Message):
+    """OpenRouter's `provider` request object. Ids name a node or a provider
+    (16 bytes each): a provider id stands for all of its nodes.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SORT_FIELD_NUMBER: _builtins.int
+    MAX_PRICE_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    ONLY_FIELD_NUMBER: _builtins.int
+    IGNORE_FIELD_NUMBER: _builtins.int
+    ALLOW_FALLBACKS_FIELD_NUMBER: _builtins.int
+    sort: Global___ProviderSort.ValueType
+    allow_fallbacks: _builtins.bool
+    """Default true: after the `order` nodes (or the first choice), other
+    nodes may serve the job. false: only the `order` nodes are tried; without
+    `order`, the `only` nodes; without either, the first choice alone.
+    """
+    @_builtins.property
+    def max_price(self) -> Global___MaxPrice:
+        """a node priced above it is never used"""
+
+    @_builtins.property
+    def order(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """tried first, in this order"""
+
+    @_builtins.property
+    def only(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """when set, no other node is used"""
+
+    @_builtins.property
+    def ignore(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """never used"""
+
+    def __init__(
+        self,
+        *,
+        sort: Global___ProviderSort.ValueType = ...,
+        max_price: Global___MaxPrice | None = ...,
+        order: _abc.Iterable[_builtins.bytes] | None = ...,
+        only: _abc.Iterable[_builtins.bytes] | None = ...,
+        ignore: _abc.Iterable[_builtins.bytes] | None = ...,
+        allow_fallbacks: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_allow_fallbacks", b"_allow_fallbacks", "allow_fallbacks", b"allow_fallbacks", "max_price", b"max_price"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_allow_fallbacks", b"_allow_fallbacks", "allow_fallbacks", b"allow_fallbacks", "ignore", b"ignore", "max_price", b"max_price", "only", b"only", "order", b"order", "sort", b"sort"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__allow_fallbacks: _TypeAlias = _typing.Literal["allow_fallbacks"]  # noqa: Y015
+    _WhichOneofArgType__allow_fallbacks: _TypeAlias = _typing.Literal["_allow_fallbacks", b"_allow_fallbacks"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__allow_fallbacks) -> _WhichOneofReturnType__allow_fallbacks | None: ...
+
+Global___ProviderPreferences: _TypeAlias = ProviderPreferences  # noqa: Y015
+
+@_typing.final
 class InferRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -240,6 +378,7 @@ class InferRequest(_message.Message):
     TENSORS_FIELD_NUMBER: _builtins.int
     CONSTRAINTS_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     job_id: _builtins.bytes
     """16 bytes, chosen by the caller: the idempotency key"""
     consumer_account_id: _builtins.bytes
@@ -253,6 +392,8 @@ class InferRequest(_message.Message):
     def tensors(self) -> Global___TensorInput: ...
     @_builtins.property
     def constraints(self) -> Global___Constraints: ...
+    @_builtins.property
+    def provider(self) -> Global___ProviderPreferences: ...
     def __init__(
         self,
         *,
@@ -263,10 +404,11 @@ class InferRequest(_message.Message):
         tensors: Global___TensorInput | None = ...,
         constraints: Global___Constraints | None = ...,
         timeout_ms: _builtins.int = ...,
+        provider: Global___ProviderPreferences | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "input", b"input", "tensors", b"tensors", "text", b"text"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "input", b"input", "provider", b"provider", "tensors", b"tensors", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "consumer_account_id", b"consumer_account_id", "input", b"input", "job_id", b"job_id", "model", b"model", "tensors", b"tensors", "text", b"text", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "consumer_account_id", b"consumer_account_id", "input", b"input", "job_id", b"job_id", "model", b"model", "provider", b"provider", "tensors", b"tensors", "text", b"text", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["text", "tensors"]  # noqa: Y015
     _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015

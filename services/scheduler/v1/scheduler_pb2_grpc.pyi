@@ -10,13 +10,22 @@ most 1 MiB; at most 256 chat messages; max_tokens at most 32,768; at most
 16 stop strings of 256 bytes; tensor inputs at most 64 MiB together and 64
 tensors; timeout_ms at most 600,000.
 
+At most 64 ids in each of provider.order, provider.only and provider.ignore.
+
 Errors: INVALID_ARGUMENT malformed request or prompt beyond the model's
 context; NOT_FOUND no node offers the model; FAILED_PRECONDITION with reason
 insufficient_funds when the consumer cannot cover the maximum cost (nothing
 is dispatched); ALREADY_EXISTS the job id was used before; UNAVAILABLE no
-ready node within the constraints, or every attempt failed before output
-(nothing charged); DEADLINE_EXCEEDED the job ran past timeout_ms (delivered
-output is billed).
+ready node within the constraints (reason no_node), none at or below the
+caller's max_price (reason no_node_within_max_price), the platform lacks the
+catalog tokenizer of a language model and will not bill on the node's word
+(reason tokenizer_unavailable), or every attempt failed before output
+(nothing charged in every case); DEADLINE_EXCEEDED the job ran past
+timeout_ms (delivered output is billed).
+
+Money: the hold is the job's maximum cost at the price of the node tried
+first; a retry goes only to a node whose maximum cost fits in that hold, so
+what is charged never exceeds the hold, nor the caller's max_price.
 """
 
 from collections import abc as _abc
