@@ -20,8 +20,8 @@ Who calls whom (grep the stubs in services/*, gateway/, cli/, bench/):
 | caller | calls |
 |---|---|
 | gateway | ledger (accounts, reads, TopUp and Payout from its admin path), registry (providers, nodes, watch), scheduler (inference), metering (usage and earnings reads) |
-| scheduler | ledger (Reserve, Settle, SettleBatch, Release), metering (RecordUsage, RecordCheckResult), registry (WatchNodes, GetNode), relay (KServe, forwarded to nodes) |
-| metering | ledger (Settle, SettleBatch: the settlement worker; ReleaseEarnings, VoidEarnings: the earnings worker), registry (WatchNodes: suspended nodes' earnings are voided) |
+| scheduler | ledger (Reserve, Settle, SettleBatch, Release), metering (RecordUsage, RecordUsageBatch, OpenLease, CloseLease, RecordCheckResult), registry (WatchNodes, GetNode), relay (KServe, forwarded to nodes) |
+| metering | ledger (Settle, SettleBatch: the settlement worker; ReleaseEarnings, VoidEarnings: the earnings worker; OpenLease, ClearWindow, ReleaseAggregates, VoidAggregates: leases and clearing), registry (WatchNodes: suspended nodes' earnings are voided) |
 | registry | relay (KServe canaries that verify a node) |
 | relay | registry (AttachLink, DetachLink) |
 | node agent | registry (node methods), relay (Link), with its node token |
@@ -55,6 +55,8 @@ ALLOWED: dict[str, frozenset[str]] = {
         "TopUp": _G, "Payout": _G,  # the gateway's admin path
         "Reserve": _S, "Release": _S, "Settle": _S | _M, "SettleBatch": _S | _M,
         "ReleaseEarnings": _M, "VoidEarnings": _M,  # held earnings: metering's release and void workers
+        # Credit leases and batched clearing: metering opens and clears leases for the schedulers.
+        "OpenLease": _M, "ClearWindow": _M, "ReleaseAggregates": _M, "VoidAggregates": _M,
         "CreateTransfers": frozenset(),  # raw transfers: the operator only (benchmarks, repairs)
     }),
     **_table("idlegrid.registry.v1.RegistryService", {
@@ -70,7 +72,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     }),
     **_table("idlegrid.scheduler.v1.SchedulerService", {"Infer": _G, "InferStream": _G, "GetModelMetadata": _G}),
     **_table("idlegrid.metering.v1.MeteringService", {
-        "RecordUsage": _S, "GetJob": _G, "ListUsage": _G, "GetUsage": _G, "GetEarnings": _G,
+        "RecordUsage": _S, "RecordUsageBatch": _S, "OpenLease": _S, "CloseLease": _S, "GetJob": _G, "ListUsage": _G, "GetUsage": _G, "GetEarnings": _G,
         "RecordCheckResult": _S,  # the spot-checker's verdict per job
         "VoidNodeEarnings": frozenset(),  # an operator's decision: the operator only
     }),

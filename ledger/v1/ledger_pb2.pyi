@@ -71,6 +71,8 @@ class _TransferCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Transfer
     """an expired hold, voided by the ledger"""
     TRANSFER_CODE_REFUND: _TransferCode.ValueType  # 7
     """escrow:jobs -> consumer: a voided held earning, refunded"""
+    TRANSFER_CODE_LEASE: _TransferCode.ValueType  # 8
+    """consumer -> escrow:jobs (pending: a scheduler's credit lease, posted when cleared)"""
 
 class TransferCode(_TransferCode, metaclass=_TransferCodeEnumTypeWrapper):
     """Reason codes of the marketplace's own transfers (the `code` field)."""
@@ -90,6 +92,8 @@ TRANSFER_CODE_EXPIRY: TransferCode.ValueType  # 6
 """an expired hold, voided by the ledger"""
 TRANSFER_CODE_REFUND: TransferCode.ValueType  # 7
 """escrow:jobs -> consumer: a voided held earning, refunded"""
+TRANSFER_CODE_LEASE: TransferCode.ValueType  # 8
+"""consumer -> escrow:jobs (pending: a scheduler's credit lease, posted when cleared)"""
 Global___TransferCode: _TypeAlias = TransferCode  # noqa: Y015
 
 class _AccountKind:
@@ -1148,3 +1152,316 @@ class ResolveAccountResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResolveAccountResponse: _TypeAlias = ResolveAccountResponse  # noqa: Y015
+
+@_typing.final
+class OpenLeaseRequest(_message.Message):
+    """---------------------------------------------------------------- leases and clearing"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    CONSUMER_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_MIN_FIELD_NUMBER: _builtins.int
+    AMOUNT_MAX_FIELD_NUMBER: _builtins.int
+    USER_DATA_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.bytes
+    """16 bytes: the hold's transfer id"""
+    consumer_account_id: _builtins.bytes
+    amount_min: _builtins.int
+    """>= 1"""
+    amount_max: _builtins.int
+    """>= amount_min"""
+    user_data: _builtins.bytes
+    """0 or 16 bytes (e.g. the scheduler replica)"""
+    def __init__(
+        self,
+        *,
+        lease_id: _builtins.bytes = ...,
+        consumer_account_id: _builtins.bytes = ...,
+        amount_min: _builtins.int = ...,
+        amount_max: _builtins.int = ...,
+        user_data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_max", b"amount_max", "amount_min", b"amount_min", "consumer_account_id", b"consumer_account_id", "lease_id", b"lease_id", "user_data", b"user_data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenLeaseRequest: _TypeAlias = OpenLeaseRequest  # noqa: Y015
+
+@_typing.final
+class OpenLeaseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    HELD_ELSEWHERE_FIELD_NUMBER: _builtins.int
+    status: Global___OperationStatus.ValueType
+    """OK, ALREADY_APPLIED or INSUFFICIENT_FUNDS"""
+    amount: _builtins.int
+    """what the lease holds (0 when refused)"""
+    available: _builtins.int
+    """the consumer's available credits before it"""
+    held_elsewhere: _builtins.int
+    """the consumer's pending debits before it (other leases and holds)"""
+    def __init__(
+        self,
+        *,
+        status: Global___OperationStatus.ValueType = ...,
+        amount: _builtins.int = ...,
+        available: _builtins.int = ...,
+        held_elsewhere: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "available", b"available", "held_elsewhere", b"held_elsewhere", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenLeaseResponse: _TypeAlias = OpenLeaseResponse  # noqa: Y015
+
+@_typing.final
+class LeaseCharge(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    ROOT_PREFIX_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.bytes
+    amount: _builtins.int
+    """<= the lease's amount; 0 voids it"""
+    root_prefix: _builtins.bytes
+    """16 bytes"""
+    def __init__(
+        self,
+        *,
+        lease_id: _builtins.bytes = ...,
+        amount: _builtins.int = ...,
+        root_prefix: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "lease_id", b"lease_id", "root_prefix", b"root_prefix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseCharge: _TypeAlias = LeaseCharge  # noqa: Y015
+
+@_typing.final
+class NodeAggregate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGGREGATE_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    ROOT_PREFIX_FIELD_NUMBER: _builtins.int
+    HOLD_FIELD_NUMBER: _builtins.int
+    aggregate_id: _builtins.bytes
+    """16 bytes: the earning transfer's id"""
+    provider_account_id: _builtins.bytes
+    amount: _builtins.int
+    """>= 1"""
+    root_prefix: _builtins.bytes
+    """16 bytes"""
+    hold: _builtins.bool
+    """pending until ReleaseAggregates / VoidAggregates"""
+    def __init__(
+        self,
+        *,
+        aggregate_id: _builtins.bytes = ...,
+        provider_account_id: _builtins.bytes = ...,
+        amount: _builtins.int = ...,
+        root_prefix: _builtins.bytes = ...,
+        hold: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "amount", b"amount", "hold", b"hold", "provider_account_id", b"provider_account_id", "root_prefix", b"root_prefix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeAggregate: _TypeAlias = NodeAggregate  # noqa: Y015
+
+@_typing.final
+class ClearWindowRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_ID_FIELD_NUMBER: _builtins.int
+    LEASES_FIELD_NUMBER: _builtins.int
+    AGGREGATES_FIELD_NUMBER: _builtins.int
+    FEE_FIELD_NUMBER: _builtins.int
+    FEE_ROOT_PREFIX_FIELD_NUMBER: _builtins.int
+    window_id: _builtins.bytes
+    """16 bytes: the fee transfer's id"""
+    fee: _builtins.int
+    fee_root_prefix: _builtins.bytes
+    """16 bytes: the root over every record of the window"""
+    @_builtins.property
+    def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeaseCharge]:
+        """0..4,000"""
+
+    @_builtins.property
+    def aggregates(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeAggregate]:
+        """0..4,000"""
+
+    def __init__(
+        self,
+        *,
+        window_id: _builtins.bytes = ...,
+        leases: _abc.Iterable[Global___LeaseCharge] | None = ...,
+        aggregates: _abc.Iterable[Global___NodeAggregate] | None = ...,
+        fee: _builtins.int = ...,
+        fee_root_prefix: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregates", b"aggregates", "fee", b"fee", "fee_root_prefix", b"fee_root_prefix", "leases", b"leases", "window_id", b"window_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearWindowRequest: _TypeAlias = ClearWindowRequest  # noqa: Y015
+
+@_typing.final
+class ClearWindowResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    TRANSFER_IDS_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    status: Global___OperationStatus.ValueType
+    """OK or ALREADY_APPLIED; CONFLICT: the window was cleared with other amounts"""
+    @_builtins.property
+    def transfer_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    @_builtins.property
+    def results(self) -> _containers.RepeatedScalarFieldContainer[Global___CreateTransferResult.ValueType]:
+        """for diagnosis when not OK"""
+
+    def __init__(
+        self,
+        *,
+        status: Global___OperationStatus.ValueType = ...,
+        transfer_ids: _abc.Iterable[_builtins.bytes] | None = ...,
+        results: _abc.Iterable[Global___CreateTransferResult.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "status", b"status", "transfer_ids", b"transfer_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearWindowResponse: _TypeAlias = ClearWindowResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseAggregatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGGREGATE_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def aggregate_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """1..1,000"""
+
+    def __init__(
+        self,
+        *,
+        aggregate_ids: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_ids", b"aggregate_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseAggregatesRequest: _TypeAlias = ReleaseAggregatesRequest  # noqa: Y015
+
+@_typing.final
+class Refund(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSUMER_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    consumer_account_id: _builtins.bytes
+    amount: _builtins.int
+    def __init__(
+        self,
+        *,
+        consumer_account_id: _builtins.bytes = ...,
+        amount: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "consumer_account_id", b"consumer_account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Refund: _TypeAlias = Refund  # noqa: Y015
+
+@_typing.final
+class VoidAggregate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGGREGATE_ID_FIELD_NUMBER: _builtins.int
+    REFUNDS_FIELD_NUMBER: _builtins.int
+    aggregate_id: _builtins.bytes
+    @_builtins.property
+    def refunds(self) -> _containers.RepeatedCompositeFieldContainer[Global___Refund]:
+        """1..1,000; they sum to the aggregate's amount"""
+
+    def __init__(
+        self,
+        *,
+        aggregate_id: _builtins.bytes = ...,
+        refunds: _abc.Iterable[Global___Refund] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "refunds", b"refunds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VoidAggregate: _TypeAlias = VoidAggregate  # noqa: Y015
+
+@_typing.final
+class VoidAggregatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGGREGATES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def aggregates(self) -> _containers.RepeatedCompositeFieldContainer[Global___VoidAggregate]:
+        """1..1,000"""
+
+    def __init__(
+        self,
+        *,
+        aggregates: _abc.Iterable[Global___VoidAggregate] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregates", b"aggregates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VoidAggregatesRequest: _TypeAlias = VoidAggregatesRequest  # noqa: Y015
+
+@_typing.final
+class AggregatesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___OperationResponse]:
+        """one per aggregate, in order"""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___OperationResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AggregatesResponse: _TypeAlias = AggregatesResponse  # noqa: Y015

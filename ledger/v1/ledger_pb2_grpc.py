@@ -104,6 +104,26 @@ class LedgerServiceStub:
                 request_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.EarningsRequest.SerializeToString,
                 response_deserializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.EarningsResponse.FromString,
                 _registered_method=True)
+        self.OpenLease = channel.unary_unary(
+                '/idlegrid.ledger.v1.LedgerService/OpenLease',
+                request_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.OpenLeaseRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.OpenLeaseResponse.FromString,
+                _registered_method=True)
+        self.ClearWindow = channel.unary_unary(
+                '/idlegrid.ledger.v1.LedgerService/ClearWindow',
+                request_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.ClearWindowRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.ClearWindowResponse.FromString,
+                _registered_method=True)
+        self.ReleaseAggregates = channel.unary_unary(
+                '/idlegrid.ledger.v1.LedgerService/ReleaseAggregates',
+                request_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseAggregatesRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.AggregatesResponse.FromString,
+                _registered_method=True)
+        self.VoidAggregates = channel.unary_unary(
+                '/idlegrid.ledger.v1.LedgerService/VoidAggregates',
+                request_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.VoidAggregatesRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.AggregatesResponse.FromString,
+                _registered_method=True)
         self.ResolveAccount = channel.unary_unary(
                 '/idlegrid.ledger.v1.LedgerService/ResolveAccount',
                 request_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.ResolveAccountRequest.SerializeToString,
@@ -218,6 +238,49 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenLease(self, request, context):
+        """---- Credit leases and batched clearing: the ledger's work grows with
+        partners and clearing windows, not with jobs (metering's identity).
+        OpenLease: one pending consumer -> escrow:jobs hold (TRANSFER_CODE_LEASE,
+        transfer id = lease_id, no expiry: metering clears every lease it opened)
+        for min(amount_max, what the consumer has available), if that is at least
+        amount_min; else INSUFFICIENT_FUNDS and nothing is held. Idempotent by
+        lease_id (ALREADY_APPLIED with the amount first granted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearWindow(self, request, context):
+        """ClearWindow: one clearing window in one commit, all or nothing, and
+        idempotent by window_id (ALREADY_APPLIED). It posts each lease for its
+        exact charge (the rest returns to the consumer; a charge of 0 voids the
+        lease), credits each node aggregate to its provider (pending while held,
+        else posted) and the platform's fee to platform:revenue. Every transfer's
+        user_data is the first 16 bytes of the Merkle root of the usage records
+        it settles. INVALID_ARGUMENT unless sum(lease charges) = sum(aggregates)
+        + fee.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseAggregates(self, request, context):
+        """A held node aggregate ends exactly once: released (posted in full) or
+        voided, linked with refunds escrow:jobs -> the consumers who paid for it
+        (TRANSFER_CODE_REFUND; the refunds sum to the aggregate). 1..1,000 per
+        call, one result per aggregate, idempotent by aggregate id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VoidAggregates(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ResolveAccount(self, request, context):
         """Looks an account up by its name: a well-known one ("escrow:jobs",
         "platform:revenue", "external:deposits", "external:payouts") or any name
@@ -299,6 +362,26 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.VoidEarnings,
                     request_deserializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.EarningsRequest.FromString,
                     response_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.EarningsResponse.SerializeToString,
+            ),
+            'OpenLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenLease,
+                    request_deserializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.OpenLeaseRequest.FromString,
+                    response_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.OpenLeaseResponse.SerializeToString,
+            ),
+            'ClearWindow': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearWindow,
+                    request_deserializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.ClearWindowRequest.FromString,
+                    response_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.ClearWindowResponse.SerializeToString,
+            ),
+            'ReleaseAggregates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseAggregates,
+                    request_deserializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseAggregatesRequest.FromString,
+                    response_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.AggregatesResponse.SerializeToString,
+            ),
+            'VoidAggregates': grpc.unary_unary_rpc_method_handler(
+                    servicer.VoidAggregates,
+                    request_deserializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.VoidAggregatesRequest.FromString,
+                    response_serializer=idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.AggregatesResponse.SerializeToString,
             ),
             'ResolveAccount': grpc.unary_unary_rpc_method_handler(
                     servicer.ResolveAccount,
@@ -684,6 +767,114 @@ class LedgerService:
             '/idlegrid.ledger.v1.LedgerService/VoidEarnings',
             idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.EarningsRequest.SerializeToString,
             idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.EarningsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.ledger.v1.LedgerService/OpenLease',
+            idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.OpenLeaseRequest.SerializeToString,
+            idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.OpenLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearWindow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.ledger.v1.LedgerService/ClearWindow',
+            idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.ClearWindowRequest.SerializeToString,
+            idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.ClearWindowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseAggregates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.ledger.v1.LedgerService/ReleaseAggregates',
+            idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseAggregatesRequest.SerializeToString,
+            idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.AggregatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VoidAggregates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.ledger.v1.LedgerService/VoidAggregates',
+            idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.VoidAggregatesRequest.SerializeToString,
+            idlegrid_dot_ledger_dot_v1_dot_ledger__pb2.AggregatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

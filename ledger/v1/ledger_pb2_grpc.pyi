@@ -83,6 +83,32 @@ class LedgerServiceStub:
     neither), refunds the same amount escrow:jobs -> the consumer whose
     reservation paid for the job (TRANSFER_CODE_REFUND).
     """
+    OpenLease: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.OpenLeaseRequest, _ledger_pb2.OpenLeaseResponse]
+    """---- Credit leases and batched clearing: the ledger's work grows with
+    partners and clearing windows, not with jobs (metering's identity).
+    OpenLease: one pending consumer -> escrow:jobs hold (TRANSFER_CODE_LEASE,
+    transfer id = lease_id, no expiry: metering clears every lease it opened)
+    for min(amount_max, what the consumer has available), if that is at least
+    amount_min; else INSUFFICIENT_FUNDS and nothing is held. Idempotent by
+    lease_id (ALREADY_APPLIED with the amount first granted).
+    """
+    ClearWindow: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ClearWindowRequest, _ledger_pb2.ClearWindowResponse]
+    """ClearWindow: one clearing window in one commit, all or nothing, and
+    idempotent by window_id (ALREADY_APPLIED). It posts each lease for its
+    exact charge (the rest returns to the consumer; a charge of 0 voids the
+    lease), credits each node aggregate to its provider (pending while held,
+    else posted) and the platform's fee to platform:revenue. Every transfer's
+    user_data is the first 16 bytes of the Merkle root of the usage records
+    it settles. INVALID_ARGUMENT unless sum(lease charges) = sum(aggregates)
+    + fee.
+    """
+    ReleaseAggregates: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ReleaseAggregatesRequest, _ledger_pb2.AggregatesResponse]
+    """A held node aggregate ends exactly once: released (posted in full) or
+    voided, linked with refunds escrow:jobs -> the consumers who paid for it
+    (TRANSFER_CODE_REFUND; the refunds sum to the aggregate). 1..1,000 per
+    call, one result per aggregate, idempotent by aggregate id.
+    """
+    VoidAggregates: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.VoidAggregatesRequest, _ledger_pb2.AggregatesResponse]
     ResolveAccount: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ResolveAccountRequest, _ledger_pb2.ResolveAccountResponse]
     """Looks an account up by its name: a well-known one ("escrow:jobs",
     "platform:revenue", "external:deposits", "external:payouts") or any name
@@ -132,6 +158,32 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     neither), refunds the same amount escrow:jobs -> the consumer whose
     reservation paid for the job (TRANSFER_CODE_REFUND).
     """
+    OpenLease: _aio.UnaryUnaryMultiCallable[_ledger_pb2.OpenLeaseRequest, _ledger_pb2.OpenLeaseResponse]  # type: ignore[assignment]
+    """---- Credit leases and batched clearing: the ledger's work grows with
+    partners and clearing windows, not with jobs (metering's identity).
+    OpenLease: one pending consumer -> escrow:jobs hold (TRANSFER_CODE_LEASE,
+    transfer id = lease_id, no expiry: metering clears every lease it opened)
+    for min(amount_max, what the consumer has available), if that is at least
+    amount_min; else INSUFFICIENT_FUNDS and nothing is held. Idempotent by
+    lease_id (ALREADY_APPLIED with the amount first granted).
+    """
+    ClearWindow: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ClearWindowRequest, _ledger_pb2.ClearWindowResponse]  # type: ignore[assignment]
+    """ClearWindow: one clearing window in one commit, all or nothing, and
+    idempotent by window_id (ALREADY_APPLIED). It posts each lease for its
+    exact charge (the rest returns to the consumer; a charge of 0 voids the
+    lease), credits each node aggregate to its provider (pending while held,
+    else posted) and the platform's fee to platform:revenue. Every transfer's
+    user_data is the first 16 bytes of the Merkle root of the usage records
+    it settles. INVALID_ARGUMENT unless sum(lease charges) = sum(aggregates)
+    + fee.
+    """
+    ReleaseAggregates: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ReleaseAggregatesRequest, _ledger_pb2.AggregatesResponse]  # type: ignore[assignment]
+    """A held node aggregate ends exactly once: released (posted in full) or
+    voided, linked with refunds escrow:jobs -> the consumers who paid for it
+    (TRANSFER_CODE_REFUND; the refunds sum to the aggregate). 1..1,000 per
+    call, one result per aggregate, idempotent by aggregate id.
+    """
+    VoidAggregates: _aio.UnaryUnaryMultiCallable[_ledger_pb2.VoidAggregatesRequest, _ledger_pb2.AggregatesResponse]  # type: ignore[assignment]
     ResolveAccount: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ResolveAccountRequest, _ledger_pb2.ResolveAccountResponse]  # type: ignore[assignment]
     """Looks an account up by its name: a well-known one ("escrow:jobs",
     "platform:revenue", "external:deposits", "external:payouts") or any name
@@ -262,6 +314,56 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         neither), refunds the same amount escrow:jobs -> the consumer whose
         reservation paid for the job (TRANSFER_CODE_REFUND).
         """
+
+    @_abc_1.abstractmethod
+    def OpenLease(
+        self,
+        request: _ledger_pb2.OpenLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.OpenLeaseResponse, _abc.Awaitable[_ledger_pb2.OpenLeaseResponse]]:
+        """---- Credit leases and batched clearing: the ledger's work grows with
+        partners and clearing windows, not with jobs (metering's identity).
+        OpenLease: one pending consumer -> escrow:jobs hold (TRANSFER_CODE_LEASE,
+        transfer id = lease_id, no expiry: metering clears every lease it opened)
+        for min(amount_max, what the consumer has available), if that is at least
+        amount_min; else INSUFFICIENT_FUNDS and nothing is held. Idempotent by
+        lease_id (ALREADY_APPLIED with the amount first granted).
+        """
+
+    @_abc_1.abstractmethod
+    def ClearWindow(
+        self,
+        request: _ledger_pb2.ClearWindowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.ClearWindowResponse, _abc.Awaitable[_ledger_pb2.ClearWindowResponse]]:
+        """ClearWindow: one clearing window in one commit, all or nothing, and
+        idempotent by window_id (ALREADY_APPLIED). It posts each lease for its
+        exact charge (the rest returns to the consumer; a charge of 0 voids the
+        lease), credits each node aggregate to its provider (pending while held,
+        else posted) and the platform's fee to platform:revenue. Every transfer's
+        user_data is the first 16 bytes of the Merkle root of the usage records
+        it settles. INVALID_ARGUMENT unless sum(lease charges) = sum(aggregates)
+        + fee.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseAggregates(
+        self,
+        request: _ledger_pb2.ReleaseAggregatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.AggregatesResponse, _abc.Awaitable[_ledger_pb2.AggregatesResponse]]:
+        """A held node aggregate ends exactly once: released (posted in full) or
+        voided, linked with refunds escrow:jobs -> the consumers who paid for it
+        (TRANSFER_CODE_REFUND; the refunds sum to the aggregate). 1..1,000 per
+        call, one result per aggregate, idempotent by aggregate id.
+        """
+
+    @_abc_1.abstractmethod
+    def VoidAggregates(
+        self,
+        request: _ledger_pb2.VoidAggregatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.AggregatesResponse, _abc.Awaitable[_ledger_pb2.AggregatesResponse]]: ...
 
     @_abc_1.abstractmethod
     def ResolveAccount(

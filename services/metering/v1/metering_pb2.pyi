@@ -204,6 +204,10 @@ class UsageRecord(_message.Message):
     CHECK_RESULT_FIELD_NUMBER: _builtins.int
     CHECK_DETAIL_FIELD_NUMBER: _builtins.int
     CHECKED_AT_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    COST_PICOS_FIELD_NUMBER: _builtins.int
+    WINDOW_ID_FIELD_NUMBER: _builtins.int
+    AGGREGATE_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.bytes
     """16 bytes"""
     consumer_account_id: _builtins.bytes
@@ -245,6 +249,16 @@ class UsageRecord(_message.Message):
     """VOIDED: why (the suspension's or the operator's reason)"""
     check_result: Global___CheckResult.ValueType
     check_detail: _builtins.str
+    lease_id: _builtins.bytes
+    """Leases and clearing:
+    the credit lease the job was reserved on (16 bytes)
+    """
+    cost_picos: _builtins.int
+    """the exact cost in pico-credits (10^-6 micro-credit); cost_micros = its ceiling"""
+    window_id: _builtins.bytes
+    """set by metering: the clearing window that settled it"""
+    aggregate_id: _builtins.bytes
+    """set by metering: its node's earnings aggregate in that window"""
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -297,10 +311,14 @@ class UsageRecord(_message.Message):
         check_result: Global___CheckResult.ValueType = ...,
         check_detail: _builtins.str = ...,
         checked_at: _timestamp_pb2.Timestamp | None = ...,
+        lease_id: _builtins.bytes = ...,
+        cost_picos: _builtins.int = ...,
+        window_id: _builtins.bytes = ...,
+        aggregate_id: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checked_at", b"checked_at", "earning_release_at", b"earning_release_at", "earning_resolved_at", b"earning_resolved_at", "finished_at", b"finished_at", "settled_at", b"settled_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["check_detail", b"check_detail", "check_result", b"check_result", "checked_at", b"checked_at", "completion_tokens", b"completion_tokens", "consumer_account_id", b"consumer_account_id", "cost_micros", b"cost_micros", "duration_ms", b"duration_ms", "earning", b"earning", "earning_note", b"earning_note", "earning_release_at", b"earning_release_at", "earning_resolved_at", b"earning_resolved_at", "earnings_hold_s", b"earnings_hold_s", "fee_bps", b"fee_bps", "fee_micros", b"fee_micros", "finished_at", b"finished_at", "job_id", b"job_id", "model", b"model", "node_completion_tokens", b"node_completion_tokens", "node_id", b"node_id", "node_prompt_tokens", b"node_prompt_tokens", "outcome", b"outcome", "price_input_per_mtok", b"price_input_per_mtok", "price_output_per_mtok", b"price_output_per_mtok", "price_per_request", b"price_per_request", "prompt_tokens", b"prompt_tokens", "provider_account_id", b"provider_account_id", "provider_id", b"provider_id", "provider_micros", b"provider_micros", "requests", b"requests", "settled_at", b"settled_at", "settlement", b"settlement", "settlement_error", b"settlement_error", "started_at", b"started_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "check_detail", b"check_detail", "check_result", b"check_result", "checked_at", b"checked_at", "completion_tokens", b"completion_tokens", "consumer_account_id", b"consumer_account_id", "cost_micros", b"cost_micros", "cost_picos", b"cost_picos", "duration_ms", b"duration_ms", "earning", b"earning", "earning_note", b"earning_note", "earning_release_at", b"earning_release_at", "earning_resolved_at", b"earning_resolved_at", "earnings_hold_s", b"earnings_hold_s", "fee_bps", b"fee_bps", "fee_micros", b"fee_micros", "finished_at", b"finished_at", "job_id", b"job_id", "lease_id", b"lease_id", "model", b"model", "node_completion_tokens", b"node_completion_tokens", "node_id", b"node_id", "node_prompt_tokens", b"node_prompt_tokens", "outcome", b"outcome", "price_input_per_mtok", b"price_input_per_mtok", "price_output_per_mtok", b"price_output_per_mtok", "price_per_request", b"price_per_request", "prompt_tokens", b"prompt_tokens", "provider_account_id", b"provider_account_id", "provider_id", b"provider_id", "provider_micros", b"provider_micros", "requests", b"requests", "settled_at", b"settled_at", "settlement", b"settlement", "settlement_error", b"settlement_error", "started_at", b"started_at", "window_id", b"window_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -785,3 +803,161 @@ class VoidNodeEarningsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VoidNodeEarningsResponse: _TypeAlias = VoidNodeEarningsResponse  # noqa: Y015
+
+@_typing.final
+class RecordUsageBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageRecord]:
+        """1..1,000, distinct job ids"""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___UsageRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordUsageBatchRequest: _TypeAlias = RecordUsageBatchRequest  # noqa: Y015
+
+@_typing.final
+class RecordUsageBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def created(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+        """per record: false when it was already there (the same record)"""
+
+    def __init__(
+        self,
+        *,
+        created: _abc.Iterable[_builtins.bool] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordUsageBatchResponse: _TypeAlias = RecordUsageBatchResponse  # noqa: Y015
+
+@_typing.final
+class OpenLeaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    CONSUMER_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_MIN_FIELD_NUMBER: _builtins.int
+    AMOUNT_MAX_FIELD_NUMBER: _builtins.int
+    USE_UNTIL_FIELD_NUMBER: _builtins.int
+    MAX_JOB_S_FIELD_NUMBER: _builtins.int
+    REPLICA_ID_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.bytes
+    """16 bytes, chosen by the scheduler"""
+    consumer_account_id: _builtins.bytes
+    amount_min: _builtins.int
+    """micro-credits, >= 1"""
+    amount_max: _builtins.int
+    """>= amount_min"""
+    max_job_s: _builtins.int
+    """the longest a job reserved on it may run (<= 600)"""
+    replica_id: _builtins.bytes
+    """16 bytes: the scheduler replica"""
+    @_builtins.property
+    def use_until(self) -> _timestamp_pb2.Timestamp:
+        """no job is reserved on it after this"""
+
+    def __init__(
+        self,
+        *,
+        lease_id: _builtins.bytes = ...,
+        consumer_account_id: _builtins.bytes = ...,
+        amount_min: _builtins.int = ...,
+        amount_max: _builtins.int = ...,
+        use_until: _timestamp_pb2.Timestamp | None = ...,
+        max_job_s: _builtins.int = ...,
+        replica_id: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["use_until", b"use_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_max", b"amount_max", "amount_min", b"amount_min", "consumer_account_id", b"consumer_account_id", "lease_id", b"lease_id", "max_job_s", b"max_job_s", "replica_id", b"replica_id", "use_until", b"use_until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenLeaseRequest: _TypeAlias = OpenLeaseRequest  # noqa: Y015
+
+@_typing.final
+class OpenLeaseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    INSUFFICIENT_FUNDS_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    HELD_ELSEWHERE_FIELD_NUMBER: _builtins.int
+    amount: _builtins.int
+    """held; 0 when refused"""
+    insufficient_funds: _builtins.bool
+    available: _builtins.int
+    """the consumer's available credits before it"""
+    held_elsewhere: _builtins.int
+    """held by other leases (and per-job holds) before it"""
+    def __init__(
+        self,
+        *,
+        amount: _builtins.int = ...,
+        insufficient_funds: _builtins.bool = ...,
+        available: _builtins.int = ...,
+        held_elsewhere: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "available", b"available", "held_elsewhere", b"held_elsewhere", "insufficient_funds", b"insufficient_funds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenLeaseResponse: _TypeAlias = OpenLeaseResponse  # noqa: Y015
+
+@_typing.final
+class CloseLeaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.bytes
+    jobs: _builtins.int
+    """jobs reserved on it (each has its usage recorded)"""
+    def __init__(
+        self,
+        *,
+        lease_id: _builtins.bytes = ...,
+        jobs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "lease_id", b"lease_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseLeaseRequest: _TypeAlias = CloseLeaseRequest  # noqa: Y015
+
+@_typing.final
+class CloseLeaseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseLeaseResponse: _TypeAlias = CloseLeaseResponse  # noqa: Y015

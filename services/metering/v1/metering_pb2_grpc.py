@@ -39,6 +39,21 @@ class MeteringServiceStub:
                 request_serializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.RecordUsageRequest.SerializeToString,
                 response_deserializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.RecordUsageResponse.FromString,
                 _registered_method=True)
+        self.RecordUsageBatch = channel.unary_unary(
+                '/idlegrid.metering.v1.MeteringService/RecordUsageBatch',
+                request_serializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.RecordUsageBatchRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.RecordUsageBatchResponse.FromString,
+                _registered_method=True)
+        self.OpenLease = channel.unary_unary(
+                '/idlegrid.metering.v1.MeteringService/OpenLease',
+                request_serializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.OpenLeaseRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.OpenLeaseResponse.FromString,
+                _registered_method=True)
+        self.CloseLease = channel.unary_unary(
+                '/idlegrid.metering.v1.MeteringService/CloseLease',
+                request_serializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.CloseLeaseRequest.SerializeToString,
+                response_deserializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.CloseLeaseResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/idlegrid.metering.v1.MeteringService/GetJob',
                 request_serializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.GetJobRequest.SerializeToString,
@@ -78,6 +93,35 @@ class MeteringServiceServicer:
         """Records a job's usage (durably, with its settlement queued). Idempotent by
         job_id: the same record again answers created=false; a different record
         for the same job is ABORTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordUsageBatch(self, request, context):
+        """Many records at once (1..1,000), and concurrent calls group-committed:
+        a record is durable when its call returns. One result per record, in
+        order; idempotent by job id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenLease(self, request, context):
+        """Credit leases (the scheduler's identity). OpenLease records the lease
+        durably, then holds it on the ledger (ledger OpenLease): every lease
+        recorded here is cleared, so a hold never expires under an answered job.
+        Idempotent by lease_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseLease(self, request, context):
+        """The scheduler reserves no more jobs on the lease and every job it
+        reserved there has its usage recorded: it can be cleared. A lease never
+        closed (its scheduler crashed) is cleared once use_until + max_job_s has
+        passed. Idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -140,6 +184,21 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     request_deserializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.RecordUsageRequest.FromString,
                     response_serializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.RecordUsageResponse.SerializeToString,
             ),
+            'RecordUsageBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordUsageBatch,
+                    request_deserializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.RecordUsageBatchRequest.FromString,
+                    response_serializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.RecordUsageBatchResponse.SerializeToString,
+            ),
+            'OpenLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenLease,
+                    request_deserializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.OpenLeaseRequest.FromString,
+                    response_serializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.OpenLeaseResponse.SerializeToString,
+            ),
+            'CloseLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseLease,
+                    request_deserializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.CloseLeaseRequest.FromString,
+                    response_serializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.CloseLeaseResponse.SerializeToString,
+            ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
                     request_deserializer=idlegrid_dot_metering_dot_v1_dot_metering__pb2.GetJobRequest.FromString,
@@ -198,6 +257,87 @@ class MeteringService:
             '/idlegrid.metering.v1.MeteringService/RecordUsage',
             idlegrid_dot_metering_dot_v1_dot_metering__pb2.RecordUsageRequest.SerializeToString,
             idlegrid_dot_metering_dot_v1_dot_metering__pb2.RecordUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordUsageBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.metering.v1.MeteringService/RecordUsageBatch',
+            idlegrid_dot_metering_dot_v1_dot_metering__pb2.RecordUsageBatchRequest.SerializeToString,
+            idlegrid_dot_metering_dot_v1_dot_metering__pb2.RecordUsageBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.metering.v1.MeteringService/OpenLease',
+            idlegrid_dot_metering_dot_v1_dot_metering__pb2.OpenLeaseRequest.SerializeToString,
+            idlegrid_dot_metering_dot_v1_dot_metering__pb2.OpenLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/idlegrid.metering.v1.MeteringService/CloseLease',
+            idlegrid_dot_metering_dot_v1_dot_metering__pb2.CloseLeaseRequest.SerializeToString,
+            idlegrid_dot_metering_dot_v1_dot_metering__pb2.CloseLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

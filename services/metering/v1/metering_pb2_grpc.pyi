@@ -53,6 +53,23 @@ class MeteringServiceStub:
     job_id: the same record again answers created=false; a different record
     for the same job is ABORTED.
     """
+    RecordUsageBatch: _grpc.UnaryUnaryMultiCallable[_metering_pb2.RecordUsageBatchRequest, _metering_pb2.RecordUsageBatchResponse]
+    """Many records at once (1..1,000), and concurrent calls group-committed:
+    a record is durable when its call returns. One result per record, in
+    order; idempotent by job id.
+    """
+    OpenLease: _grpc.UnaryUnaryMultiCallable[_metering_pb2.OpenLeaseRequest, _metering_pb2.OpenLeaseResponse]
+    """Credit leases (the scheduler's identity). OpenLease records the lease
+    durably, then holds it on the ledger (ledger OpenLease): every lease
+    recorded here is cleared, so a hold never expires under an answered job.
+    Idempotent by lease_id.
+    """
+    CloseLease: _grpc.UnaryUnaryMultiCallable[_metering_pb2.CloseLeaseRequest, _metering_pb2.CloseLeaseResponse]
+    """The scheduler reserves no more jobs on the lease and every job it
+    reserved there has its usage recorded: it can be cleared. A lease never
+    closed (its scheduler crashed) is cleared once use_until + max_job_s has
+    passed. Idempotent.
+    """
     GetJob: _grpc.UnaryUnaryMultiCallable[_metering_pb2.GetJobRequest, _metering_pb2.UsageRecord]
     """One job's record with its settlement state; NOT_FOUND if none."""
     ListUsage: _grpc.UnaryUnaryMultiCallable[_metering_pb2.ListUsageRequest, _metering_pb2.ListUsageResponse]
@@ -83,6 +100,23 @@ class MeteringServiceAsyncStub(MeteringServiceStub):
     """Records a job's usage (durably, with its settlement queued). Idempotent by
     job_id: the same record again answers created=false; a different record
     for the same job is ABORTED.
+    """
+    RecordUsageBatch: _aio.UnaryUnaryMultiCallable[_metering_pb2.RecordUsageBatchRequest, _metering_pb2.RecordUsageBatchResponse]  # type: ignore[assignment]
+    """Many records at once (1..1,000), and concurrent calls group-committed:
+    a record is durable when its call returns. One result per record, in
+    order; idempotent by job id.
+    """
+    OpenLease: _aio.UnaryUnaryMultiCallable[_metering_pb2.OpenLeaseRequest, _metering_pb2.OpenLeaseResponse]  # type: ignore[assignment]
+    """Credit leases (the scheduler's identity). OpenLease records the lease
+    durably, then holds it on the ledger (ledger OpenLease): every lease
+    recorded here is cleared, so a hold never expires under an answered job.
+    Idempotent by lease_id.
+    """
+    CloseLease: _aio.UnaryUnaryMultiCallable[_metering_pb2.CloseLeaseRequest, _metering_pb2.CloseLeaseResponse]  # type: ignore[assignment]
+    """The scheduler reserves no more jobs on the lease and every job it
+    reserved there has its usage recorded: it can be cleared. A lease never
+    closed (its scheduler crashed) is cleared once use_until + max_job_s has
+    passed. Idempotent.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_metering_pb2.GetJobRequest, _metering_pb2.UsageRecord]  # type: ignore[assignment]
     """One job's record with its settlement state; NOT_FOUND if none."""
@@ -117,6 +151,41 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         """Records a job's usage (durably, with its settlement queued). Idempotent by
         job_id: the same record again answers created=false; a different record
         for the same job is ABORTED.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordUsageBatch(
+        self,
+        request: _metering_pb2.RecordUsageBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metering_pb2.RecordUsageBatchResponse, _abc.Awaitable[_metering_pb2.RecordUsageBatchResponse]]:
+        """Many records at once (1..1,000), and concurrent calls group-committed:
+        a record is durable when its call returns. One result per record, in
+        order; idempotent by job id.
+        """
+
+    @_abc_1.abstractmethod
+    def OpenLease(
+        self,
+        request: _metering_pb2.OpenLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metering_pb2.OpenLeaseResponse, _abc.Awaitable[_metering_pb2.OpenLeaseResponse]]:
+        """Credit leases (the scheduler's identity). OpenLease records the lease
+        durably, then holds it on the ledger (ledger OpenLease): every lease
+        recorded here is cleared, so a hold never expires under an answered job.
+        Idempotent by lease_id.
+        """
+
+    @_abc_1.abstractmethod
+    def CloseLease(
+        self,
+        request: _metering_pb2.CloseLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metering_pb2.CloseLeaseResponse, _abc.Awaitable[_metering_pb2.CloseLeaseResponse]]:
+        """The scheduler reserves no more jobs on the lease and every job it
+        reserved there has its usage recorded: it can be cleared. A lease never
+        closed (its scheduler crashed) is cleared once use_until + max_job_s has
+        passed. Idempotent.
         """
 
     @_abc_1.abstractmethod
