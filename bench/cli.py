@@ -13,6 +13,7 @@ BENCHES = {
     "relay": "idlegrid.bench.relay",
     "soak": "idlegrid.bench.soak",
     "trust": "idlegrid.bench.trust",
+    "clearing": "idlegrid.bench.clearing",
 }
 
 

@@ -3,7 +3,10 @@ embedded PostgreSQL, driven over gRPC from this process.
 
 Prints transfers/s for (a) the batch API with batches of 1,000 and (b)
 single-transfer RPCs from 64 concurrent clients, each with 50 accounts, 10
-accounts (contention) and one hot credit account; plus reserve+settle pairs/s.
+accounts (contention) and one hot credit account; plus reserve+settle pairs/s;
+plus credit leases opened/s (OpenLease from 64 clients) and ClearWindow
+transfers/s (windows of WINDOW_LEASES lease posts + as many node aggregates +
+a fee, each window one commit).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from idlegrid.ledger.v1 import ledger_pb2_grpc
 
 BATCH = 1000
 CLIENTS = 64
+WINDOW_LEASES = 2000
 
 
 def _accounts(n: int) -> list[bytes]:
@@ -99,6 +103,36 @@ async def _reserve_settle(stub, consumers, provider, pairs: int) -> float:
     return pairs / (time.perf_counter() - t0)
 
 
+async def _leases_and_windows(stub, consumers, providers, windows: int) -> tuple[float, float]:
+    """(lease opens/s, ClearWindow transfers/s)."""
+    leases = [os.urandom(16) for _ in range(windows * WINDOW_LEASES)]
+    it = iter(enumerate(leases))
+
+    async def client():
+        for i, lid in it:
+            r = await stub.OpenLease(pb.OpenLeaseRequest(lease_id=lid, consumer_account_id=consumers[i % len(consumers)],
+                                                         amount_min=1, amount_max=1000))
+            assert r.status == pb.OPERATION_STATUS_OK, r
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    opens = len(leases) / (time.perf_counter() - t0)
+    reqs = []
+    for w in range(windows):
+        chunk = leases[w * WINDOW_LEASES:(w + 1) * WINDOW_LEASES]
+        reqs.append(pb.ClearWindowRequest(
+            window_id=os.urandom(16), fee=len(chunk) * 100, fee_root_prefix=os.urandom(16),
+            leases=[pb.LeaseCharge(lease_id=lid, amount=700, root_prefix=os.urandom(16)) for lid in chunk],
+            aggregates=[pb.NodeAggregate(aggregate_id=os.urandom(16), provider_account_id=providers[i % len(providers)],
+                                         amount=600, root_prefix=os.urandom(16), hold=i % 2 == 0)
+                        for i in range(len(chunk))]))
+    t0 = time.perf_counter()
+    for req in reqs:  # one window after another, as one clearing worker sends them
+        r = await stub.ClearWindow(req)
+        assert r.status == pb.OPERATION_STATUS_OK, r.status
+    return opens, windows * (2 * WINDOW_LEASES + 1) / (time.perf_counter() - t0)
+
+
 async def run(args, config) -> int:
     quick = args.quick
     n_batch = 20_000 if quick else 100_000
@@ -130,6 +164,10 @@ async def run(args, config) -> int:
             for c in consumers:
                 await stub.TopUp(pb.TopUpRequest(account_id=c, amount=10**12, idempotency_key=c.hex()))
             figures["pairs"] = await _reserve_settle(stub, consumers, hot, n_pairs)
+            providers = _accounts(20)
+            await _create_accounts(stub, providers, pb.ACCOUNT_KIND_PROVIDER)
+            figures["lease_opens"], figures["window"] = await _leases_and_windows(
+                stub, consumers, providers, 2 if quick else 5)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -141,6 +179,9 @@ async def run(args, config) -> int:
         "batch_transfers_per_s_hot_account": round(figures["batch_hot"]),
         "single_transfers_per_s_hot_account": round(figures["single_hot"]),
         "reserve_settle_pairs_per_s": round(figures["pairs"]),
+        "lease_opens_per_s": round(figures["lease_opens"]),
+        "clear_window_transfers_per_s": round(figures["window"]),
+        "clear_window_transfers": 2 * WINDOW_LEASES + 1,
         "batch_size": BATCH, "single_clients": CLIENTS, "cpu_count": os.cpu_count(),
     }
     report("ledger bench (service + client + embedded PostgreSQL on this machine)", result, as_json=args.json)

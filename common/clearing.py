@@ -81,6 +81,36 @@ class RecordFacts:
             self.price_per_request, self.cost_picos, self.outcome)
 
 
+def node_bytes(node_id: str) -> bytes:
+    """A usage record's node (text: the hex of its 16-byte id) as the 16
+    bytes a record's facts carry; another name, by its SHA-256."""
+    if not node_id:
+        return b""
+    if len(node_id) == 32:
+        try:
+            return bytes.fromhex(node_id)
+        except ValueError:
+            pass
+    return hashlib.sha256(node_id.encode()).digest()[:16]
+
+
+def _uuid_bytes(v) -> bytes:
+    return v.bytes if v is not None else b""
+
+
+def facts_of_row(row) -> RecordFacts:
+    """What a row of metering's usage table commits to (its column names):
+    metering computes the roots from it, and ``ledger verify`` recomputes
+    them from the same rows, so the two can never disagree on the encoding."""
+    return RecordFacts(
+        job_id=row["job_id"].bytes, consumer_account_id=row["consumer_account_id"].bytes,
+        provider_account_id=_uuid_bytes(row["provider_account_id"]), node_id=node_bytes(row["node_id"]),
+        lease_id=_uuid_bytes(row["lease_id"]), prompt_tokens=row["prompt_tokens"],
+        completion_tokens=row["completion_tokens"], requests=row["requests"],
+        price_in_per_mtok=row["price_input_per_mtok"], price_out_per_mtok=row["price_output_per_mtok"],
+        price_per_request=row["price_per_request"], cost_picos=int(row["cost_picos"]), outcome=row["outcome"])
+
+
 def leaf(record: RecordFacts) -> bytes:
     return hashlib.sha256(b"\x00" + record.canonical()).digest()
 
@@ -88,7 +118,14 @@ def leaf(record: RecordFacts) -> bytes:
 def merkle_root(records: Iterable[RecordFacts]) -> bytes:
     """The root over ``records`` in job-id order (32 bytes); the empty set's
     root is SHA-256 of nothing."""
-    level = [leaf(r) for r in sorted(records, key=lambda r: r.job_id)]
+    return merkle_root_of_leaves([leaf(r) for r in sorted(records, key=lambda r: r.job_id)])
+
+
+def merkle_root_of_leaves(leaves: list[bytes]) -> bytes:
+    """``merkle_root`` from the records' leaves (``leaf``), already in job-id
+    order: a caller rooting several subsets of one record set hashes each
+    record once."""
+    level = leaves
     if not level:
         return hashlib.sha256(b"").digest()
     while len(level) > 1:
@@ -107,9 +144,12 @@ def root_prefix(root: bytes) -> bytes:
 __all__ = [
     "PICOS_PER_MICRO",
     "RecordFacts",
+    "facts_of_row",
     "llm_cost_picos",
     "merkle_root",
+    "merkle_root_of_leaves",
     "micros_ceil",
+    "node_bytes",
     "provider_micros",
     "request_cost_picos",
     "root_prefix",

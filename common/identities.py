@@ -51,7 +51,8 @@ def _table(service: str, methods: dict[str, frozenset[str]]) -> dict[str, frozen
 ALLOWED: dict[str, frozenset[str]] = {
     **_table("idlegrid.ledger.v1.LedgerService", {
         "CreateAccounts": _G, "LookupAccounts": _G, "ResolveAccount": _G,
-        "GetAccountTransfers": _G, "GetAccountBalances": _G, "LookupTransfers": _G,
+        "GetAccountTransfers": _G, "GetAccountBalances": _G,
+        "LookupTransfers": _G | _M,  # metering: whether a lease stuck OPENING was held (clearing)
         "TopUp": _G, "Payout": _G,  # the gateway's admin path
         "Reserve": _S, "Release": _S, "Settle": _S | _M, "SettleBatch": _S | _M,
         "ReleaseEarnings": _M, "VoidEarnings": _M,  # held earnings: metering's release and void workers

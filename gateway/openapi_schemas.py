@@ -115,7 +115,8 @@ _ACCOUNT = obj({"object": {"const": "account"}, "account_id": NULL_UUID,
                 "credited_micros": INT, "created_at": NULL_STR})
 _TRANSFER = obj({"id": NULL_UUID, "seq": INT, "created_at": NULL_STR, "type": STR,
                  "direction": {"enum": ["debit", "credit"]}, "amount_micros": INT, "pending": BOOL,
-                 "counterparty_account_id": NULL_UUID, "job_id": NULL_UUID})
+                 "counterparty_account_id": NULL_UUID, "job_id": NULL_UUID,
+                 "lease_id": NULL_UUID})
 _LINE_ITEM = obj({"job_id": NULL_UUID, "model": STR, "node_id": NULL_STR,
                   "outcome": {"enum": ["completed", "partial", "failed", "unknown"]},
                   "settlement": {"enum": ["pending", "settled", "released", "expired", "rejected", "unknown"]},

@@ -19,7 +19,7 @@ _KINDS = {lpb.ACCOUNT_KIND_CONSUMER: "consumer", lpb.ACCOUNT_KIND_PROVIDER: "pro
           lpb.ACCOUNT_KIND_EXTERNAL: "external"}
 _CODES = {lpb.TRANSFER_CODE_TOPUP: "topup", lpb.TRANSFER_CODE_RESERVE: "reserve",
           lpb.TRANSFER_CODE_EARNING: "earning", lpb.TRANSFER_CODE_FEE: "fee", lpb.TRANSFER_CODE_PAYOUT: "payout",
-          lpb.TRANSFER_CODE_EXPIRY: "expiry", lpb.TRANSFER_CODE_REFUND: "refund"}
+          lpb.TRANSFER_CODE_EXPIRY: "expiry", lpb.TRANSFER_CODE_REFUND: "refund", lpb.TRANSFER_CODE_LEASE: "lease"}
 _OUTCOMES = {mpb.OUTCOME_COMPLETED: "completed", mpb.OUTCOME_PARTIAL: "partial", mpb.OUTCOME_FAILED: "failed"}
 _SETTLEMENTS = {mpb.SETTLEMENT_STATE_PENDING: "pending", mpb.SETTLEMENT_STATE_SETTLED: "settled",
                 mpb.SETTLEMENT_STATE_RELEASED: "released", mpb.SETTLEMENT_STATE_EXPIRED: "expired",
@@ -71,11 +71,17 @@ def transfer(t: lpb.Transfer, account_id: bytes) -> dict:
     else:
         what = _CODES.get(t.code, f"code_{t.code}")
     debit = t.debit_account_id == account_id
+    # A credit lease (a scheduler's hold for many jobs; posted for their exact
+    # total when cleared) names its lease, not a job: its user_data is the
+    # scheduler replica's id (pending) or its records' Merkle root (posted).
+    lease = t.code == lpb.TRANSFER_CODE_LEASE
+    lease_id = (t.pending_id or t.id) if lease else b""
     return {"id": uid(t.id), "seq": t.seq, "created_at": when(t.created_at, t.HasField("created_at")),
             "type": what, "direction": "debit" if debit else "credit", "amount_micros": t.amount,
             "pending": bool(t.flags & lpb.TRANSFER_FLAG_PENDING),
             "counterparty_account_id": uid(t.credit_account_id if debit else t.debit_account_id),
-            "job_id": uid(t.user_data) if len(t.user_data) == 16 else None}
+            "job_id": uid(t.user_data) if len(t.user_data) == 16 and not lease else None,
+            "lease_id": uid(lease_id)}
 
 
 def line_item(r: mpb.UsageRecord, *, provider: bool) -> dict:

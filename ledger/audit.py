@@ -12,7 +12,11 @@ Checks, each reported precisely:
    pending credits equal the sum of its open holds; held earnings: escrow's
    posted balance is exactly what it holds for providers, every released
    one posted in full, every voided one refunded exactly once to the partner
-   who paid (idlegrid.ledger.audit_earnings);
+   who paid (idlegrid.ledger.audit_earnings); leases, clearing windows and
+   node aggregates balance, and every voided aggregate is refunded exactly
+   (idlegrid.ledger.audit_leases); and each lease charge, aggregate and
+   window fee is proved against metering's usage records (their Merkle roots
+   and amounts), in the same snapshot (idlegrid.ledger.audit_clearing);
 6. given the checkpoint log (``anchors``, read with a public key the database
    never holds), the recomputed chain passes through every signed checkpoint
    and no old tail is uncovered (idlegrid.ledger.checkpoint_audit). Without
@@ -32,7 +36,9 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from idlegrid.ledger.audit_clearing import ClearingAudit
 from idlegrid.ledger.audit_earnings import EarningsAudit
+from idlegrid.ledger.audit_leases import LeaseAudit
 from idlegrid.ledger.chain import GENESIS, batch_hash, micros, transfer_bytes
 from idlegrid.ledger.checkpoint_audit import Anchors, check
 from idlegrid.ledger.codes import (
@@ -68,10 +74,12 @@ class Report:
 
 
 async def verify(conn: asyncpg.Connection, *, anchors: Anchors | None = None,
-                 now: datetime | None = None) -> Report:
+                 now: datetime | None = None, clearing: bool = True) -> Report:
     """Audits the books on ``conn`` at one instant, and against the signed
     checkpoints in ``anchors`` when given (``now``: the verifier's clock, for
-    the age of an uncovered tail); the report lists every problem found."""
+    the age of an uncovered tail); the report lists every problem found.
+    ``clearing``: also prove the clearing transfers against metering's
+    usage records (False: the ledger's own books only, e.g. without metering)."""
     marks = {cp.batch for cp in anchors.valid} if anchors is not None else set()
     async with books.snapshot(conn) as book:
         batches = await book.batches()
@@ -82,6 +90,8 @@ async def verify(conn: asyncpg.Connection, *, anchors: Anchors | None = None,
         audit.accounts(await book.accounts())
         audit.totals(await book.totals())
         audit.open_holds(await book.open_holds())
+        if clearing:
+            await audit.clearing.end(conn)  # batched clearing: each aggregate against its usage records
     if anchors is not None:
         audit.report.checkpoints = len(anchors.valid)
         check(audit.report.add, anchors, audit.recomputed, batches, audit.last_batch, now or datetime.now(UTC))
@@ -105,6 +115,8 @@ class _Audit:
         self._batch: int | None = None
         self._batch_rows: list[bytes] = []
         self._earnings = EarningsAudit(self.report.add)
+        self._leases = LeaseAudit(self.report.add, self._earnings.is_job)
+        self.clearing = ClearingAudit(self.report.add)
 
     # -- 1. the hash chain, and 2. the balances replayed ---------------------
 
@@ -118,7 +130,9 @@ class _Audit:
         if t.batch != self._batch:
             self._close_batch()
             self._batch, self._batch_rows = t.batch, []
-        self._earnings.transfer(t)
+        if not self._leases.transfer(t):
+            self._earnings.transfer(t)
+        self.clearing.transfer(t)
         self._batch_rows.append(transfer_bytes(seq, t.id, t.debit_account_id, t.credit_account_id, t.amount,
                                                t.pending_id, t.user_data, t.timeout_s, t.ledger, t.code, t.flags))
         d, c = self._balances[t.debit_account_id], self._balances[t.credit_account_id]
@@ -231,3 +245,4 @@ class _Audit:
                 return sum(p[2] for pid, p in self._pendings.items() if pid in unresolved and p[0] == account)
 
             self._earnings.end(eb, pending_debits)
+        self._leases.end()

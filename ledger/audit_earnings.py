@@ -41,6 +41,10 @@ class EarningsAudit:
     _voided: dict[bytes, StoredTransfer] = field(default_factory=dict)  # job -> its voided held earning
     _refunds: dict[bytes, list[StoredTransfer]] = field(default_factory=dict)  # job -> refunds
 
+    def is_job(self, user_data: bytes) -> bool:
+        """Whether ``user_data`` names a job reserved so far (its transfers are per-job ones)."""
+        return user_data in self._payer
+
     def transfer(self, t: StoredTransfer) -> None:
         if t.debit_account_id != ESCROW and t.credit_account_id != ESCROW:
             return

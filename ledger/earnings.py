@@ -63,23 +63,27 @@ class _Held:
     consumer_account_id: bytes
 
 
-def _jobs(job_ids: list[bytes]) -> list[bytes]:
-    if not 1 <= len(job_ids) <= EARNINGS_BATCH_MAX:
-        raise InvalidArgument(f"job_ids: between 1 and {EARNINGS_BATCH_MAX} items, got {len(job_ids)}")
-    for j in job_ids:
+def check_ids(ids: list[bytes], what: str, count_max: int = EARNINGS_BATCH_MAX) -> list[bytes]:
+    """1..``count_max`` distinct ids of 16 non-zero bytes, else INVALID_ARGUMENT."""
+    if not 1 <= len(ids) <= count_max:
+        raise InvalidArgument(f"{what}s: between 1 and {count_max} items, got {len(ids)}")
+    for j in ids:
         if len(j) != 16 or j == bytes(16):
-            raise InvalidArgument("each job_id must be 16 non-zero bytes")
-    if len(set(job_ids)) != len(job_ids):
-        raise InvalidArgument("a job appears twice in one request")
-    return job_ids
+            raise InvalidArgument(f"each {what} must be 16 non-zero bytes")
+    if len(set(ids)) != len(ids):
+        raise InvalidArgument(f"a {what} appears twice in one request")
+    return ids
 
 
-def _status(results: list[int]) -> int:
+def held_status(results: list[int]) -> int:
+    """The status of one held earning's (or aggregate's) release or void chain."""
     causes = [r for r in results if r != R.LINKED_EVENT_FAILED] or results
     if all(r == R.OK for r in causes):
         return S.OPERATION_STATUS_OK
     if all(r == R.EXISTS for r in causes):
-        return S.OPERATION_STATUS_ALREADY_APPLIED
+        # A whole chain partly there already (another refund split) was rolled back.
+        return S.OPERATION_STATUS_CONFLICT if R.LINKED_EVENT_FAILED in results else \
+            S.OPERATION_STATUS_ALREADY_APPLIED
     for r in causes:
         if r in (R.PENDING_TRANSFER_ALREADY_POSTED, R.PENDING_TRANSFER_ALREADY_VOIDED):
             return S.OPERATION_STATUS_HOLD_ALREADY_RESOLVED
@@ -88,6 +92,25 @@ def _status(results: list[int]) -> int:
     # Anything else is a broken invariant of the held earning (it cannot expire,
     # its accounts exist): refuse loudly rather than report a business answer.
     raise InvalidArgument(f"held earning refused: {[pb.CreateTransferResult.Name(r) for r in results]}")
+
+
+async def resolve_held(writer: BatchWriter, keys: list[bytes], chains: dict[bytes, list[Transfer]],
+                       amounts: dict[bytes, int], *, whole_chains: bool = False) -> list[Outcome]:
+    """Submits the chain of each key that has one, in one group commit; one
+    Outcome per key, in order (HOLD_NOT_FOUND for a key without a chain)."""
+    transfers = [t for k in keys if k in chains for t in chains[k]]
+    results = await writer.submit(transfers, whole_chains=whole_chains) if transfers else []
+    out, i = [], 0
+    for k in keys:
+        chain = chains.get(k)
+        if chain is None:
+            out.append(Outcome(status=S.OPERATION_STATUS_HOLD_NOT_FOUND, transfer_ids=[], results=[]))
+            continue
+        res = results[i:i + len(chain)]
+        i += len(chain)
+        out.append(Outcome(status=held_status(res), transfer_ids=[t.id for t in chain], results=res,
+                           amount=amounts[k], provider_amount=amounts[k]))
+    return out
 
 
 class Earnings:
@@ -107,21 +130,9 @@ class Earnings:
         return out
 
     async def _run(self, job_ids: list[bytes], plan) -> list[Outcome]:
-        held = await self._held(_jobs(job_ids))
-        chains = {j: plan(h) for j, h in held.items()}
-        transfers = [t for j in job_ids if j in chains for t in chains[j]]
-        results = await self._writer.submit(transfers) if transfers else []
-        out, i = [], 0
-        for j in job_ids:
-            chain = chains.get(j)
-            if chain is None:
-                out.append(Outcome(status=S.OPERATION_STATUS_HOLD_NOT_FOUND, transfer_ids=[], results=[]))
-                continue
-            res = results[i:i + len(chain)]
-            i += len(chain)
-            out.append(Outcome(status=_status(res), transfer_ids=[t.id for t in chain], results=res,
-                               amount=held[j].earning.amount, provider_amount=held[j].earning.amount))
-        return out
+        held = await self._held(check_ids(job_ids, "job_id"))
+        return await resolve_held(self._writer, job_ids, {j: plan(h) for j, h in held.items()},
+                                  {j: h.earning.amount for j, h in held.items()})
 
     async def release(self, job_ids: list[bytes]) -> list[Outcome]:
         """Posts each job's held earning in full, in one group commit."""

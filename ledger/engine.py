@@ -7,7 +7,10 @@ fields -> EXISTS, different -> EXISTS_WITH_DIFFERENT_FIELDS), business
 rejections burn the id, pending/post/void with timeouts, linked chains that
 succeed or fail together. One deliberate difference: inside a linked chain an
 EXISTS result does not break the chain, so retrying a whole chain answers
-EXISTS for every item instead of failing it.
+EXISTS for every item instead of failing it. A request may ask for whole
+chains (the marketplace's ClearWindow and VoidAggregates): each chain is then
+all new or all already there; a chain mixing the two is rolled back (its new
+items answer LINKED_EVENT_FAILED) and no id of such a request is burned.
 """
 
 from __future__ import annotations
@@ -66,10 +69,17 @@ class Batch:
     created: list[StoredTransfer] = field(default_factory=list)
     burned: dict[bytes, int] = field(default_factory=dict)
     _undo: list = field(default_factory=list)
+    _notes: dict | None = None  # the current request's balancing debits: id -> (amount, available, pending)
+    _burn: bool = True  # whether a business rejection burns its id (not in whole-chain requests)
 
-    def apply(self, transfers: list[Transfer], *, internal: bool = False) -> list[int]:
+    def apply(self, transfers: list[Transfer], *, internal: bool = False, whole_chains: bool = False,
+              notes: dict | None = None) -> list[int]:
         """Applies one request's transfers in order; returns one result per
-        item. A linked chain never spans two requests."""
+        item. A linked chain never spans two requests. ``whole_chains``: each
+        chain must be all new or all existing (see the module's doc);
+        ``notes`` receives, per balancing debit, (amount moved or found,
+        the debit account's available credits and pending debits before it)."""
+        self._notes, self._burn = notes, not whole_chains
         results: list[int] = []
         chain_start: int | None = None
         chain_mark = (0, 0)
@@ -94,9 +104,20 @@ class Batch:
                         results[j] = R.LINKED_EVENT_FAILED
                     chain_failed = True
             if not linked:
+                if whole_chains and chain_start is not None and not chain_failed:
+                    self._whole(results, chain_start, i, chain_mark)
                 chain_start, chain_failed = None, False
         self._undo.clear()
         return results
+
+    def _whole(self, results: list[int], start: int, end: int, mark: tuple[int, int]) -> None:
+        """A chain that is partly new and partly there already is rolled back."""
+        chain = results[start:end + 1]
+        if R.OK in chain and R.EXISTS in chain:
+            self._rollback(mark)
+            for j in range(start, end + 1):
+                if results[j] == R.OK:
+                    results[j] = R.LINKED_EVENT_FAILED
 
     # -- one transfer ------------------------------------------------------
 
@@ -104,7 +125,10 @@ class Batch:
         tid = t.id
         existing = self.stored.get(tid)
         if existing is not None:
-            return R.EXISTS if same_fields(t, existing) else R.EXISTS_WITH_DIFFERENT_FIELDS
+            same = same_fields(t, existing)
+            if t.amount_min:
+                self._note(t, existing.amount if same else 0)
+            return R.EXISTS if same else R.EXISTS_WITH_DIFFERENT_FIELDS
         if tid in self.failed or tid in self.burned:
             return R.ID_ALREADY_FAILED
         flags = t.flags
@@ -112,9 +136,16 @@ class Batch:
             r = self._resolve(t, internal)
         else:
             r = self._move(t)
-        if r in BURNING:
+        if r in BURNING and self._burn and not t.amount_min:
             self.burned[tid] = r
         return r
+
+    def _note(self, t: Transfer, amount: int) -> None:
+        """Tells a balancing debit's caller what it moved (or found) and what
+        the debit account had available and pending before it."""
+        dr = self.accounts.get(t.debit_account_id)
+        if self._notes is not None and dr is not None:
+            self._notes[t.id] = (amount, max(dr.cpo - dr.dpo - dr.dp, 0), dr.dp)
 
     def _move(self, t: Transfer) -> int:
         dr = self.accounts.get(t.debit_account_id)
@@ -128,6 +159,11 @@ class Batch:
         if t.ledger != dr.ledger:
             return R.TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS
         amount = t.amount
+        if t.amount_min:  # a balancing debit: what is available, within its bounds
+            amount = min(amount, max(dr.cpo - dr.dpo - dr.dp, 0))
+            self._note(t, amount if amount >= t.amount_min else 0)
+            if amount < t.amount_min:
+                return R.EXCEEDS_CREDITS
         pending = bool(t.flags & PENDING)
         if (dr.dp if pending else dr.dpo) + amount > AMOUNT_MAX or dr.dp + dr.dpo + amount > AMOUNT_MAX:
             return R.OVERFLOWS_DEBITS

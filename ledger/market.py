@@ -103,7 +103,7 @@ _NOT_FOUND = {
 }
 
 
-def _status(results: list[int], *, funds: bool = False, expired: bool = False) -> int:
+def status_of(results: list[int], *, funds: bool = False, expired: bool = False) -> int:
     """Maps the per-transfer results of one operation to its status.
     ``funds`` / ``expired``: an ID_ALREADY_FAILED (a retry of a refused
     request) means INSUFFICIENT_FUNDS / HOLD_EXPIRED, as the first answer did."""
@@ -144,7 +144,7 @@ class Market:
     async def _run(self, transfers: list[Transfer], *, funds: bool = False, expired: bool = False,
                    amount: int = 0) -> Outcome:
         results = await self._writer.submit(transfers)
-        return Outcome(status=_status(results, funds=funds, expired=expired),
+        return Outcome(status=status_of(results, funds=funds, expired=expired),
                        transfer_ids=[t.id for t in transfers], results=results, amount=amount)
 
     async def top_up(self, *, account_id: bytes, amount: int, idempotency_key: str, ledger: int = 0) -> Outcome:
@@ -202,7 +202,7 @@ class Market:
         causes = [r for r in results if r != R.LINKED_EVENT_FAILED] or results
         # A post's or void's id is burned only by an expired hold: a retry is HOLD_EXPIRED again.
         expired = results[0] == R.ID_ALREADY_FAILED
-        return Outcome(status=_status(causes, expired=expired), transfer_ids=[t.id for t in chain],
+        return Outcome(status=status_of(causes, expired=expired), transfer_ids=[t.id for t in chain],
                        results=results, amount=cost, fee=fee, provider_amount=provider_amount)
 
     async def settle(self, s: Settlement) -> Outcome:

@@ -11,8 +11,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from idlegrid.common.errors import InvalidArgument
 from idlegrid.ledger import chart, queries
+from idlegrid.ledger.aggregates import Aggregates, VoidAggregate
 from idlegrid.ledger.codes import BATCH_SIZE_MAX, LEDGER_CREDITS
 from idlegrid.ledger.earnings import Earnings
+from idlegrid.ledger.leases import LeaseCharge, Leases, NodeAggregate, Window
 from idlegrid.ledger.market import Market, Outcome, Settlement
 from idlegrid.ledger.v1 import ledger_pb2 as pb
 from idlegrid.ledger.v1 import ledger_pb2_grpc
@@ -36,6 +38,14 @@ def _account(a: pb.Account) -> Account:
 def _settlement(s: pb.SettleRequest) -> Settlement:
     return Settlement(job_id=s.job_id, provider_account_id=s.provider_account_id, cost=s.cost,
                       fee_bps=s.fee_bps, hold_earning=s.hold_earning)
+
+
+def _window(r: pb.ClearWindowRequest) -> Window:
+    return Window(
+        window_id=r.window_id, fee=r.fee, fee_root_prefix=r.fee_root_prefix,
+        leases=[LeaseCharge(c.lease_id, c.amount, c.root_prefix) for c in r.leases],
+        aggregates=[NodeAggregate(a.aggregate_id, a.provider_account_id, a.amount, a.root_prefix, a.hold)
+                    for a in r.aggregates])
 
 
 # -- domain -> wire ----------------------------------------------------------
@@ -79,6 +89,8 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         self._writer = writer
         self._market = Market(writer)
         self._earnings = Earnings(writer, pool)
+        self._leases = Leases(writer)
+        self._aggregates = Aggregates(writer, pool)
 
     async def CreateAccounts(self, request, context):
         results = await chart.create_accounts(self._pool, [_account(a) for a in request.accounts])
@@ -140,6 +152,27 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def VoidEarnings(self, request, context):
         outcomes = await self._earnings.void(list(request.job_ids))
         return pb.EarningsResponse(results=[_outcome_pb(o) for o in outcomes])
+
+    async def OpenLease(self, request, context):
+        g = await self._leases.open(lease_id=request.lease_id, consumer_account_id=request.consumer_account_id,
+                                    amount_min=request.amount_min, amount_max=request.amount_max,
+                                    user_data=request.user_data)
+        return pb.OpenLeaseResponse(status=g.status, amount=g.amount, available=g.available,
+                                    held_elsewhere=g.held_elsewhere)
+
+    async def ClearWindow(self, request, context):
+        c = await self._leases.clear(_window(request))
+        return pb.ClearWindowResponse(status=c.status, transfer_ids=c.transfer_ids, results=c.results)
+
+    async def ReleaseAggregates(self, request, context):
+        outcomes = await self._aggregates.release(list(request.aggregate_ids))
+        return pb.AggregatesResponse(results=[_outcome_pb(o) for o in outcomes])
+
+    async def VoidAggregates(self, request, context):
+        outcomes = await self._aggregates.void([
+            VoidAggregate(v.aggregate_id, [(f.consumer_account_id, f.amount) for f in v.refunds])
+            for v in request.aggregates])
+        return pb.AggregatesResponse(results=[_outcome_pb(o) for o in outcomes])
 
     async def Release(self, request, context):
         return _outcome_pb(await self._market.release(job_id=request.job_id))

@@ -90,7 +90,8 @@ def same_fields(t: Transfer, s: StoredTransfer) -> bool:
     return (
         t.debit_account_id == s.debit_account_id
         and t.credit_account_id == s.credit_account_id
-        and t.amount == s.amount
+        # a balancing debit matches what it moved when that is within its bounds
+        and (t.amount == s.amount or (0 < t.amount_min <= s.amount <= t.amount))
         and t.ledger == s.ledger
         and t.code == s.code
     )

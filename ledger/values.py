@@ -22,7 +22,13 @@ class Transfer:
     """A transfer as a client or a marketplace operation asks for it (post and
     void may leave out what their pending transfer fixes). Not frozen: the
     servicer builds thousands per batch, and a frozen dataclass is slower to
-    build; nothing changes one after it is built."""
+    build; nothing changes one after it is built.
+
+    ``amount_min`` > 0 makes a balancing debit (only the ledger's own
+    OpenLease builds one; the wire cannot): it moves min(amount, what the
+    debit account has available) if that is at least ``amount_min``, and a
+    refusal never burns its id. Stored, it is a plain transfer of the amount
+    it moved."""
 
     id: bytes
     debit_account_id: bytes = b""
@@ -34,6 +40,7 @@ class Transfer:
     ledger: int = 0
     code: int = 0
     flags: int = 0
+    amount_min: int = 0
 
 
 @dataclass(slots=True)

@@ -32,6 +32,8 @@ LINGER_BELOW_TRANSFERS = 256
 class _Request:
     transfers: list[Transfer]
     internal: bool
+    whole_chains: bool = False
+    notes: dict | None = None
     future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -69,10 +71,12 @@ class BatchWriter:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def submit(self, transfers: list[Transfer], *, internal: bool = False) -> list[int]:
+    async def submit(self, transfers: list[Transfer], *, internal: bool = False, whole_chains: bool = False,
+                     notes: dict | None = None) -> list[int]:
         """Applies ``transfers`` (one request: chains stay inside it) in the
-        next batch and returns one result per transfer once it is durable."""
-        req = _Request(transfers, internal)
+        next batch and returns one result per transfer once it is durable
+        (``whole_chains`` and ``notes``: see ``Batch.apply``)."""
+        req = _Request(transfers, internal, whole_chains, notes)
         try:
             self._queue.put_nowait(req)
         except asyncio.QueueFull:
@@ -149,7 +153,8 @@ class BatchWriter:
             batch = Batch(now_us, loaded.accounts, loaded.stored, loaded.failed,
                           hold_states(pendings, loaded.resolved, loaded.open_until),
                           first_seq=loaded.last_seq + 1)
-            results = [batch.apply(it.transfers, internal=it.internal) for it in items]
+            results = [batch.apply(it.transfers, internal=it.internal, whole_chains=it.whole_chains,
+                                   notes=it.notes) for it in items]
             totals = batch.totals_delta()
             created = batch.created
             if not created and not batch.burned:

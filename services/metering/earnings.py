@@ -10,6 +10,8 @@ Each pass:
    a mark (VoidEarnings: void + refund, linked);
 3. releases the held earnings due, of nodes neither suspended nor marked
    (ReleaseEarnings), once the registry's view has arrived.
+Per-job earnings (records without a lease) and clearing aggregates (one per
+node and window, idlegrid.metering.earnings_aggregates) alike.
 
 Rows are claimed with FOR UPDATE SKIP LOCKED for the length of the ledger
 call, so replicas never send the same earning twice at once; the ledger's
@@ -29,6 +31,7 @@ import structlog
 
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
 from idlegrid.metering import earning_states
+from idlegrid.metering import earnings_aggregates as aggregates
 from idlegrid.metering import earnings_store as store
 from idlegrid.metering.earning_states import Earning
 from idlegrid.metering.settings import MeteringSettings
@@ -71,6 +74,9 @@ class EarningsWorker:
         self._suspensions = suspensions
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
+        # One pass or one operator's void at a time in this process: a void_node's
+        # answer then counts every earning its mark voids, never a worker's race.
+        self._lock = asyncio.Lock()
         self._marked: dict[str, str] = {}  # the suspensions recorded in earning_voids by this process
         self.released = 0
         self.voided = 0
@@ -104,14 +110,34 @@ class EarningsWorker:
 
     async def run_once(self) -> bool:
         """One pass (marks, voids, releases); returns whether more may be waiting."""
+        async with self._lock:
+            return await self._pass()
+
+    async def _pass(self) -> bool:
         suspended = self._suspensions.suspended()
         await self._mark(suspended)
         voids = await self.void_batch(suspended=suspended)
         busy = voids.full and not voids.failed
+        agg = await self.void_aggregates(suspended=suspended)
+        busy = busy or (agg.full and not agg.failed)
         if self._suspensions.synced:
             releases = await self._release_batch(list(suspended))
             busy = busy or (releases.full and not releases.failed)
+            limit = self._settings.earnings_batch_max
+            async with self._pool.acquire() as conn, conn.transaction():
+                n, full, failed = await aggregates.release(conn, self._ledger, limit, list(suspended))
+            self.released += n
+            busy = busy or (full and not failed)
         return busy
+
+    async def void_aggregates(self, *, suspended: dict[str, str] | None = None, node_id: str | None = None) -> Pass:
+        """Voids and refunds one batch of held clearing aggregates (see
+        idlegrid.metering.earnings_aggregates); ``voided``: their jobs."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            n, jobs, micros, full, failed = await aggregates.void(
+                conn, self._ledger, self._settings.earnings_batch_max, suspended=suspended or {}, node_id=node_id)
+        self.voided += jobs
+        return Pass(voided=jobs, voided_micros=micros, full=full, failed=failed)
 
     async def _mark(self, suspended: dict[str, str]) -> None:
         """Records the suspensions that began or ended since the last pass
@@ -184,14 +210,24 @@ class EarningsWorker:
 
     async def void_node(self, node_id: str, reason: str) -> tuple[int, int, int]:
         """An operator's decision: (jobs voided, micro-credits refunded, jobs
-        still held because the ledger did not answer; the worker retries)."""
+        still held because the ledger did not answer; the worker retries).
+        Under the worker's lock: the mark and its voids are one step, so the
+        answer counts each earning the mark ended (the worker's next pass
+        finds them VOIDED already)."""
+        async with self._lock:
+            return await self._void_node(node_id, reason)
+
+    async def _void_node(self, node_id: str, reason: str) -> tuple[int, int, int]:
         async with self._pool.acquire() as conn:
             await store.mark_voided(conn, [node_id], [reason], "operator")
-        jobs = micros = 0
-        while True:
-            p = await self.void_batch(node_id=node_id)
-            jobs, micros = jobs + p.voided, micros + p.voided_micros
-            if p.failed or not p.full:
-                break
-        pending = await store.void_pending(self._pool, node_id) if p.failed else 0
+        jobs = micros = pending = 0
+        for batch in (self.void_batch, self.void_aggregates):
+            while True:
+                p = await batch(node_id=node_id)
+                jobs, micros = jobs + p.voided, micros + p.voided_micros
+                if p.failed or not p.full:
+                    break
+            if p.failed:
+                pending += (await store.void_pending(self._pool, node_id) if batch == self.void_batch else
+                            await aggregates.pending(self._pool, node_id))
         return jobs, micros, pending

@@ -1,4 +1,6 @@
-"""Metering's SQL for held earnings: the release and void queues, the nodes
+"""Metering's SQL for held earnings: the release and void queues (of per-job
+earnings; a cleared record's earning follows its aggregate, see
+earnings_aggregates), the nodes
 whose earnings are voided, the providers' summaries, and check results.
 Earning states are written into the statements as literals (from
 :class:`Earning`) so that the planner uses the partial indexes
@@ -42,6 +44,7 @@ async def claim_voids(conn, limit: int, *, suspended: dict[str, str] | None = No
               WHERE $2::text IS NULL OR node_id = $2 GROUP BY node_id)
             SELECT u.job_id, u.provider_micros, t.reason FROM targets t
               JOIN metering.usage u ON u.node_id = t.node_id AND u.earning = {_HELD} AND u.recorded_at <= t.through
+                   AND u.aggregate_id IS NULL
             ORDER BY u.recorded_at LIMIT $1 FOR UPDATE OF u SKIP LOCKED""",
         limit, node_id, list(suspended), list(suspended.values()))
 
@@ -50,7 +53,7 @@ async def claim_releases(conn, limit: int, suspended: list[str]) -> list:
     """Held earnings due now, of nodes neither ``suspended`` nor marked void."""
     return await conn.fetch(
         f"""SELECT u.job_id, u.provider_micros FROM metering.usage u
-            WHERE u.earning = {_HELD} AND u.earning_release_at <= clock_timestamp()
+            WHERE u.earning = {_HELD} AND u.earning_release_at <= clock_timestamp() AND u.aggregate_id IS NULL
               AND NOT (u.node_id = ANY($2::text[]))
               AND NOT EXISTS (SELECT 1 FROM metering.earning_voids v
                               WHERE v.node_id = u.node_id AND u.recorded_at <= v.voided_through)
@@ -71,7 +74,8 @@ async def void_pending(pool: asyncpg.Pool, node_id: str) -> int:
     """The node's held earnings that a void mark covers (still to void)."""
     return await pool.fetchval(
         f"""SELECT count(*) FROM metering.usage u JOIN metering.earning_voids v ON v.node_id = u.node_id
-            WHERE u.earning = {_HELD} AND u.node_id = $1 AND u.recorded_at <= v.voided_through""", node_id)
+            WHERE u.earning = {_HELD} AND u.node_id = $1 AND u.recorded_at <= v.voided_through
+              AND u.aggregate_id IS NULL""", node_id)
 
 
 _SUMS = """SELECT {key} AS node_id, earning, count(*) AS jobs, sum(provider_micros) AS micros,

@@ -13,14 +13,15 @@ from idlegrid.common.errors import Conflict, InvalidArgument, NotFound
 from idlegrid.common.paging import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
 from idlegrid.metering import earnings_store, earnings_views, store, usage
 from idlegrid.metering.earnings import EarningsWorker
-from idlegrid.metering.settlement import SettlementWorker
-from idlegrid.metering.states import Settlement
+from idlegrid.metering.leases_desk import LeaseDesk
+from idlegrid.metering.usage_writer import UsageWriter
 from idlegrid.metering.v1 import metering_pb2 as pb
 from idlegrid.metering.v1 import metering_pb2_grpc
 
 log = structlog.get_logger("metering.servicer")
 
 BUCKETS_MAX = 10_000
+BATCH_RECORDS_MAX = 1_000
 TEXT_LEN_MAX = 1024  # check details and void reasons
 BUCKET_S_MIN, BUCKET_S_MAX, BUCKET_S_DEFAULT = 60, 2_592_000, 3600
 _UTC = __import__("datetime").UTC
@@ -73,22 +74,30 @@ def _after(token: str):
 
 
 class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
-    def __init__(self, pool: asyncpg.Pool, worker: SettlementWorker, earnings: EarningsWorker, *, fee_bps: int,
-                 earnings_hold_s: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, writer: UsageWriter, desk: LeaseDesk, earnings: EarningsWorker, *,
+                 fee_bps: int, earnings_hold_s: int) -> None:
         self._pool = pool
-        self._worker = worker
+        self._writer = writer
+        self._desk = desk
         self._earnings = earnings
         self._fee_bps = fee_bps
         self._hold_s = earnings_hold_s
 
     async def RecordUsage(self, request, context):
         values = usage.validate(request.record, self._fee_bps, self._hold_s)
-        row, created = await store.insert(self._pool, values, Settlement.PENDING)
-        if not created and not usage.same(row, values):
-            raise Conflict("a different usage record exists for this job")
-        if created:
-            self._worker.wake()
+        ((row, created),) = await self._writer.record([values], whole_rows=True)
         return pb.RecordUsageResponse(created=created, record=usage.to_pb(row))
+
+    async def RecordUsageBatch(self, request, context):
+        rows = usage.validate_batch(request.records, self._fee_bps, self._hold_s, BATCH_RECORDS_MAX)
+        return pb.RecordUsageBatchResponse(created=await self._writer.record(rows))
+
+    async def OpenLease(self, request, context):
+        return await self._desk.open(request)
+
+    async def CloseLease(self, request, context):
+        await self._desk.close(request)
+        return pb.CloseLeaseResponse()
 
     async def GetJob(self, request, context):
         if len(request.job_id) != 16:

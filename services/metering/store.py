@@ -1,4 +1,5 @@
-"""Metering's SQL: records, queries, and the settlement outbox.
+"""Metering's SQL: records (inserted many at once), queries, and the per-job
+settlement outbox.
 
 Settlement states are written into the statements as literals (from
 :class:`Settlement`), not bound as parameters, so that the planner can use the
@@ -11,25 +12,49 @@ from datetime import timedelta
 import asyncpg
 
 from idlegrid.metering.earning_states import Earning
+from idlegrid.metering.leases import LeaseState
 from idlegrid.metering.states import Settlement
-from idlegrid.metering.usage import COLUMNS
+from idlegrid.metering.usage import COLUMNS, SQL_TYPES
 
 _PENDING, _SETTLED = int(Settlement.PENDING), int(Settlement.SETTLED)
 
-_INSERT = (
-    f"INSERT INTO metering.usage ({', '.join(COLUMNS)}, settlement) VALUES "
-    f"({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 1))}, ${len(COLUMNS) + 1}) "
-    "ON CONFLICT (job_id) DO NOTHING RETURNING *"
-)
+# Many records in one statement: one array per column, unnested. A record
+# reserved on a lease is inserted only while its lease takes records (OPEN or
+# CLOSED, for the same consumer); the lease row is locked FOR KEY SHARE, so
+# clearing (which locks it FOR UPDATE before reading its records) never misses
+# a record committed concurrently.
+_UNNEST = ", ".join(f"${i}::{t}[]" for i, t in enumerate(SQL_TYPES.values(), start=1))
+_INSERT_MANY = (
+    f"""WITH input AS (SELECT * FROM unnest({_UNNEST}) AS t({', '.join(COLUMNS)})),
+         open_leases AS (
+           SELECT lease_id, consumer_account_id FROM metering.leases
+            WHERE lease_id IN (SELECT lease_id FROM input WHERE lease_id IS NOT NULL)
+              AND state IN ({int(LeaseState.OPEN)}, {int(LeaseState.CLOSED)})
+              FOR KEY SHARE)
+       INSERT INTO metering.usage ({', '.join(COLUMNS)}, settlement)
+       SELECT i.*, {_PENDING} FROM input i
+        WHERE i.lease_id IS NULL OR EXISTS (
+          SELECT 1 FROM open_leases l
+           WHERE l.lease_id = i.lease_id AND l.consumer_account_id = i.consumer_account_id)
+       ON CONFLICT (job_id) DO NOTHING RETURNING """)
 
 
-async def insert(pool: asyncpg.Pool, values: tuple, settlement: Settlement):
-    """(row, created): the new row, or the existing one for the same job."""
-    async with pool.acquire() as conn:
-        row = await conn.fetchrow(_INSERT, *values, int(settlement))
-        if row is not None:
-            return row, True
-        return await conn.fetchrow("SELECT * FROM metering.usage WHERE job_id = $1", values[0]), False
+async def insert_many(conn, rows: list[tuple], *, whole_rows: bool) -> list:
+    """Inserts the new ones of ``rows`` (``usage.validate``'s tuples, distinct
+    job ids) in one statement; returns the inserted rows (whole, or only their
+    job ids). A row not inserted already exists, or its lease takes no records."""
+    columns = [list(c) for c in zip(*rows, strict=True)]
+    return await conn.fetch(_INSERT_MANY + ("*" if whole_rows else "job_id"), *columns)
+
+
+async def get_many(conn, job_ids: list) -> list:
+    return await conn.fetch("SELECT * FROM metering.usage WHERE job_id = ANY($1::uuid[])", job_ids)
+
+
+async def delete_new(conn, job_ids: list) -> None:
+    """Takes back rows inserted in the current transaction (a caller's batch
+    that failed as a whole)."""
+    await conn.execute("DELETE FROM metering.usage WHERE job_id = ANY($1::uuid[])", job_ids)
 
 
 async def get(pool: asyncpg.Pool, job_id) -> asyncpg.Record | None:
@@ -79,10 +104,11 @@ async def buckets(pool, f: dict, bucket_s: int, group_col: str | None, rows_max:
 
 
 async def claim(conn, limit: int) -> list:
-    """Pending settlements due now, locked for this worker (others skip them)."""
+    """Pending per-job settlements due now, locked for this worker (others
+    skip them). Records on a lease are cleared with their lease instead."""
     return await conn.fetch(
         f"""SELECT job_id, provider_account_id, cost_micros, fee_bps, earnings_hold_s, attempts FROM metering.usage
-            WHERE settlement = {_PENDING} AND next_attempt_at <= clock_timestamp()
+            WHERE settlement = {_PENDING} AND lease_id IS NULL AND next_attempt_at <= clock_timestamp()
             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED""", limit)
 
 

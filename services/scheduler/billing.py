@@ -17,12 +17,14 @@ The node's counts are only cross-checked: a disagreement is returned as
 before the catalog (no tokenizer named) that the platform cannot count is
 billed on the node's counts, marked unverified. Then
 
-    cost = min(ceil((prompt * price_in + completion * price_out) / 1e6), hold)
+    cost_picos = min(prompt * price_in + completion * price_out, hold * 10^6)
+    cost       = ceil(cost_picos / 10^6)         shown to the caller and on the record
 
-and since the node's prices are within the caller's max_price (routing) and
+(exact, in pico-credits: common/clearing.py; clearing rounds once per
+aggregate), and since the node's prices are within the caller's max_price (routing) and
 completion <= max_tokens, the cost is within both max_price and the hold.
 
-and for other models cost = min(price_per_request, hold). A job that finished
+and for other models cost = min(price_per_request, hold) (x 10^6 in pico-credits). A job that finished
 with no text still read its prompt and is billed; a job with nothing
 delivered and not finished costs nothing. The fee split happens at
 settlement, in the ledger.
@@ -34,8 +36,14 @@ from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from idlegrid.common.clearing import (
+    PICOS_PER_MICRO,
+    llm_cost_picos,
+    micros_ceil,
+    request_cost_picos,
+)
 from idlegrid.metering.v1 import metering_pb2 as mpb
-from idlegrid.scheduler import counting, pricing
+from idlegrid.scheduler import counting
 from idlegrid.scheduler.dispatch import Outcome
 from idlegrid.scheduler.planning import Job
 from idlegrid.scheduler.v1 import scheduler_pb2 as spb
@@ -49,7 +57,8 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     requests: int = 0
-    cost_micros: int = 0
+    cost_micros: int = 0  # ceil(cost_picos / 10^6)
+    cost_picos: int = 0  # the exact cost
     tokens_verified: bool = False  # counted with the model's own tokenizer
     node_prompt_tokens: int = 0
     node_completion_tokens: int = 0
@@ -81,9 +90,9 @@ def bill(job: Job, out: Outcome, *, counter: counting.Counter | None) -> Usage:
         provider_account_id=info.node.provider_account_id, provider_id=info.node.provider_id.hex(),
         node_id=info.node_id.hex())
     if not job.llm:
-        cost = pricing.request_cost(offer.price)
-        return Usage(requests=1, cost_micros=min(cost, job.hold_micros), price_per_request=offer.price.per_request,
-                     **facts)
+        picos = min(request_cost_picos(offer.price.per_request, 1), job.hold_micros * PICOS_PER_MICRO)
+        return Usage(requests=1, cost_micros=micros_ceil(picos), cost_picos=picos,
+                     price_per_request=offer.price.per_request, **facts)
     mismatch = None
     if counter is not None:
         prompt = job.prompt_tokens if counter is job.prompt_counter else counter.prompt(job.text_input)
@@ -93,8 +102,9 @@ def bill(job: Job, out: Outcome, *, counter: counting.Counter | None) -> Usage:
     else:
         prompt, completion = out.node_in, out.node_out
     completion = min(completion, job.max_tokens)
-    cost = pricing.llm_cost(offer.price, prompt, completion)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, cost_micros=min(cost, job.hold_micros),
+    picos = min(llm_cost_picos(offer.price.per_million_input_tokens, offer.price.per_million_output_tokens,
+                               prompt, completion), job.hold_micros * PICOS_PER_MICRO)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, cost_micros=micros_ceil(picos), cost_picos=picos,
                  tokens_verified=counter is not None, price_input_per_mtok=offer.price.per_million_input_tokens,
                  price_output_per_mtok=offer.price.per_million_output_tokens, mismatch=mismatch, **facts)
 
@@ -111,8 +121,8 @@ def _ts(ns: int) -> Timestamp:
     return ts
 
 
-def record_pb(job: Job, u: Usage, *, finished_ns: int, duration_ms: int) -> mpb.UsageRecord:
-    """The usage record metering keeps and settles."""
+def record_pb(job: Job, u: Usage, *, finished_ns: int, duration_ms: int, lease_id: bytes) -> mpb.UsageRecord:
+    """The usage record metering keeps and clears with its lease."""
     req = job.request
     return mpb.UsageRecord(
         job_id=req.job_id, consumer_account_id=req.consumer_account_id, model=req.model,
@@ -121,5 +131,5 @@ def record_pb(job: Job, u: Usage, *, finished_ns: int, duration_ms: int) -> mpb.
         node_prompt_tokens=u.node_prompt_tokens, node_completion_tokens=u.node_completion_tokens,
         requests=u.requests, duration_ms=duration_ms, price_input_per_mtok=u.price_input_per_mtok,
         price_output_per_mtok=u.price_output_per_mtok, price_per_request=u.price_per_request,
-        cost_micros=u.cost_micros, outcome=u.outcome,
+        cost_micros=u.cost_micros, cost_picos=u.cost_picos, lease_id=lease_id, outcome=u.outcome,
         started_at=_ts(job.started_ns), finished_at=_ts(finished_ns))

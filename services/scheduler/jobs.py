@@ -1,15 +1,18 @@
 """The life of one job, step by step:
 
     check the request ─▶ plan (planning) ─▶ the platform's tokenizer (counting)
-      ─▶ admit (a usage-record slot, recording) ─▶ reserve the hold on the ledger
-      ─▶ dispatch (with retries on other nodes) ─▶ bill (billing, whatever way
-      the job ended) ─▶ record the usage in metering; a token-count
-      disagreement is reported to the registry (disagreements)
+      ─▶ admit (a usage-record slot, recording) ─▶ reserve the job's maximum
+      cost on the partner's credit lease (leases) ─▶ dispatch (with retries on
+      other nodes) ─▶ bill (billing, whatever way the job ended) ─▶ record the
+      usage in metering, durably ─▶ only then the final chunk or the answer;
+      a token-count disagreement is reported to the registry (disagreements)
 
-Metering settles each record on the ledger exactly once. Nothing is reserved
-before planning and admission succeed; once reserved, every way out of the
-job (an answer, a failure, a deadline, a client that left) bills exactly
-what was delivered and records it.
+Metering clears each lease for the exact sum of its records. Nothing is
+reserved before planning and admission succeed; once reserved, every way out
+of the job (an answer, a failure, a deadline, a client that left) bills
+exactly what was delivered, records it, and returns the reservation with the
+job's exact cost. A job whose record cannot be made durable before its
+deadline gets no answer and is not billed.
 """
 
 from __future__ import annotations
@@ -17,37 +20,32 @@ from __future__ import annotations
 import asyncio
 import time
 
-import grpc
 import structlog
 
-from idlegrid.common.errors import (
-    AlreadyExists,
-    DeadlineExceeded,
-    IdlegridError,
-    InsufficientFunds,
-    NotFound,
-    Unavailable,
-    from_rpc_error,
-)
+from idlegrid.common.clearing import PICOS_PER_MICRO
+from idlegrid.common.errors import AlreadyExists, DeadlineExceeded, Unavailable
 from idlegrid.common.node_view import NodeTable
-from idlegrid.ledger.v1 import ledger_pb2 as lpb
 from idlegrid.scheduler import billing, counting, planning
 from idlegrid.scheduler.disagreements import DisagreementReporter
 from idlegrid.scheduler.dispatch import Dispatcher, Emit, Outcome, routing_pb
-from idlegrid.scheduler.recording import RECORDS_IN_FLIGHT_MAX, UsageRecorder
+from idlegrid.scheduler.lease_book import Reservation
+from idlegrid.scheduler.leases import Leases
+from idlegrid.scheduler.recording import RECORDS_IN_FLIGHT_MAX, UsageRecorder, Written
 from idlegrid.scheduler.requests import check
 from idlegrid.scheduler.triton import TritonPool
 from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 
 log = structlog.get_logger("scheduler.jobs")
 
-HOLD_MARGIN_S = 60  # the hold outlives the job's deadline by this much
 SYNC_WAIT_S = 3.0
-LEDGER_TIMEOUT_S = 10.0
+# A job's exact cost on its lease by how its record was written (None: the record's cost).
+_COSTS = {Written.DURABLE: None, Written.LANDED: None, Written.VOIDED: 0, Written.REFUSED: 0, Written.DUPLICATE: 0}
+_COUNTED = frozenset({Written.DURABLE, Written.LANDED, Written.VOIDED})  # a record of the lease is in metering
+RECORD_GRACE_S = 30.0  # a job that failed (or whose client left) still has its record written for this long
 
 
 class Jobs:
-    def __init__(self, table: NodeTable, triton: TritonPool, ledger, metering, *,
+    def __init__(self, table: NodeTable, triton: TritonPool, leases: Leases, metering, *,
                  records_in_flight_max: int = RECORDS_IN_FLIGHT_MAX, known_metadata=None,
                  registry=None, spot_checks=None) -> None:
         """``registry``: the RegistryServiceStub (scheduler's token) that hears
@@ -55,7 +53,7 @@ class Jobs:
         ``spot_checks``: the SpotChecker offered each completed job once its
         usage is recorded; None: no spot checks."""
         self._table = table
-        self._ledger = ledger  # LedgerServiceStub carrying the service token
+        self.leases = leases  # this replica's credit leases
         self._dispatcher = Dispatcher(triton, known_metadata=known_metadata)
         self._recorder = UsageRecorder(metering, records_in_flight_max=records_in_flight_max,
                                        spot_checks=spot_checks)
@@ -71,23 +69,30 @@ class Jobs:
         # the count); a model the platform cannot count is refused here.
         counter = counting.platform_counter(plan[0].model) if planning.takes_text(plan) else None
         job = planning.prepare(req, plan, counter=counter, started_ns=started_ns, t0_s=t0_s)
+        deadline = t0_s + min(job.timeout_s, self.leases.max_job_s)  # metering clears a lost lease after max_job_s
         self._recorder.admit()
         try:
-            await self._reserve(job)
+            r = await self.leases.reserve(req.consumer_account_id, job.hold_micros, deadline=deadline)
         except BaseException:
             self._recorder.release()  # nothing reserved: nothing to record
             raise
         out = Outcome()
         try:
-            async with asyncio.timeout(job.timeout_s):
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await self._dispatcher.run(job, out, emit)
         except TimeoutError:
-            self._bill(job, out)
+            self._bill(job, out, r, deadline=time.monotonic() + RECORD_GRACE_S)
             raise DeadlineExceeded(f"the job ran past {int(job.timeout_s * 1000)} ms") from None
         except BaseException:  # the client left (cancelled), or an error: bill what was delivered
-            self._bill(job, out)
+            self._bill(job, out, r, deadline=time.monotonic() + RECORD_GRACE_S)
             raise
-        usage = self._bill(job, out)
+        usage, written = self._bill(job, out, r, deadline=max(deadline, time.monotonic() + 1.0))
+        how = await asyncio.shield(written)  # the answer waits for the record to be durable
+        if how is not Written.DURABLE:
+            if how is Written.DUPLICATE:
+                raise AlreadyExists("this job id was used before", reason="job_exists")
+            raise Unavailable("the job's usage could not be recorded in time; it gets no answer and is not "
+                              "charged (unless an interrupted write stored it)", reason="usage_not_recorded")
         if not out.delivered and not out.complete:
             raise Unavailable("every node attempt failed before producing output; nothing was charged")
         if emit is not None:
@@ -114,36 +119,20 @@ class Jobs:
             except TimeoutError:
                 raise Unavailable("the scheduler has not yet synced with the registry") from None
 
-    async def _reserve(self, job: planning.Job) -> None:
-        req, amount = job.request, job.hold_micros
-        try:
-            r = await self._ledger.Reserve(lpb.ReserveRequest(
-                job_id=req.job_id, consumer_account_id=req.consumer_account_id, amount=amount,
-                timeout_s=int(job.timeout_s) + HOLD_MARGIN_S), timeout=LEDGER_TIMEOUT_S)
-        except grpc.aio.AioRpcError as e:
-            err = from_rpc_error(e)
-            if isinstance(err, NotFound):
-                raise NotFound("unknown consumer account", reason="account_not_found") from None
-            raise err from None
-        if r.status == lpb.OPERATION_STATUS_OK:
-            return
-        if r.status == lpb.OPERATION_STATUS_INSUFFICIENT_FUNDS:
-            raise InsufficientFunds(f"not enough credits: this job may cost up to {amount} micro-credits")
-        if r.status in (lpb.OPERATION_STATUS_ALREADY_APPLIED, lpb.OPERATION_STATUS_CONFLICT,
-                        lpb.OPERATION_STATUS_HOLD_ALREADY_RESOLVED):
-            raise AlreadyExists("this job id was used before", reason="job_exists")
-        raise IdlegridError(f"reservation refused: {lpb.OperationStatus.Name(r.status)}")
-
-    def _bill(self, job: planning.Job, out: Outcome) -> spb.Usage:
-        """Counts the usage now and hands its record to the recorder (written
-        in the background, retried). Called exactly once per reserved job."""
+    def _bill(self, job: planning.Job, out: Outcome, r: Reservation, *,
+              deadline: float) -> tuple[spb.Usage, asyncio.Future]:
+        """Counts the usage now and hands its record to the recorder; returns
+        what the caller is told and the record's write (a future of Written).
+        Once written (or given up), the reservation returns to the lease with
+        the exact cost. Called exactly once per reserved job."""
         try:
             counter = counting.counter_for(out.choice.model) if job.llm and billing.billable(out) else None
             usage = billing.bill(job, out, counter=counter)
-            record = billing.record_pb(job, usage, finished_ns=time.time_ns(),
+            record = billing.record_pb(job, usage, finished_ns=time.time_ns(), lease_id=r.lease.lease_id,
                                        duration_ms=int((time.monotonic() - job.t0_s) * 1000))
         except BaseException:
-            self._recorder.release()  # a bug; the hold expires on its own
+            self._recorder.release()  # a bug: the lease keeps the whole reservation as spent (never overspent)
+            self.leases.finish(r, r.micros * PICOS_PER_MICRO, recorded=False)
             raise
         if usage.mismatch is not None:
             info = out.choice.info
@@ -153,5 +142,13 @@ class Jobs:
             if self.reporter is not None:
                 self.reporter.report(node_id=info.node_id, job_id=job.request.job_id, platform=usage.mismatch,
                                      node=(out.node_in, out.node_out))
-        self._recorder.record(record, job=job, out=out)
-        return billing.usage_pb(usage)
+
+        def settle(how: Written) -> None:
+            # The lease counts every record of it that metering holds (the job's, or its void), so
+            # CloseLease's count is exact; one whose fate is unknown keeps its whole reservation spent
+            # (the lease never overspends) and is not counted (metering clears the lease at expiry).
+            cost = _COSTS.get(how, r.micros * PICOS_PER_MICRO)
+            self.leases.finish(r, usage.cost_picos if cost is None else cost, recorded=how in _COUNTED)
+
+        written = self._recorder.record(record, deadline=deadline, job=job, out=out, on_done=settle)
+        return billing.usage_pb(usage), written

@@ -9,14 +9,14 @@ import os
 
 from idlegrid.common import server
 from idlegrid.common.channel import open_channel, with_token
-from idlegrid.common.config import Config
+from idlegrid.common.config import Config, env_int
 from idlegrid.common.identities import SCHEDULER, accepted
 from idlegrid.common.node_view import NodeTable, RegistryWatcher
-from idlegrid.ledger.v1 import ledger_pb2_grpc
 from idlegrid.metering.v1 import metering_pb2_grpc
 from idlegrid.registry.v1 import registry_pb2_grpc
 from idlegrid.scheduler.checks_sampling import SpotCheckSettings
 from idlegrid.scheduler.jobs import Jobs
+from idlegrid.scheduler.leases import MAX_JOB_S, WINDOW_S, Leases
 from idlegrid.scheduler.metadata import MetadataFetcher
 from idlegrid.scheduler.recording import RECORDS_IN_FLIGHT_MAX
 from idlegrid.scheduler.servicer import SchedulerServicer
@@ -30,16 +30,17 @@ SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].ful
 async def start(config: Config, *, port: int | None = None, ledger_addr: str | None = None,
                 metering_addr: str | None = None, registry_addr: str | None = None,
                 records_in_flight_max: int = RECORDS_IN_FLIGHT_MAX,
-                spot_checks: SpotCheckSettings | None = None) -> server.RunningServer:
+                spot_checks: SpotCheckSettings | None = None,
+                lease_window_s: float = WINDOW_S) -> server.RunningServer:
     """``spot_checks``: the spot checker's settings (default: from the
-    environment, checks_sampling.SpotCheckSettings)."""
+    environment, checks_sampling.SpotCheckSettings); ``lease_window_s``: how
+    long a credit lease takes jobs (leases.py)."""
     token = config.token_for(SCHEDULER)
+    del ledger_addr  # the scheduler reaches the ledger only through metering's leases
     channels = [open_channel(a, token=None, config=config) for a in (
-        ledger_addr or config.addrs["ledger"], metering_addr or config.addrs["metering"],
-        registry_addr or config.addrs["registry"])]
-    ledger = with_token(ledger_pb2_grpc.LedgerServiceStub(channels[0]), token)
-    metering = with_token(metering_pb2_grpc.MeteringServiceStub(channels[1]), token)
-    registry = with_token(registry_pb2_grpc.RegistryServiceStub(channels[2]), token)
+        metering_addr or config.addrs["metering"], registry_addr or config.addrs["registry"])]
+    metering = with_token(metering_pb2_grpc.MeteringServiceStub(channels[0]), token)
+    registry = with_token(registry_pb2_grpc.RegistryServiceStub(channels[1]), token)
     table = NodeTable()
     watcher = RegistryWatcher(table, registry)
     watcher.start()
@@ -48,7 +49,10 @@ async def start(config: Config, *, port: int | None = None, ledger_addr: str | N
     metadata = MetadataFetcher(table, triton)
     checks = SpotChecker(table, triton, registry, metering,
                          settings=spot_checks or SpotCheckSettings.from_env(os.environ))
-    jobs = Jobs(table, triton, ledger, metering, records_in_flight_max=records_in_flight_max,
+    # The longest a job may run: a crashed replica's leases are cleared this long after their window.
+    max_job_s = env_int(os.environ, "IDLEGRID_SCHEDULER_MAX_JOB_S", MAX_JOB_S, lo=1, hi=MAX_JOB_S)
+    leases = Leases(metering, window_s=lease_window_s, max_job_s=max_job_s)
+    jobs = Jobs(table, triton, leases, metering, records_in_flight_max=records_in_flight_max,
                 known_metadata=lambda choice, version: metadata.known(choice.info, choice.model.offer.name, version),
                 registry=registry, spot_checks=checks)
     running = await server.start(
@@ -64,8 +68,10 @@ async def start(config: Config, *, port: int | None = None, ledger_addr: str | N
             await ch.close()
 
     checks.start()
-    running.on_stop.extend([close_channels, triton.close, watcher.stop, checks.stop, jobs.drain])
-    running.parts.update(table=table, jobs=jobs, spot_checks=checks)
+    leases.start()
+    # on_stop runs last-added first: drain the jobs' records, then close the leases, then the channels
+    running.on_stop.extend([close_channels, triton.close, watcher.stop, checks.stop, leases.stop, jobs.drain])
+    running.parts.update(table=table, jobs=jobs, spot_checks=checks, leases=leases)
     return running
 
 

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from idlegrid.common.money import split_fee
+from idlegrid.common.clearing import llm_cost_picos, micros_ceil, provider_micros
 from idlegrid.ledger.audit import verify
 
 pytestmark = pytest.mark.slow  # a scenario: real services and a demo Triton
@@ -102,7 +102,10 @@ async def test_completions_with_and_without_stream(stack):
 
 async def test_a_request_moves_exactly_its_cost_from_partner_to_provider_less_the_fee(stack, db_url):
     """available_micros falls by exactly cost_micros; the provider's settled
-    earnings rise by cost - fee (floor-rounded); the ledger verifies."""
+    earnings rise by cost - fee (floor-rounded); the ledger verifies. The job
+    runs on a credit lease of its own (a new partner): the lease is held, then
+    posted for ceil(the job's exact cost), and the node's aggregate in its
+    clearing window (this job alone) is floor(exact cost - fee)."""
     credits = 5_000_000
     _, key = await stack.consumer(credits)
     before = await _quiet(stack)
@@ -113,7 +116,9 @@ async def test_a_request_moves_exactly_its_cost_from_partner_to_provider_less_th
     assert account["held_micros"] == 0
     assert account["available_micros"] == credits - cost and account["spent_micros"] == cost
     after = await _quiet(stack)
-    provider_share, _fee = split_fee(cost, FEE_BPS)
+    picos = llm_cost_picos(10_000_000, 20_000_000, c.usage.prompt_tokens, c.usage.completion_tokens)
+    assert cost == micros_ceil(picos)
+    provider_share = provider_micros(picos, FEE_BPS)
     assert after["earned_micros"] - before["earned_micros"] == provider_share
     async with stack.client(key) as h:
         usage = (await h.get("/v1/account/usage")).json()
@@ -121,7 +126,10 @@ async def test_a_request_moves_exactly_its_cost_from_partner_to_provider_less_th
     assert [j["cost_micros"] for j in usage["jobs"]["data"]] == [cost]
     assert sum(b["cost_micros"] for b in usage["buckets"]) == cost
     types = [t["type"] for t in tx["data"]]
-    assert types == ["settle", "reserve", "topup"], types
+    assert types == ["settle", "lease", "topup"], types
+    settle, lease = tx["data"][0], tx["data"][1]
+    assert settle["lease_id"] == lease["lease_id"] == lease["id"] and settle["job_id"] is None
+    assert settle["amount_micros"] == cost and lease["pending"] and lease["amount_micros"] >= cost
     conn = await asyncpg.connect(db_url)
     try:
         assert (await verify(conn)).ok

@@ -50,8 +50,15 @@ async def _echo(stack, key: str, n: int) -> list[bytes]:
 async def test_held_released_and_voided_earnings_and_check_results(stack, config, capsys):
     services = stack.stack
     _, key = await stack.consumer()
-    jobs = await _echo(stack, key, 3)
+    # A node's earnings are held per clearing aggregate (its jobs in one
+    # clearing window): settled() clears every lease, so the first job is
+    # alone in its aggregate and the next two in a later one.
+    jobs = await _echo(stack, key, 1)
     await services.settled()
+    jobs += await _echo(stack, key, 2)
+    await services.settled()
+    aggregates = {(await in_state(services, j, earning=mpb.EARNING_STATE_HELD)).aggregate_id for j in jobs}
+    assert len(aggregates) == 2 and b"" not in aggregates
     shares = [(await in_state(services, j, earning=mpb.EARNING_STATE_HELD)).provider_micros for j in jobs]
     e = await stack.earnings()
     assert (e["held_micros"], e["earned_micros"], e["available_micros"]) == (sum(shares), 0, 0)

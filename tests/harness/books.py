@@ -4,7 +4,12 @@ database (the architecture's "Σ consumer charges = Σ provider earnings +
 Σ platform fees; every usage record settled exactly once", with held
 earnings: Σ charges = Σ earnings (posted, released and held) + Σ fees +
 Σ refunds of voided earnings, and metering's earning states agree with the
-ledger to the micro-credit)."""
+ledger to the micro-credit).
+
+With credit leases (issue 12) a job's record is cleared with its lease, not
+settled on its own: a lease is charged ceil(Σ its records' exact costs), and
+its node's earnings are per clearing aggregate. ``leases_cleared`` waits until
+every lease is cleared; the books count both kinds of record."""
 
 from __future__ import annotations
 
@@ -49,19 +54,52 @@ async def usage_record(metering, job_id: bytes) -> mpb.UsageRecord | None:
         return None
 
 
+LEASES_UNCLEARED = (1, 2, 3)  # metering.leases.state: OPENING, OPEN, CLOSED
+
+
+async def leases_cleared(db_url: str, *, timeout_s: float = SETTLE_WAIT_S) -> None:
+    """Waits until metering cleared every credit lease (each closes at the end
+    of its window, or when its scheduler stops) and every record on one is in
+    a clearing window."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        async def all_cleared() -> bool:
+            if not await conn.fetchval("SELECT to_regclass('metering.leases') IS NOT NULL"):
+                return True
+            return not await conn.fetchval(
+                "SELECT count(*) FROM metering.leases WHERE state = ANY($1::smallint[])", list(LEASES_UNCLEARED)) \
+                and not await conn.fetchval(
+                    "SELECT count(*) FROM metering.usage WHERE lease_id IS NOT NULL AND window_id IS NULL") \
+                and not await conn.fetchval(  # stored (leases and records marked) but not yet on the ledger
+                    "SELECT count(*) FROM metering.clearing_windows WHERE state = 1")
+
+        await eventually(all_cleared, what="every lease cleared", timeout_s=timeout_s)
+    finally:
+        await conn.close()
+
+
 async def settled(stack, *, timeout_s: float = SETTLE_WAIT_S) -> None:
-    """Waits until the scheduler recorded every job's usage and metering has
-    no settlement pending."""
+    """Waits until the scheduler recorded every job's usage, metering has no
+    settlement pending and every lease is cleared."""
     if stack.scheduler_srv is not None:  # a stack of ledger and metering: usage is recorded by the test
         await stack.scheduler_srv.parts["jobs"].drain(timeout_s)
     conn = await asyncpg.connect(stack.db_url)
     try:
+        leased = await _has_leases(conn)
+
         async def none_pending() -> bool:
-            return not await conn.fetchval("SELECT count(*) FROM metering.usage WHERE settlement = $1", PENDING)
+            return not await conn.fetchval(
+                "SELECT count(*) FROM metering.usage WHERE settlement = $1" + (" AND lease_id IS NULL" if leased
+                                                                              else ""), PENDING)
 
         await eventually(none_pending, what="every settlement", timeout_s=timeout_s)
     finally:
         await conn.close()
+    await leases_cleared(stack.db_url, timeout_s=timeout_s)
+
+
+async def _has_leases(conn) -> bool:
+    return await conn.fetchval("SELECT to_regclass('metering.leases') IS NOT NULL")
 
 
 async def check_books(stack) -> None:
@@ -78,17 +116,22 @@ async def check_books(stack) -> None:
             # The earnings worker ends an earning only on a row it holds locked
             # across its ledger call: with every earning row locked here, the
             # ledger and metering are read at one instant of their agreement.
+            leased = await _has_leases(conn)
             rows = await conn.fetch(
-                "SELECT earning, provider_micros FROM metering.usage WHERE earning <> 0 FOR SHARE")
+                "SELECT earning, provider_micros FROM metering.usage WHERE earning <> 0"
+                + (" AND lease_id IS NULL" if leased else "") + " FOR SHARE")
+            if leased and await conn.fetchval("SELECT to_regclass('metering.clearing_aggregates') IS NOT NULL"):
+                rows += await conn.fetch("SELECT earning, amount_micros AS provider_micros"
+                                         " FROM metering.clearing_aggregates FOR SHARE")
             by_state: dict[int, int] = {}
             for r in rows:
                 by_state[r["earning"]] = by_state.get(r["earning"], 0) + r["provider_micros"]
-            await _check_money(conn, by_state)
+            await _check_money(conn, by_state, leased=leased)
     finally:
         await conn.close()
 
 
-async def _check_money(conn, by_state: dict[int, int]) -> None:
+async def _check_money(conn, by_state: dict[int, int], *, leased: bool) -> None:
     consumer_kind, provider_kind = lpb.ACCOUNT_KIND_CONSUMER, lpb.ACCOUNT_KIND_PROVIDER
     charges = await conn.fetchval(
         "SELECT coalesce(sum(debits_posted), 0) FROM ledger.accounts WHERE kind = $1", consumer_kind)
@@ -104,9 +147,16 @@ async def _check_money(conn, by_state: dict[int, int]) -> None:
     assert by_state.get(HELD, 0) == held, (by_state, held)
     assert by_state.get(VOIDED, 0) == refunds, (by_state, refunds)
     assert sum(v for k, v in by_state.items() if k not in (HELD, VOIDED)) == earned, (by_state, earned)
+    per_job = " AND lease_id IS NULL" if leased else ""
     metered = await conn.fetchval(
-        "SELECT coalesce(sum(cost_micros), 0) FROM metering.usage WHERE settlement = $1", SETTLED)
+        "SELECT coalesce(sum(cost_micros), 0) FROM metering.usage WHERE settlement = $1" + per_job, SETTLED)
     unsettled = await conn.fetchval(
-        "SELECT count(*) FROM metering.usage WHERE settlement NOT IN ($1, $2)", SETTLED, RELEASED)
+        "SELECT count(*) FROM metering.usage WHERE settlement NOT IN ($1, $2)" + per_job, SETTLED, RELEASED)
     assert unsettled == 0
+    if leased:  # a lease is charged once: ceil(Σ its records' exact costs / 10^6)
+        metered += await conn.fetchval(
+            "SELECT coalesce(sum(ceil(p / 1000000)), 0)::bigint FROM (SELECT sum(cost_picos) AS p"
+            " FROM metering.usage WHERE lease_id IS NOT NULL GROUP BY lease_id) l")
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM metering.usage WHERE lease_id IS NOT NULL AND window_id IS NULL")
     assert metered == charges, (metered, charges)

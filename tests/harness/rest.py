@@ -94,7 +94,11 @@ class RestStack:
         return r.json()
 
     async def quiet_earnings(self) -> dict:
-        """The provider's earnings once nothing is pending (earlier jobs settled)."""
+        """The provider's earnings once nothing is pending (earlier jobs settled:
+        with credit leases, every lease cleared and its window on the ledger,
+        as metering marks records settled before the ledger applies them)."""
+        await self.stack.settled()
+
         async def quiet() -> dict | None:
             e = await self.earnings()
             return e if e["pending_micros"] == 0 else None

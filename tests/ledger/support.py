@@ -68,10 +68,11 @@ async def balances(stub, *ids: bytes) -> list[tuple[int, int, int, int]]:
              by_id[i].credits_posted) for i in ids]
 
 
-async def run_verify(db_url: str) -> Report:
+async def run_verify(db_url: str, *, clearing: bool = True) -> Report:
+    """``clearing`` False: the ledger's own books only (no metering records to prove windows against)."""
     conn = await asyncpg.connect(db_url)
     try:
-        return await verify(conn)
+        return await verify(conn, clearing=clearing)
     finally:
         await conn.close()
 

@@ -88,10 +88,15 @@ async def account(stack, account_id: bytes) -> lpb.Account:
 
 async def end_window_now(stack, job_id: bytes) -> None:
     """The job's release window ends now, as if it had passed (the window of
-    this stack is long, so that other jobs stay held meanwhile)."""
+    this stack is long, so that other jobs stay held meanwhile). A job
+    cleared on a lease is held with its clearing aggregate: the aggregate's
+    window ends (and so every job of that node and clearing window)."""
     conn = await asyncpg.connect(stack.db_url)
     try:
+        job = uuid.UUID(bytes=job_id)
         await conn.execute("UPDATE metering.usage SET earning_release_at = clock_timestamp() "
-                           "WHERE job_id = $1 AND earning = 1", uuid.UUID(bytes=job_id))
+                           "WHERE job_id = $1 AND earning = 1 AND aggregate_id IS NULL", job)
+        await conn.execute("UPDATE metering.clearing_aggregates SET release_at = clock_timestamp() WHERE earning = 1"
+                           " AND aggregate_id = (SELECT aggregate_id FROM metering.usage WHERE job_id = $1)", job)
     finally:
         await conn.close()

@@ -54,9 +54,15 @@ async def _late_job(stack, consumer: bytes, node_id: str) -> bytes:
 async def test_a_suspended_nodes_held_earnings_are_refunded_exactly(stack):
     a = stack.nodes["a"].node_id
     consumer = await stack.consumer(10**7)
-    on_a = [(await stack.scheduler.Infer(echo(consumer, node="a"))).job_id for _ in range(3)]
+    # Jobs on leases are held per (node, clearing window): the first job is
+    # cleared (its lease closed) before the others run, so that its aggregate
+    # can be released alone.
+    on_a = [(await stack.scheduler.Infer(echo(consumer, node="a"))).job_id]
+    await stack.settled()
+    on_a += [(await stack.scheduler.Infer(echo(consumer, node="a"))).job_id for _ in range(2)]
     on_b = [(await stack.scheduler.Infer(echo(consumer, node="b"))).job_id for _ in range(2)]
     await stack.settled()
+    assert (await record(stack, on_a[0])).aggregate_id not in {(await record(stack, j)).aggregate_id for j in on_a[1:]}
     assert [(await record(stack, j)).earning for j in on_a + on_b] == [HELD] * 5
     await end_window_now(stack, on_a[0])
     await in_state(stack, on_a[0], earning=RELEASED)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from idlegrid.common.clearing import micros_ceil
 from idlegrid.common.node_view import NodeInfo
 from idlegrid.metering.v1 import metering_pb2 as mpb
 from idlegrid.registry.v1 import registry_pb2 as rpb
@@ -21,9 +22,9 @@ PRICE = rpb.Price(per_million_input_tokens=300_000, per_million_output_tokens=90
 WORDS = Counter(prompt=lambda text: len(text.split()), text=lambda text: len(text.split()))
 
 
-def _choice(kind=rpb.MODEL_KIND_LLM, *, context_length=2048) -> Choice:
+def _choice(kind=rpb.MODEL_KIND_LLM, *, context_length=2048, price: rpb.Price = PRICE) -> Choice:
     node = rpb.Node(node_id=os.urandom(16), provider_id=os.urandom(16), provider_account_id=os.urandom(16))
-    model = rpb.Model(offer=rpb.ModelOffer(name="m", kind=kind, price=PRICE, context_length=context_length),
+    model = rpb.Model(offer=rpb.ModelOffer(name="m", kind=kind, price=price, context_length=context_length),
                       verified=True)
     return Choice(NodeInfo(node=node, models={"m": model}), model, "test", 1)
 
@@ -122,8 +123,25 @@ def test_the_usage_record_carries_the_usage_and_the_job():
     out = Outcome(choice=choice, attempt=1, text=["x"], node_in=job.prompt_tokens, node_out=1, delivered=True,
                   complete=True)
     u = billing.bill(job, out, counter=WORDS)
-    r = billing.record_pb(job, u, finished_ns=1_700_000_001_000_000_000, duration_ms=1000)
+    lease = os.urandom(16)
+    r = billing.record_pb(job, u, finished_ns=1_700_000_001_000_000_000, duration_ms=1000, lease_id=lease)
     assert (r.job_id, r.consumer_account_id, r.model) == (req.job_id, req.consumer_account_id, req.model)
     assert (r.cost_micros, r.completion_tokens, r.outcome) == (u.cost_micros, 1, mpb.OUTCOME_COMPLETED)
+    assert r.lease_id == lease and r.cost_picos == u.cost_picos
+    assert r.cost_micros == micros_ceil(r.cost_picos)  # the record shows the ceiling; clearing rounds once
     assert r.finished_at.seconds - r.started_at.seconds == 1 and r.duration_ms == 1000
     assert r.price_input_per_mtok == PRICE.per_million_input_tokens
+
+
+def test_a_job_costs_exact_pico_credits_and_is_never_rounded_on_its_own():
+    """20 tokens at 50,000 µcr per million tokens cost 1,000,000 pico-credits
+    exactly (1 µcr); 7 tokens cost 350,000 pico-credits, shown as 1 µcr, and
+    the exact cost is what the record carries."""
+    price = rpb.Price(per_million_input_tokens=50_000, per_million_output_tokens=50_000)
+    choice = _choice(price=price)
+    job = planning.prepare(chat(os.urandom(16), "a b c d e f g"), (choice,), counter=WORDS,
+                           started_ns=1, t0_s=0.0)
+    out = Outcome(choice=choice, attempt=1, text=[], node_in=job.prompt_tokens, node_out=0, delivered=False,
+                  complete=True)
+    u = billing.bill(job, out, counter=WORDS)
+    assert u.cost_picos == 50_000 * job.prompt_tokens and u.cost_micros == micros_ceil(u.cost_picos)

@@ -9,7 +9,8 @@ import grpc
 import numpy as np
 import pytest
 
-from idlegrid.common.money import split_fee
+from idlegrid.common.clearing import llm_cost_picos, micros_ceil, provider_micros
+from idlegrid.ledger.ids import well_known_account
 from idlegrid.metering.v1 import metering_pb2 as mpb
 from idlegrid.scheduler.pricing import llm_cost
 from idlegrid.scheduler.v1 import scheduler_pb2 as spb
@@ -19,6 +20,8 @@ from tests.scheduler.support import LLM, chat, echo, reason_of
 
 pytestmark = pytest.mark.slow  # a scenario: real services and a demo Triton
 
+REVENUE = well_known_account("platform:revenue", 1)
+
 
 def _price(stack, model=LLM):
     info = next(iter(stack.nodes.values())).node_id
@@ -27,19 +30,28 @@ def _price(stack, model=LLM):
 
 async def test_a_chat_job_is_billed_by_platform_counted_tokens_and_settled(stack):
     consumer = await stack.consumer(10**9)
-    before = (await stack.balances([stack.provider_account]))[0].credits_posted
+    before, fees_before = (b.credits_posted for b in await stack.balances([stack.provider_account, REVENUE]))
     r = await stack.scheduler.Infer(chat(consumer))
     assert r.text and r.finish_reason in ("stop", "length")
     u = r.usage
     assert u.tokens_verified and u.prompt_tokens > 0 and 0 < u.completion_tokens <= 8
     assert u.cost_micros == llm_cost(_price(stack), u.prompt_tokens, u.completion_tokens)
     assert r.routing.node_id == stack.nodes["a"].node_id and r.routing.reason and r.routing.attempt == 1
+    rec = await stack.metering.GetJob(mpb.GetJobRequest(job_id=r.job_id))
+    assert rec.cost_picos == llm_cost_picos(rec.price_input_per_mtok, rec.price_output_per_mtok,
+                                            u.prompt_tokens, u.completion_tokens)
     await stack.settled()
-    c, p = await stack.balances([consumer, stack.provider_account])
-    assert (c.debits_posted, c.debits_pending) == (u.cost_micros, 0)
-    assert p.credits_posted - before == split_fee(u.cost_micros, stack.config.platform_fee_bps)[0]
+    # The job is alone on its lease and its node's clearing aggregate (the module's jobs run one at a
+    # time, each settled): the lease is charged ceil(its exact cost); the provider earns the floor of
+    # its share, rounded once for the aggregate; the fee is the rest.
+    c, p, fees = await stack.balances([consumer, stack.provider_account, REVENUE])
+    assert (c.debits_posted, c.debits_pending) == (micros_ceil(rec.cost_picos), 0) == (u.cost_micros, 0)
+    earned = provider_micros(rec.cost_picos, stack.config.platform_fee_bps)
+    assert p.credits_posted - before == earned
+    assert fees.credits_posted - fees_before == u.cost_micros - earned
     rec = await stack.metering.GetJob(mpb.GetJobRequest(job_id=r.job_id))
     assert rec.outcome == mpb.OUTCOME_COMPLETED and rec.cost_micros == u.cost_micros
+    assert rec.window_id and bool(rec.aggregate_id) == (earned > 0) and rec.provider_micros == earned
     assert (rec.node_prompt_tokens, rec.node_completion_tokens) != (0, 0)
     await stack.check_books()
 

@@ -9,12 +9,14 @@ nothing. The books verify after each scenario."""
 from __future__ import annotations
 
 import dataclasses
+import uuid
 
+import asyncpg
 import grpc
 import pytest
 
 from idlegrid.cli import demo_node
-from idlegrid.ledger.v1 import ledger_pb2 as lpb
+from idlegrid.metering.v1 import metering_pb2 as mpb
 from idlegrid.registry.v1 import registry_pb2 as rpb
 from idlegrid.scheduler.pricing import llm_cost
 from idlegrid.scheduler.v1 import scheduler_pb2 as spb
@@ -53,13 +55,20 @@ def _job(consumer: bytes, **provider) -> spb.InferRequest:
     return req
 
 
-async def _hold(stack, consumer: bytes, job_id: bytes) -> int:
-    """The amount the job reserved on the ledger (its pending RESERVE transfer)."""
-    r = await stack.ledger.GetAccountTransfers(lpb.GetAccountTransfersRequest(account_id=consumer, limit=1000))
-    [t] = [t for t in r.transfers if t.code == lpb.TRANSFER_CODE_RESERVE and t.flags & lpb.TRANSFER_FLAG_PENDING
-           and t.user_data in (job_id, b"")] or [None]
-    assert t is not None, "no reservation for the job"
-    return t.amount
+async def _hold(stack, job_id: bytes) -> int:
+    """The amount the job reserved on its credit lease. Each such job is its
+    partner's first: it opened the lease with its reservation as the least
+    the lease must hold (amount_min), read from the lease its record names."""
+    rec = await stack.metering.GetJob(mpb.GetJobRequest(job_id=job_id))
+    conn = await asyncpg.connect(stack.db_url)
+    try:
+        row = await conn.fetchrow("SELECT amount_min, amount FROM metering.leases WHERE lease_id = $1",
+                                  uuid.UUID(bytes=rec.lease_id))
+    finally:
+        await conn.close()
+    assert row is not None, "no lease for the job"
+    assert row["amount"] >= row["amount_min"]
+    return row["amount_min"]
 
 
 async def test_a_price_above_max_price_is_never_charged(stack):
@@ -83,23 +92,34 @@ async def test_a_price_above_max_price_is_never_charged(stack):
 
 async def test_the_hold_is_sized_at_the_chosen_nodes_price_not_the_plans_highest(stack):
     """provider.order puts the cheap node first and the dear one second in
-    the plan: the hold is the cheap node's maximum cost."""
+    the plan: the hold is the cheap node's maximum cost. A partner with
+    exactly that much is served; one micro-credit less, refused (402)."""
     cheap, dear = stack.nodes["cheap"].node_id, stack.nodes["dear"].node_id
-    consumer = await stack.consumer(10**10)
-    req = _job(consumer, order=[cheap, dear])
+    req = _job(await stack.consumer(10**10), order=[cheap, dear])
     r = await stack.scheduler.Infer(req)
     assert r.routing.node_id == cheap and r.routing.attempt == 1
-    hold = await _hold(stack, consumer, req.job_id)
-    assert hold == llm_cost(CHEAP, r.usage.prompt_tokens, MAX_TOKENS)
-    assert hold < llm_cost(DEAR, r.usage.prompt_tokens, MAX_TOKENS)
-    assert r.usage.cost_micros <= hold
+    cheap_hold = llm_cost(CHEAP, r.usage.prompt_tokens, MAX_TOKENS)
+    assert await _hold(stack, req.job_id) == cheap_hold
+    assert cheap_hold < llm_cost(DEAR, r.usage.prompt_tokens, MAX_TOKENS)
+    assert r.usage.cost_micros <= cheap_hold
+    exact = await stack.consumer(cheap_hold)
+    r2 = await stack.scheduler.Infer(_job(exact, order=[cheap, dear]))
+    assert r2.routing.node_id == cheap and r2.usage.prompt_tokens == r.usage.prompt_tokens
+    short = await stack.consumer(cheap_hold - 1)
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stack.scheduler.Infer(_job(short, order=[cheap, dear]))
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and reason_of(e.value) == "insufficient_funds"
     # Without preferences, whichever node is chosen first sets the hold.
     for _ in range(6):
-        req = _job(consumer)
+        req = _job(await stack.consumer(10**10))
         r = await stack.scheduler.Infer(req)
         price = CHEAP if r.routing.node_id == cheap else DEAR
         assert r.routing.attempt == 1
-        assert await _hold(stack, consumer, req.job_id) == llm_cost(price, r.usage.prompt_tokens, MAX_TOKENS)
+        assert await _hold(stack, req.job_id) == llm_cost(price, r.usage.prompt_tokens, MAX_TOKENS)
+    await stack.settled()
+    e_acct, s_acct = await stack.balances([exact, short])
+    assert (e_acct.debits_posted, e_acct.debits_pending) == (r2.usage.cost_micros, 0)
+    assert (s_acct.debits_posted, s_acct.debits_pending) == (0, 0)
     await stack.check_books()
 
 

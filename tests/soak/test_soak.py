@@ -6,11 +6,13 @@ answered job has its usage record, no consumer spent more than it was
 given, the ledger verifies, and no request got a 500.
 
 Scheduler kills are quiesced here (``quiesce_scheduler``): traffic is held
-and every answered job's usage record is waited for before the kill. Until
-issue 12 lands, the scheduler records usage in the background after the
-answer, so a scheduler SIGKILL under traffic can lose the usage of jobs it
-just answered; ``idlegrid bench soak`` (not quiesced) measures that hole
-and reports it as ``lost_usage`` / ``lost_usage_near_scheduler_kill``.
+and every answered job's usage record is waited for before the kill. Since
+issue 12 a job's record is durable before its answer, and ``idlegrid bench
+soak`` (not quiesced) checks that no kill loses one (``lost_usage`` /
+``lost_usage_near_scheduler_kill``). Money moves when the credit leases are
+cleared: ``unsettled`` counts records, leases and clearing windows not yet
+on the ledger (a killed scheduler's leases clear after the soak's
+IDLEGRID_SCHEDULER_MAX_JOB_S).
 """
 
 from __future__ import annotations

@@ -125,7 +125,12 @@ async def test_a_node_serving_another_models_output_is_caught_and_suspended(stac
     n = await get_node(stack, liar)
     assert n.state_reason == rpb.STATE_REASON_CHECK_FAILED and r.job_id.hex() in n.state_detail
     assert n.reputation.checks_failed == 1
-    rec = await stack.metering.GetJob(mpb.GetJobRequest(job_id=r.job_id))
+
+    async def recorded() -> mpb.UsageRecord | None:  # reported to the registry first, then to metering
+        rec = await stack.metering.GetJob(mpb.GetJobRequest(job_id=r.job_id))
+        return rec if rec.check_result != mpb.CHECK_RESULT_UNSPECIFIED else None
+
+    rec = await eventually(recorded, what="metering to record the job's check result")
     assert rec.check_result == mpb.CHECK_RESULT_FAILED and "unlikely" in rec.check_detail
     await eventually(lambda: stack.table.nodes[liar.node_id].node.state == rpb.NODE_STATE_SUSPENDED,
                      what="the scheduler to see the liar suspended")

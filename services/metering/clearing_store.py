@@ -1,0 +1,144 @@
+"""Metering's SQL for batched clearing: the records of the leases to clear,
+a window stored with everything its ledger call carries (and each record's
+window, aggregate and shares), the windows still to send, and marking them
+cleared. States are written into the statements as literals."""
+
+from __future__ import annotations
+
+from asyncpg.pgproto import pgproto
+
+from idlegrid.metering.clearing_rules import WindowPlan
+from idlegrid.metering.earning_states import Earning
+from idlegrid.metering.states import Settlement
+
+STORED, CLEARED = 1, 2
+_PENDING, _SETTLED, _RELEASED = int(Settlement.PENDING), int(Settlement.SETTLED), int(Settlement.RELEASED)
+_HELD, _POSTED = int(Earning.HELD), int(Earning.POSTED)
+
+RECORD_COLUMNS = (
+    "job_id, consumer_account_id, provider_account_id, node_id, lease_id, prompt_tokens, completion_tokens, "
+    "requests, price_input_per_mtok, price_output_per_mtok, price_per_request, cost_picos, outcome, fee_bps, "
+    "recorded_at")
+
+
+def _u(b: bytes):
+    return pgproto.UUID(b)
+
+
+async def lock_leases(conn, ready: list) -> list:
+    """The rows of ``ready`` (leases_store.leases_to_clear) whose lease is
+    still to clear, each now locked FOR UPDATE for this transaction (another
+    replica's, locked, are skipped): no record joins them after this."""
+    if not ready:
+        return []
+    locked = await conn.fetch(
+        """SELECT lease_id FROM metering.leases WHERE lease_id = ANY($1::uuid[]) AND state IN (1, 2, 3)
+           ORDER BY lease_id FOR UPDATE SKIP LOCKED""", [r["lease_id"] for r in ready])
+    keep = {r["lease_id"] for r in locked}
+    return [r for r in ready if r["lease_id"] in keep]
+
+
+async def records_of(conn, lease_ids: list[bytes]) -> list:
+    """The not yet cleared usage records reserved on these leases. Not
+    locked one by one: the caller holds their leases FOR UPDATE (lock_leases),
+    and a record is inserted only under FOR KEY SHARE of its lease, so no
+    record joins or leaves the set (store_window's UPDATE then locks each row
+    as it stamps it)."""
+    return await conn.fetch(
+        f"""SELECT {RECORD_COLUMNS} FROM metering.usage
+            WHERE lease_id = ANY($1::uuid[]) AND window_id IS NULL""",
+        [_u(x) for x in lease_ids])
+
+
+async def cleared_leases(conn, lease_ids: list[bytes]) -> set[bytes]:
+    """Which of these leases already have their clearing row."""
+    rows = await conn.fetch("SELECT lease_id FROM metering.clearing_leases WHERE lease_id = ANY($1::uuid[])",
+                            [_u(x) for x in lease_ids])
+    return {r["lease_id"].bytes for r in rows}
+
+
+async def end_leases(conn, lease_ids: list[bytes], states: list[int], amounts: list[int]) -> None:
+    """Leases cleared (4 CLEARED, posted for their records; 6 VOIDED, released
+    whole) or 5 REFUSED (the ledger never held it); ``amounts``: what the
+    ledger holds (0: keep the recorded amount)."""
+    await conn.execute(
+        """UPDATE metering.leases l SET state = x.state,
+                  amount = CASE WHEN x.amount > 0 THEN x.amount WHEN x.state = 5 THEN 0 ELSE l.amount END,
+                  cleared_at = CASE WHEN x.state IN (4, 6) THEN clock_timestamp() END
+             FROM unnest($1::uuid[], $2::smallint[], $3::bigint[]) AS x(lease_id, state, amount)
+            WHERE l.lease_id = x.lease_id AND l.state IN (1, 2, 3)""",
+        [_u(x) for x in lease_ids], states, amounts)
+
+
+async def store_window(conn, p: WindowPlan, hold_s: int) -> None:
+    """The window, its leases' charges, its aggregates (HELD for ``hold_s``
+    seconds, or POSTED when 0) and each record's window, aggregate,
+    settlement and provider share -- all in the caller's transaction."""
+    wid = _u(p.window_id)
+    charged = sum(lp.charged for lp in p.leases)
+    await conn.execute(
+        """INSERT INTO metering.clearing_windows (window_id, jobs, charged_micros, fee_micros, root)
+           VALUES ($1, $2, $3, $4, $5)""", wid, p.jobs, charged, p.fee, p.root)
+    await conn.execute(
+        """INSERT INTO metering.clearing_leases (lease_id, window_id, consumer_account_id, jobs, cost_picos,
+                                                 charged_micros, root)
+           SELECT l, $1, c, j, p, ch, r
+             FROM unnest($2::uuid[], $3::uuid[], $4::bigint[], $5::numeric[], $6::bigint[], $7::bytea[])
+               AS x(l, c, j, p, ch, r)""",
+        wid, [_u(lp.lease_id) for lp in p.leases], [_u(lp.consumer) for lp in p.leases],
+        [lp.jobs for lp in p.leases], [lp.picos for lp in p.leases], [lp.charged for lp in p.leases],
+        [lp.root for lp in p.leases])
+    if p.aggregates:
+        a = p.aggregates
+        await conn.execute(
+            f"""INSERT INTO metering.clearing_aggregates (aggregate_id, window_id, node_id, provider_account_id,
+                      fee_bps, jobs, cost_picos, amount_micros, root, recorded_from, earning, release_at)
+                SELECT i, $1, n, pa, f, j, p, am, r, rf,
+                       CASE WHEN $11::integer > 0 THEN {_HELD} ELSE {_POSTED} END,
+                       CASE WHEN $11::integer > 0 THEN clock_timestamp() + make_interval(secs => $11) END
+                  FROM unnest($2::uuid[], $3::text[], $4::uuid[], $5::integer[], $6::bigint[], $7::numeric[],
+                              $8::bigint[], $9::bytea[], $10::timestamptz[]) AS x(i, n, pa, f, j, p, am, r, rf)""",
+            wid, [_u(x.aggregate_id) for x in a], [x.node_id for x in a], [_u(x.provider) for x in a],
+            [x.fee_bps for x in a], [x.jobs for x in a], [x.picos for x in a], [x.amount for x in a],
+            [x.root for x in a], [x.recorded_from for x in a], hold_s)
+    jobs = list(p.per_job)
+    await conn.execute(
+        f"""UPDATE metering.usage u SET window_id = $1,
+                  aggregate_id = nullif(x.agg, '00000000-0000-0000-0000-000000000000'::uuid),
+                  settlement = CASE WHEN u.cost_micros > 0 THEN {_SETTLED} ELSE {_RELEASED} END,
+                  provider_micros = x.share, fee_micros = u.cost_micros - x.share,
+                  settled_at = clock_timestamp(), attempts = u.attempts + 1,
+                  earning = CASE WHEN x.agg = '00000000-0000-0000-0000-000000000000'::uuid THEN 0
+                                 WHEN $4::integer > 0 THEN {_HELD} ELSE {_POSTED} END,
+                  earning_release_at = CASE WHEN x.agg <> '00000000-0000-0000-0000-000000000000'::uuid
+                                             AND $4::integer > 0
+                                            THEN clock_timestamp() + make_interval(secs => $4) END
+              FROM unnest($2::uuid[], $3::uuid[], $5::bigint[]) AS x(job_id, agg, share)
+            WHERE u.job_id = x.job_id AND u.window_id IS NULL AND u.settlement = {_PENDING}""",
+        wid, [_u(j) for j in jobs], [_u(p.per_job[j][0] or bytes(16)) for j in jobs], hold_s,
+        [p.per_job[j][1] for j in jobs])
+
+
+async def stored_windows(conn, limit: int) -> list[bytes]:
+    rows = await conn.fetch(
+        f"SELECT window_id FROM metering.clearing_windows WHERE state = {STORED} ORDER BY created_at LIMIT $1",
+        limit)
+    return [r["window_id"].bytes for r in rows]
+
+
+async def window_parts(conn, wid: bytes) -> tuple:
+    """(window, its leases, its aggregates) as stored."""
+    w = await conn.fetchrow("SELECT * FROM metering.clearing_windows WHERE window_id = $1", _u(wid))
+    leases = await conn.fetch(
+        "SELECT lease_id, charged_micros, root FROM metering.clearing_leases WHERE window_id = $1 ORDER BY lease_id",
+        _u(wid))
+    aggs = await conn.fetch(
+        """SELECT aggregate_id, provider_account_id, amount_micros, root, earning
+             FROM metering.clearing_aggregates WHERE window_id = $1 ORDER BY aggregate_id""", _u(wid))
+    return w, leases, aggs
+
+
+async def mark_cleared(conn, wid: bytes) -> None:
+    await conn.execute(
+        f"""UPDATE metering.clearing_windows SET state = {CLEARED}, cleared_at = clock_timestamp()
+            WHERE window_id = $1 AND state = {STORED}""", _u(wid))
