@@ -21,7 +21,6 @@ metering recorded ends, so a hold never needs a ledger expiry.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ import structlog
 
 from idlegrid.common.clearing import root_prefix
 from idlegrid.common.config import env_int
+from idlegrid.common.workers import PassWorker
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
 from idlegrid.metering import clearing_rules, leases_store
 from idlegrid.metering import clearing_store as store
@@ -61,44 +61,18 @@ class ClearingSettings:
         return cls(window_ms=env_int(env, "IDLEGRID_CLEARING_WINDOW_MS", 1_000, lo=10, hi=600_000))
 
 
-class ClearingWorker:
+class ClearingWorker(PassWorker):
+    name = "metering-clearing"
+
     def __init__(self, pool: asyncpg.Pool, ledger, *, hold_s: int,
                  settings: ClearingSettings | None = None) -> None:
         self._pool = pool
         self._ledger = ledger  # LedgerServiceStub carrying metering's token
         self._hold_s = hold_s
         self._settings = settings or ClearingSettings.from_env()
-        self._task: asyncio.Task | None = None
-        self._wake = asyncio.Event()
+        super().__init__(self._settings.window_ms / 1000)
         self.windows = 0
         self.jobs = 0
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="metering-clearing")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                busy = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - keep clearing; the rows keep the work
-                log.warning("clearing.pass_failed", error=str(e))
-                busy = False
-            if not busy:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self._settings.window_ms / 1000)
-                except TimeoutError:
-                    pass
-                self._wake.clear()
 
     async def run_once(self) -> bool:
         """One pass: sends the windows stored but not cleared, then stores and

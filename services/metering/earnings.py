@@ -29,6 +29,7 @@ import asyncpg
 import grpc
 import structlog
 
+from idlegrid.common.workers import PassWorker
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
 from idlegrid.metering import earning_states
 from idlegrid.metering import earnings_aggregates as aggregates
@@ -66,47 +67,21 @@ def _final(res: lpb.OperationResponse, wanted: Earning) -> Earning | None:
     return None
 
 
-class EarningsWorker:
+class EarningsWorker(PassWorker):
+    name = "metering-earnings"
+
     def __init__(self, pool: asyncpg.Pool, ledger, settings: MeteringSettings, suspensions: Suspensions) -> None:
         self._pool = pool
         self._ledger = ledger  # LedgerServiceStub carrying metering's token
         self._settings = settings
         self._suspensions = suspensions
-        self._task: asyncio.Task | None = None
-        self._wake = asyncio.Event()
+        super().__init__(settings.earnings_poll_ms / 1000)
         # One pass or one operator's void at a time in this process: a void_node's
         # answer then counts every earning its mark voids, never a worker's race.
         self._lock = asyncio.Lock()
         self._marked: dict[str, str] = {}  # the suspensions recorded in earning_voids by this process
         self.released = 0
         self.voided = 0
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="metering-earnings")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                busy = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - keep going; the rows keep the work
-                log.warning("earnings.pass_failed", error=str(e))
-                busy = False
-            if not busy:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self._settings.earnings_poll_ms / 1000)
-                except TimeoutError:
-                    pass
-                self._wake.clear()
 
     async def run_once(self) -> bool:
         """One pass (marks, voids, releases); returns whether more may be waiting."""

@@ -14,6 +14,7 @@ import asyncpg
 import grpc
 import structlog
 
+from idlegrid.common.workers import PassWorker
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
 from idlegrid.metering import earning_states, states, store
 from idlegrid.metering.earning_states import Earning
@@ -56,42 +57,14 @@ def _retry(error: str) -> Verdict:
     return Verdict(Settlement.PENDING, error=error)
 
 
-class SettlementWorker:
+class SettlementWorker(PassWorker):
+    name = "metering-settlement"
+
     def __init__(self, pool: asyncpg.Pool, ledger, *, poll_s: float = POLL_S) -> None:
         self._pool = pool
         self._ledger = ledger  # LedgerServiceStub carrying the service token
-        self._poll_s = poll_s
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        super().__init__(poll_s)
         self.settled = 0
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="metering-settlement")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    def wake(self) -> None:
-        """Settle now rather than at the next poll (called after a record)."""
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                busy = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - keep settling; the outbox keeps the work
-                log.warning("settlement.pass_failed", error=str(e))
-                busy = False
-            if not busy:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self._poll_s)
-                except TimeoutError:
-                    pass
-                self._wake.clear()
 
     async def run_once(self) -> bool:
         """Settles what is due; returns whether there may be more."""
