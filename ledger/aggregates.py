@@ -34,13 +34,12 @@ from idlegrid.ledger.codes import (
     VOID,
 )
 from idlegrid.ledger.earnings import check_ids, resolve_held
-from idlegrid.ledger.ids import derive, well_known_account
+from idlegrid.ledger.ids import ESCROW, derive
 from idlegrid.ledger.market import Outcome
 from idlegrid.ledger.store import reads
 from idlegrid.ledger.values import StoredTransfer, Transfer
 from idlegrid.ledger.writer import BatchWriter
 
-ESCROW = well_known_account("escrow:jobs", LEDGER_CREDITS)
 REFUNDS_MAX = 1000
 
 

@@ -44,12 +44,11 @@ from idlegrid.ledger.checkpoint_audit import Anchors, check
 from idlegrid.ledger.codes import (
     CREDITS_MUST_NOT_EXCEED_DEBITS,
     DEBITS_MUST_NOT_EXCEED_CREDITS,
-    LEDGER_CREDITS,
     PENDING,
     POST,
     VOID,
 )
-from idlegrid.ledger.ids import well_known_account
+from idlegrid.ledger.ids import ESCROW
 from idlegrid.ledger.store import books
 from idlegrid.ledger.values import Account, BatchRecord, ChainHead, StoredTransfer
 
@@ -234,7 +233,7 @@ class _Audit:
         if open_holds != unresolved:
             self.report.add(f"open holds ({len(open_holds)}) differ from unresolved pending transfers "
                             f"({len(unresolved)})")
-        escrow = well_known_account("escrow:jobs", LEDGER_CREDITS)
+        escrow = ESCROW
         if escrow in self._known:
             eb = self._balances.get(escrow, [0, 0, 0, 0])
             held = sum(p[2] for pid, p in self._pendings.items() if pid in unresolved and p[1] == escrow)

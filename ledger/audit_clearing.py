@@ -33,11 +33,10 @@ from idlegrid.common.clearing import (
     provider_micros,
     root_prefix,
 )
-from idlegrid.ledger.codes import CODE_EARNING, CODE_FEE, CODE_LEASE, LEDGER_CREDITS, POST, VOID
-from idlegrid.ledger.ids import derive, well_known_account
+from idlegrid.ledger.codes import CODE_EARNING, CODE_FEE, CODE_LEASE, POST, VOID
+from idlegrid.ledger.ids import ESCROW, derive
 from idlegrid.ledger.values import StoredTransfer
 
-ESCROW = well_known_account("escrow:jobs", LEDGER_CREDITS)
 CLEARED = 2
 
 

@@ -22,15 +22,12 @@ from idlegrid.ledger.codes import (
     CODE_EARNING,
     CODE_REFUND,
     CODE_RESERVE,
-    LEDGER_CREDITS,
     PENDING,
     POST,
     VOID,
 )
-from idlegrid.ledger.ids import well_known_account
+from idlegrid.ledger.ids import ESCROW
 from idlegrid.ledger.values import StoredTransfer
-
-ESCROW = well_known_account("escrow:jobs", LEDGER_CREDITS)
 
 
 @dataclass

@@ -24,14 +24,13 @@ from idlegrid.common.errors import InvalidArgument
 from idlegrid.ledger.codes import (
     CODE_EARNING,
     CODE_REFUND,
-    LEDGER_CREDITS,
     LINKED,
     PENDING,
     POST,
     VOID,
     R,
 )
-from idlegrid.ledger.ids import derive, well_known_account
+from idlegrid.ledger.ids import ESCROW, derive
 from idlegrid.ledger.market import Outcome, earning_id, reserve_id
 from idlegrid.ledger.store import reads
 from idlegrid.ledger.v1 import ledger_pb2 as pb
@@ -142,7 +141,7 @@ class Earnings:
     async def void(self, job_ids: list[bytes]) -> list[Outcome]:
         """Voids each job's held earning and refunds it to the job's payer,
         linked, in one group commit."""
-        escrow = well_known_account("escrow:jobs", LEDGER_CREDITS)
+        escrow = ESCROW
 
         def chain(h: _Held) -> list[Transfer]:
             return [Transfer(id=void_id(h.job_id), pending_id=h.earning.id, flags=VOID | LINKED),

@@ -32,7 +32,7 @@ from idlegrid.ledger.codes import (
     VOID,
     R,
 )
-from idlegrid.ledger.ids import derive, well_known_account
+from idlegrid.ledger.ids import ESCROW, REVENUE, derive
 from idlegrid.ledger.market import status_of
 from idlegrid.ledger.v1 import ledger_pb2 as pb
 from idlegrid.ledger.values import Transfer
@@ -41,8 +41,6 @@ from idlegrid.ledger.writer import BatchWriter
 S = pb.OperationStatus
 WINDOW_ITEMS_MAX = 4000  # leases, and node aggregates, per window
 ROOT_PREFIX_LEN = 16
-ESCROW = well_known_account("escrow:jobs", LEDGER_CREDITS)
-REVENUE = well_known_account("platform:revenue", LEDGER_CREDITS)
 
 
 def lease_clear_id(lease_id: bytes) -> bytes:
