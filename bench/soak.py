@@ -285,7 +285,7 @@ async def _serving(traffic: Traffic, probe: Consumer, fleet: Fleet) -> None:
 
 
 async def _recorded(conn, jobs: list[uuid.UUID]) -> dict[uuid.UUID, tuple[int, int]]:
-    rows = await conn.fetch("SELECT job_id, cost_micros, settlement FROM metering.usage WHERE job_id = ANY($1::uuid[])",
+    rows = await conn.fetch("SELECT job_id, cost_micros, settlement FROM metering.usage_lines WHERE job_id = ANY($1::uuid[])",
                             jobs)
     return {r["job_id"]: (r["cost_micros"], r["settlement"]) for r in rows}
 
@@ -307,7 +307,7 @@ async def _settled(conn, traffic: Traffic) -> dict:
     jobs = [a.job_id for a in traffic.answers]
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     while True:
-        pending = await conn.fetchval("SELECT count(*) FROM metering.usage WHERE settlement = $1", PENDING)
+        pending = await conn.fetchval("SELECT count(*) FROM metering.usage_lines WHERE settlement = $1", PENDING)
         pending += await conn.fetchval(
             "SELECT (SELECT count(*) FROM metering.leases WHERE state = ANY($1::smallint[]))"
             " + (SELECT count(*) FROM metering.clearing_windows WHERE state = $2)", LEASES_UNCLEARED, WINDOW_STORED)
@@ -319,7 +319,7 @@ async def _settled(conn, traffic: Traffic) -> dict:
     return {
         "billed": sum(1 for cost, st in recs.values() if st == SETTLED and cost > 0),
         "lost": {j for j in jobs if j not in recs}, "unsettled": pending,
-        "records": await conn.fetchval("SELECT count(*) FROM metering.usage WHERE settlement = $1", SETTLED),
+        "records": await conn.fetchval("SELECT count(*) FROM metering.usage_lines WHERE settlement = $1", SETTLED),
         "duplicate_job_ids": len(jobs) - len(set(jobs)),
     }
 

@@ -74,14 +74,21 @@ class ClearingAudit:
         aggs = {r["aggregate_id"].bytes: r for r in await conn.fetch("SELECT * FROM metering.clearing_aggregates")}
         records: dict[bytes, list] = defaultdict(list)
         async for r in conn.cursor(
-                """SELECT u.*, cl.window_id AS lease_window FROM metering.usage u
+                """SELECT u.*, c.window_id, c.aggregate_id, c.provider_micros AS share,
+                          cl.window_id AS lease_window FROM metering.usage u
+                     LEFT JOIN metering.usage_cleared c ON c.job_id = u.job_id
                      LEFT JOIN metering.clearing_leases cl ON cl.lease_id = u.lease_id
-                    WHERE u.window_id IS NOT NULL OR cl.lease_id IS NOT NULL""", prefetch=5000):
+                    WHERE c.job_id IS NOT NULL OR cl.lease_id IS NOT NULL""", prefetch=5000):
             w = _b(r["window_id"])
             if w != _b(r["lease_window"]):
                 self.report(f"usage record {r['job_id']}: in window {w.hex() or 'none'}, but its lease was "
                             f"cleared in {_b(r['lease_window']).hex()} (a record added or moved after clearing)")
             records[w or _b(r["lease_window"])].append(r)
+        for r in await conn.fetch(
+                """SELECT c.job_id, c.window_id FROM metering.usage_cleared c
+                    WHERE NOT EXISTS (SELECT 1 FROM metering.usage u WHERE u.job_id = c.job_id)"""):
+            self.report(f"usage record {r['job_id']}: cleared in window {r['window_id'].bytes.hex()}, but "
+                        "the record is missing")
         by_window_leases: dict[bytes, list] = defaultdict(list)
         for lid, row in leases.items():
             by_window_leases[row["window_id"].bytes].append(lid)
@@ -110,10 +117,16 @@ class ClearingAudit:
             rep(f"{name}: {len(records)} records, stored {w['jobs']}")
         per_lease: dict[bytes, list[RecordFacts]] = defaultdict(list)
         groups: dict[tuple, list[RecordFacts]] = defaultdict(list)
+        group_rows: dict[tuple, list] = defaultdict(list)  # the same records' rows (their stored shares)
         for r, f in zip(records, facts, strict=True):
             per_lease[f.lease_id].append(f)
             if f.provider_account_id and f.cost_picos:
-                groups[(r["node_id"], f.provider_account_id, r["fee_bps"])].append(f)
+                key = (r["node_id"], f.provider_account_id, r["fee_bps"])
+                groups[key].append(f)
+                group_rows[key].append(r)
+            elif r["aggregate_id"] is not None or r["share"]:
+                rep(f"{name}: usage record {r['job_id']} earns nothing, but is stored with aggregate "
+                    f"{_b(r['aggregate_id']).hex() or 'none'} and a share of {r['share']} µcr")
         charged = 0
         for lid in per_lease.keys() - leases.keys():
             rep(f"{name}: records of lease {lid.hex()}, which the window does not clear")
@@ -139,8 +152,9 @@ class ClearingAudit:
             hits = [k for k, a in aggs.items() if a["node_id"] == node and a["provider_account_id"].bytes == provider
                     and a["fee_bps"] == fee_bps]
             if amount == 0:
-                if hits:
-                    rep(f"{name}: node {node} has an aggregate, but its records earn nothing")
+                if hits or any(r["aggregate_id"] is not None or r["share"] for r in group_rows[(node, provider,
+                                                                                                  fee_bps)]):
+                    rep(f"{name}: node {node} has an aggregate or shares, but its records earn nothing")
                 continue
             paid += amount
             if len(hits) != 1:
@@ -149,6 +163,10 @@ class ClearingAudit:
             aid = hits[0]
             matched.add(aid)
             a = aggs[aid]
+            rows = group_rows[(node, provider, fee_bps)]
+            if any(_b(r["aggregate_id"]) != aid for r in rows) or sum(r["share"] or 0 for r in rows) != amount:
+                rep(f"{name}: the records of aggregate {aid.hex()} are not all stored in it, or their shares "
+                    f"do not sum to its {amount} µcr")
             if a["amount_micros"] != amount or bytes(a["root"]) != root:
                 rep(f"{name}: aggregate {aid.hex()} of node {node} recomputes to {amount} µcr (stored "
                     f"{a['amount_micros']}) or its records' root differs from the stored one")

@@ -23,13 +23,10 @@ from dataclasses import dataclass, field
 
 from idlegrid.common.clearing import (
     PICOS_PER_MICRO,
-    leaf,
+    keyed_leaf_of_row,
     merkle_root_of_leaves,
     micros_ceil,
     provider_micros,
-)
-from idlegrid.common.clearing import (
-    facts_of_row as facts,  # what a usage row commits to (ledger verify too)
 )
 
 BPS_PER_UNIT = 10_000
@@ -110,54 +107,53 @@ class WindowPlan:
 def plan(leases: list[tuple[bytes, bytes]], records: list) -> WindowPlan:
     """The window clearing ``leases`` ((lease id, consumer) each) with the
     usage ``records`` (rows of metering.usage) reserved on them. Records are
-    sorted by job id once and each is hashed once: every subset (a lease's, a
-    node's) is then already in job-id order for its root."""
+    sorted by job id once and each is hashed once (keyed_leaf_of_row: what
+    ``ledger verify`` recomputes with facts_of_row): every subset (a lease's,
+    a node's) is then already in job-id order for its root."""
     wid = window_id([lid for lid, _ in leases])
     by_lease = {lid: LeasePlan(lid, consumer) for lid, consumer in leases}
     lease_leaves: dict[bytes, list[bytes]] = defaultdict(list)
     groups: dict[tuple, AggregatePlan] = {}
-    group_facts: dict[tuple, list] = defaultdict(list)  # (facts, leaf), in job-id order
+    group_jobs: dict[tuple, list] = defaultdict(list)  # (job id, cost_picos, leaf), in job-id order
     all_leaves = []
-    pairs = sorted(((facts(r), r) for r in records), key=lambda p: p[0].job_id)
-    for f, r in pairs:
-        h = leaf(f)
+    keyed = sorted(((keyed_leaf_of_row(r), r) for r in records), key=lambda p: p[0][0])
+    for (job, lease, provider, picos, h), r in keyed:
         all_leaves.append(h)
-        lp = by_lease[f.lease_id]
-        lp.picos += f.cost_picos
+        lp = by_lease[lease]
+        lp.picos += picos
         lp.jobs += 1
-        lease_leaves[f.lease_id].append(h)
-        if f.provider_account_id and f.cost_picos:
-            key = (r["node_id"], f.provider_account_id, r["fee_bps"])
+        lease_leaves[lease].append(h)
+        if provider and picos:
+            key = (r["node_id"], provider, r["fee_bps"])
             ap = groups.get(key)
             if ap is None:
                 ap = groups[key] = AggregatePlan(aggregate_id(wid, *key), *key)
-            ap.picos += f.cost_picos
+            ap.picos += picos
             ap.jobs += 1
             if ap.recorded_from is None or r["recorded_at"] < ap.recorded_from:
                 ap.recorded_from = r["recorded_at"]
-            group_facts[key].append((f, h))
+            group_jobs[key].append((job, picos, h))
     for lp in by_lease.values():
         lp.charged = micros_ceil(lp.picos)
         lp.root = merkle_root_of_leaves(lease_leaves.get(lp.lease_id, []))
-    per_job: dict[bytes, tuple[bytes, int]] = dict.fromkeys((f.job_id for f, _ in pairs), (b"", 0))
+    per_job: dict[bytes, tuple[bytes, int]] = dict.fromkeys((k[0] for k, _ in keyed), (b"", 0))
     aggregates = []
     for key, ap in sorted(groups.items()):
         ap.amount = provider_micros(ap.picos, ap.fee_bps)
         if ap.amount == 0:
             continue
-        fs = group_facts[key]
-        ap.root = merkle_root_of_leaves([h for _, h in fs])
+        js = group_jobs[key]
+        ap.root = merkle_root_of_leaves([h for _, _, h in js])
         _, denominator = provider_share_picos(0, ap.fee_bps)
-        ap.job_ids = [f.job_id for f, _ in fs]
-        ap.shares = distribute(ap.amount, [provider_share_picos(f.cost_picos, ap.fee_bps)[0] for f, _ in fs],
-                               denominator)
+        ap.job_ids = [j for j, _, _ in js]
+        ap.shares = distribute(ap.amount, [provider_share_picos(c, ap.fee_bps)[0] for _, c, _ in js], denominator)
         for j, s in zip(ap.job_ids, ap.shares, strict=True):
             per_job[j] = (ap.aggregate_id, s)
         aggregates.append(ap)
     charged = sum(lp.charged for lp in by_lease.values())
     fee = charged - sum(a.amount for a in aggregates)
     return WindowPlan(wid, sorted(by_lease.values(), key=lambda lp: lp.lease_id), aggregates, fee,
-                      merkle_root_of_leaves(all_leaves), len(pairs), per_job)
+                      merkle_root_of_leaves(all_leaves), len(keyed), per_job)
 
 
 def refunds(consumer_picos: dict[bytes, int], fee_bps: int, amount: int) -> list[tuple[bytes, int]]:

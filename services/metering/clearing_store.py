@@ -1,6 +1,6 @@
 """Metering's SQL for batched clearing: the records of the leases to clear,
 a window stored with everything its ledger call carries (and each record's
-window, aggregate and shares), the windows still to send, and marking them
+window, aggregate and share, in metering.usage_cleared), the windows still to send, and marking them
 cleared. States are written into the statements as literals."""
 
 from __future__ import annotations
@@ -9,10 +9,8 @@ from asyncpg.pgproto import pgproto
 
 from idlegrid.metering.clearing_rules import WindowPlan
 from idlegrid.metering.earning_states import Earning
-from idlegrid.metering.states import Settlement
 
 STORED, CLEARED = 1, 2
-_PENDING, _SETTLED, _RELEASED = int(Settlement.PENDING), int(Settlement.SETTLED), int(Settlement.RELEASED)
 _HELD, _POSTED = int(Earning.HELD), int(Earning.POSTED)
 
 RECORD_COLUMNS = (
@@ -39,14 +37,13 @@ async def lock_leases(conn, ready: list) -> list:
 
 
 async def records_of(conn, lease_ids: list[bytes]) -> list:
-    """The not yet cleared usage records reserved on these leases. Not
-    locked one by one: the caller holds their leases FOR UPDATE (lock_leases),
-    and a record is inserted only under FOR KEY SHARE of its lease, so no
-    record joins or leaves the set (store_window's UPDATE then locks each row
-    as it stamps it)."""
+    """The usage records reserved on these leases (not yet cleared: the
+    leases are). Not locked one by one: the caller holds their leases FOR
+    UPDATE (lock_leases), and a record is inserted only under FOR KEY SHARE
+    of its lease, so no record joins or leaves the set; a record is never
+    updated (store_window writes its clearing to metering.usage_cleared)."""
     return await conn.fetch(
-        f"""SELECT {RECORD_COLUMNS} FROM metering.usage
-            WHERE lease_id = ANY($1::uuid[]) AND window_id IS NULL""",
+        f"SELECT {RECORD_COLUMNS} FROM metering.usage WHERE lease_id = ANY($1::uuid[])",
         [_u(x) for x in lease_ids])
 
 
@@ -72,8 +69,9 @@ async def end_leases(conn, lease_ids: list[bytes], states: list[int], amounts: l
 
 async def store_window(conn, p: WindowPlan, hold_s: int) -> None:
     """The window, its leases' charges, its aggregates (HELD for ``hold_s``
-    seconds, or POSTED when 0) and each record's window, aggregate,
-    settlement and provider share -- all in the caller's transaction."""
+    seconds, or POSTED when 0) and each record's window, aggregate and
+    provider share (one narrow row; the record itself is not rewritten) --
+    all in the caller's transaction."""
     wid = _u(p.window_id)
     charged = sum(lp.charged for lp in p.leases)
     await conn.execute(
@@ -103,19 +101,10 @@ async def store_window(conn, p: WindowPlan, hold_s: int) -> None:
             [x.root for x in a], [x.recorded_from for x in a], hold_s)
     jobs = list(p.per_job)
     await conn.execute(
-        f"""UPDATE metering.usage u SET window_id = $1,
-                  aggregate_id = nullif(x.agg, '00000000-0000-0000-0000-000000000000'::uuid),
-                  settlement = CASE WHEN u.cost_micros > 0 THEN {_SETTLED} ELSE {_RELEASED} END,
-                  provider_micros = x.share, fee_micros = u.cost_micros - x.share,
-                  settled_at = clock_timestamp(), attempts = u.attempts + 1,
-                  earning = CASE WHEN x.agg = '00000000-0000-0000-0000-000000000000'::uuid THEN 0
-                                 WHEN $4::integer > 0 THEN {_HELD} ELSE {_POSTED} END,
-                  earning_release_at = CASE WHEN x.agg <> '00000000-0000-0000-0000-000000000000'::uuid
-                                             AND $4::integer > 0
-                                            THEN clock_timestamp() + make_interval(secs => $4) END
-              FROM unnest($2::uuid[], $3::uuid[], $5::bigint[]) AS x(job_id, agg, share)
-            WHERE u.job_id = x.job_id AND u.window_id IS NULL AND u.settlement = {_PENDING}""",
-        wid, [_u(j) for j in jobs], [_u(p.per_job[j][0] or bytes(16)) for j in jobs], hold_s,
+        """INSERT INTO metering.usage_cleared (job_id, window_id, aggregate_id, provider_micros)
+           SELECT j, $1, nullif(a, '00000000-0000-0000-0000-000000000000'::uuid), s
+             FROM unnest($2::uuid[], $3::uuid[], $4::bigint[]) AS x(j, a, s)""",
+        wid, [_u(j) for j in jobs], [_u(p.per_job[j][0] or bytes(16)) for j in jobs],
         [p.per_job[j][1] for j in jobs])
 
 

@@ -3,7 +3,8 @@ idlegrid.metering.clearing): released after the release window
 (ReleaseAggregates), or voided when the node's earnings are voided
 (VoidAggregates, with refunds to the partners who paid for them: per
 consumer, the provider share of that consumer's records, summing exactly to
-the aggregate). The aggregate's records follow it (their earning state).
+the aggregate). The aggregate's records follow it (their earning state is
+its: metering.usage_lines).
 
 Only aggregates of CLEARED windows (the ledger has them) are claimed, FOR
 UPDATE SKIP LOCKED for the length of the ledger call; the ledger's calls are
@@ -50,7 +51,7 @@ async def claim_voids(conn, limit: int, *, suspended: dict[str, str], node_id: s
                 UNION ALL
                 SELECT n, 'infinity'::timestamptz, r FROM unnest($3::text[], $4::text[]) AS x(n, r)) AS t
               WHERE $2::text IS NULL OR node_id = $2 GROUP BY node_id)
-            SELECT a.aggregate_id, a.amount_micros, a.fee_bps, t.reason FROM targets t
+            SELECT a.aggregate_id, a.amount_micros, a.fee_bps, a.jobs, t.reason FROM targets t
               JOIN metering.clearing_aggregates a ON a.node_id = t.node_id AND a.earning = {_HELD}
                    AND a.recorded_from <= t.through
               JOIN metering.clearing_windows w ON w.window_id = a.window_id AND w.state = 2
@@ -59,10 +60,16 @@ async def claim_voids(conn, limit: int, *, suspended: dict[str, str], node_id: s
 
 
 async def consumer_picos(conn, aggregate_ids: list) -> dict:
-    """aggregate id -> {consumer: Σ cost_picos of its records}."""
+    """aggregate id -> {consumer: Σ cost_picos of its records}: the records
+    of its window's leases on its node, provider and fee that cost something
+    (clearing_rules.plan's groups)."""
     rows = await conn.fetch(
-        """SELECT aggregate_id, consumer_account_id, sum(cost_picos) AS picos FROM metering.usage
-            WHERE aggregate_id = ANY($1::uuid[]) GROUP BY 1, 2""", aggregate_ids)
+        """SELECT a.aggregate_id, u.consumer_account_id, sum(u.cost_picos) AS picos
+             FROM metering.clearing_aggregates a
+             JOIN metering.clearing_leases cl ON cl.window_id = a.window_id
+             JOIN metering.usage u ON u.lease_id = cl.lease_id AND u.node_id = a.node_id
+                  AND u.provider_account_id = a.provider_account_id AND u.fee_bps = a.fee_bps AND u.cost_picos > 0
+            WHERE a.aggregate_id = ANY($1::uuid[]) GROUP BY 1, 2""", aggregate_ids)
     out: dict = defaultdict(dict)
     for r in rows:
         out[r["aggregate_id"]][r["consumer_account_id"].bytes] = int(r["picos"])
@@ -70,18 +77,14 @@ async def consumer_picos(conn, aggregate_ids: list) -> dict:
 
 
 async def resolve(conn, aggregate_ids: list, states: list[Earning], notes: list[str]) -> None:
-    """HELD aggregates, and their records, to their final state."""
+    """HELD aggregates to their final state (their records' earning is
+    theirs: metering.usage_lines)."""
     args = (aggregate_ids, [int(s) for s in states], notes)
     await conn.execute(
         f"""UPDATE metering.clearing_aggregates a SET earning = x.earning, note = left(x.note, 1024),
                    resolved_at = clock_timestamp()
               FROM unnest($1::uuid[], $2::smallint[], $3::text[]) AS x(id, earning, note)
             WHERE a.aggregate_id = x.id AND a.earning = {_HELD}""", *args)
-    await conn.execute(
-        f"""UPDATE metering.usage u SET earning = x.earning, earning_note = left(x.note, 1024),
-                   earning_resolved_at = clock_timestamp()
-              FROM unnest($1::uuid[], $2::smallint[], $3::text[]) AS x(id, earning, note)
-            WHERE u.aggregate_id = x.id AND u.earning = {_HELD}""", *args)
 
 
 def _final(res: lpb.OperationResponse, wanted: Earning) -> Earning | None:
@@ -128,8 +131,7 @@ async def void(conn, ledger, limit: int, *, suspended: dict[str, str], node_id: 
         return 0, 0, 0, len(rows) == limit, True
     done = await _record(conn, rows, list(res.results), Earning.VOIDED)
     voided = [r for r, s in zip(rows, done, strict=True) if s == Earning.VOIDED]
-    jobs = await conn.fetchval("SELECT count(*) FROM metering.usage WHERE aggregate_id = ANY($1::uuid[])",
-                               [r["aggregate_id"] for r in voided]) if voided else 0
+    jobs = sum(r["jobs"] for r in voided)
     micros = sum(r["amount_micros"] for r in voided)
     if voided:
         log.info("earnings.aggregates_voided", aggregates=len(voided), jobs=jobs, micros=micros)

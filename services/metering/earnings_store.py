@@ -44,7 +44,7 @@ async def claim_voids(conn, limit: int, *, suspended: dict[str, str] | None = No
               WHERE $2::text IS NULL OR node_id = $2 GROUP BY node_id)
             SELECT u.job_id, u.provider_micros, t.reason FROM targets t
               JOIN metering.usage u ON u.node_id = t.node_id AND u.earning = {_HELD} AND u.recorded_at <= t.through
-                   AND u.aggregate_id IS NULL
+                   AND u.lease_id IS NULL
             ORDER BY u.recorded_at LIMIT $1 FOR UPDATE OF u SKIP LOCKED""",
         limit, node_id, list(suspended), list(suspended.values()))
 
@@ -53,7 +53,7 @@ async def claim_releases(conn, limit: int, suspended: list[str]) -> list:
     """Held earnings due now, of nodes neither ``suspended`` nor marked void."""
     return await conn.fetch(
         f"""SELECT u.job_id, u.provider_micros FROM metering.usage u
-            WHERE u.earning = {_HELD} AND u.earning_release_at <= clock_timestamp() AND u.aggregate_id IS NULL
+            WHERE u.earning = {_HELD} AND u.earning_release_at <= clock_timestamp() AND u.lease_id IS NULL
               AND NOT (u.node_id = ANY($2::text[]))
               AND NOT EXISTS (SELECT 1 FROM metering.earning_voids v
                               WHERE v.node_id = u.node_id AND u.recorded_at <= v.voided_through)
@@ -75,12 +75,24 @@ async def void_pending(pool: asyncpg.Pool, node_id: str) -> int:
     return await pool.fetchval(
         f"""SELECT count(*) FROM metering.usage u JOIN metering.earning_voids v ON v.node_id = u.node_id
             WHERE u.earning = {_HELD} AND u.node_id = $1 AND u.recorded_at <= v.voided_through
-              AND u.aggregate_id IS NULL""", node_id)
+              AND u.lease_id IS NULL""", node_id)
 
 
-_SUMS = """SELECT {key} AS node_id, earning, count(*) AS jobs, sum(provider_micros) AS micros,
-                  min(earning_release_at) FILTER (WHERE earning = {held}) AS next_release_at
-             FROM metering.usage WHERE provider_account_id = $1 AND earning <> 0 {nodes}
+# Per earning state (and node): a provider's per-job earnings (records not on
+# a lease) and its clearing aggregates (each record on a lease is in at most
+# one, and earns what its aggregate does).
+_SUMS = """SELECT {key} AS node_id, earning, sum(jobs)::bigint AS jobs, sum(micros) AS micros,
+                  min(next_release_at) AS next_release_at FROM (
+             SELECT node_id, earning, count(*) AS jobs, sum(provider_micros) AS micros,
+                    min(earning_release_at) FILTER (WHERE earning = {held}) AS next_release_at
+               FROM metering.usage WHERE provider_account_id = $1 AND lease_id IS NULL AND earning <> 0
+              GROUP BY node_id, earning
+             UNION ALL
+             SELECT node_id, earning, sum(jobs), sum(amount_micros),
+                    min(release_at) FILTER (WHERE earning = {held})
+               FROM metering.clearing_aggregates WHERE provider_account_id = $1
+              GROUP BY node_id, earning) AS e
+            WHERE true {nodes}
             GROUP BY 1, earning"""
 
 
@@ -91,8 +103,10 @@ async def summary(pool: asyncpg.Pool, provider_account_id, nodes_max: int) -> tu
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         total = await conn.fetch(_SUMS.format(key="''", nodes="", held=_HELD), provider_account_id)
         by_node = await conn.fetch(_SUMS.format(key="node_id", held=_HELD, nodes=(
-            "AND node_id IN (SELECT DISTINCT node_id FROM metering.usage WHERE provider_account_id = $1"
-            " AND earning <> 0 ORDER BY node_id LIMIT $2)")) + " ORDER BY 1", provider_account_id, nodes_max)
+            "AND node_id IN (SELECT node_id FROM metering.usage WHERE provider_account_id = $1"
+            " AND lease_id IS NULL AND earning <> 0 UNION SELECT node_id FROM metering.clearing_aggregates"
+            " WHERE provider_account_id = $1 ORDER BY node_id LIMIT $2)")) + " ORDER BY 1", provider_account_id,
+            nodes_max)
     return list(total), list(by_node)
 
 
@@ -102,7 +116,7 @@ async def record_check(pool: asyncpg.Pool, job_id, result: int, detail: str):
     async with pool.acquire() as conn:
         row = await conn.fetchrow(
             """UPDATE metering.usage SET check_result = $2, check_detail = $3, checked_at = clock_timestamp()
-               WHERE job_id = $1 AND check_result = 0 RETURNING *""", job_id, result, detail)
+               WHERE job_id = $1 AND check_result = 0 RETURNING job_id""", job_id, result, detail)
         if row is not None:
-            return row, True
-        return await conn.fetchrow("SELECT * FROM metering.usage WHERE job_id = $1", job_id), False
+            return await conn.fetchrow("SELECT * FROM metering.usage_lines WHERE job_id = $1", job_id), True
+        return await conn.fetchrow("SELECT * FROM metering.usage_lines WHERE job_id = $1", job_id), False

@@ -1,7 +1,8 @@
 """Group commit of usage records: RecordUsage and RecordUsageBatch calls wait
-in a bounded queue; one writer drains it into a single INSERT ... SELECT FROM
-unnest(...) per transaction, and answers each call when its records are
-durable (committed).
+in a bounded queue; one writer drains them into one transaction -- a binary
+COPY when every record is new (the usual case), else a single INSERT ...
+SELECT FROM unnest(...) ON CONFLICT -- and answers each call when its records
+are durable (committed).
 
 Each call is all or nothing: a call whose record conflicts with a stored one
 (ABORTED), or whose lease takes no records (FAILED_PRECONDITION), has its new
@@ -145,7 +146,9 @@ class UsageWriter:
         rows = [r for call in calls for r in call.rows]
         whole = any(call.whole_rows for call in calls)
         async with self._pool.acquire() as conn, conn.transaction():
-            inserted = await store.insert_many(conn, rows, whole_rows=whole)
+            inserted = None if whole else await store.copy_new(conn, rows)
+            if inserted is None:  # a call wants its stored rows, or a job id is stored already
+                inserted = await store.insert_many(conn, rows, whole_rows=whole)
             all_new = len(inserted) == len(rows) and not whole
             if not all_new:
                 answers, new, undo = await self._sort_out(conn, calls, rows, inserted)

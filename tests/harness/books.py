@@ -69,7 +69,7 @@ async def leases_cleared(db_url: str, *, timeout_s: float = SETTLE_WAIT_S) -> No
             return not await conn.fetchval(
                 "SELECT count(*) FROM metering.leases WHERE state = ANY($1::smallint[])", list(LEASES_UNCLEARED)) \
                 and not await conn.fetchval(
-                    "SELECT count(*) FROM metering.usage WHERE lease_id IS NOT NULL AND window_id IS NULL") \
+                    "SELECT count(*) FROM metering.usage_lines WHERE lease_id IS NOT NULL AND window_id IS NULL") \
                 and not await conn.fetchval(  # stored (leases and records marked) but not yet on the ledger
                     "SELECT count(*) FROM metering.clearing_windows WHERE state = 1")
 
@@ -89,7 +89,7 @@ async def settled(stack, *, timeout_s: float = SETTLE_WAIT_S) -> None:
 
         async def none_pending() -> bool:
             return not await conn.fetchval(
-                "SELECT count(*) FROM metering.usage WHERE settlement = $1" + (" AND lease_id IS NULL" if leased
+                "SELECT count(*) FROM metering.usage_lines WHERE settlement = $1" + (" AND lease_id IS NULL" if leased
                                                                               else ""), PENDING)
 
         await eventually(none_pending, what="every settlement", timeout_s=timeout_s)
@@ -149,14 +149,14 @@ async def _check_money(conn, by_state: dict[int, int], *, leased: bool) -> None:
     assert sum(v for k, v in by_state.items() if k not in (HELD, VOIDED)) == earned, (by_state, earned)
     per_job = " AND lease_id IS NULL" if leased else ""
     metered = await conn.fetchval(
-        "SELECT coalesce(sum(cost_micros), 0) FROM metering.usage WHERE settlement = $1" + per_job, SETTLED)
+        "SELECT coalesce(sum(cost_micros), 0) FROM metering.usage_lines WHERE settlement = $1" + per_job, SETTLED)
     unsettled = await conn.fetchval(
-        "SELECT count(*) FROM metering.usage WHERE settlement NOT IN ($1, $2)" + per_job, SETTLED, RELEASED)
+        "SELECT count(*) FROM metering.usage_lines WHERE settlement NOT IN ($1, $2)" + per_job, SETTLED, RELEASED)
     assert unsettled == 0
     if leased:  # a lease is charged once: ceil(Σ its records' exact costs / 10^6)
         metered += await conn.fetchval(
             "SELECT coalesce(sum(ceil(p / 1000000)), 0)::bigint FROM (SELECT sum(cost_picos) AS p"
-            " FROM metering.usage WHERE lease_id IS NOT NULL GROUP BY lease_id) l")
+            " FROM metering.usage_lines WHERE lease_id IS NOT NULL GROUP BY lease_id) l")
         assert not await conn.fetchval(
-            "SELECT count(*) FROM metering.usage WHERE lease_id IS NOT NULL AND window_id IS NULL")
+            "SELECT count(*) FROM metering.usage_lines WHERE lease_id IS NOT NULL AND window_id IS NULL")
     assert metered == charges, (metered, charges)

@@ -56,14 +56,29 @@ async def test_a_tampered_usage_record_fails_verify(stack):
         assert await _problems(conn) == []
         # A record added to the cleared lease (not in its window).
         extra = dict(row)
-        extra.update(job_id=uuid.UUID(bytes=os.urandom(16)), window_id=None, aggregate_id=None,
-                     settlement=1, settled_at=None, earning=0, earning_release_at=None, fee_micros=0,
-                     provider_micros=0)
+        extra.update(job_id=uuid.UUID(bytes=os.urandom(16)))
         await conn.execute(f"INSERT INTO metering.usage ({', '.join(extra)}) VALUES "
                            f"({', '.join(f'${i + 1}' for i in range(len(extra)))})", *extra.values())
         problems = await _problems(conn)
         assert any("added or moved" in x for x in problems), problems
         await conn.execute("DELETE FROM metering.usage WHERE job_id = $1", extra["job_id"])
+        assert await _problems(conn) == []
+        # A record's provider share changed.
+        a = uuid.UUID(bytes=recs[0].job_id)
+        await conn.execute("UPDATE metering.usage_cleared SET provider_micros = provider_micros + 1 WHERE job_id = $1",
+                           a)
+        problems = await _problems(conn)
+        assert any("shares" in x for x in problems), problems
+        await conn.execute("UPDATE metering.usage_cleared SET provider_micros = provider_micros - 1 WHERE job_id = $1",
+                           a)
+        assert await _problems(conn) == []
+        # A cleared record's row gone while its clearing stays.
+        saved = await conn.fetchrow("SELECT * FROM metering.usage WHERE job_id = $1", job)
+        await conn.execute("DELETE FROM metering.usage WHERE job_id = $1", job)
+        problems = await _problems(conn)
+        assert any("the record is missing" in x for x in problems), problems
+        await conn.execute(f"INSERT INTO metering.usage ({', '.join(saved.keys())}) VALUES "
+                           f"({', '.join(f'${i + 1}' for i in range(len(saved)))})", *saved.values())
         assert await _problems(conn) == []
     finally:
         await conn.close()

@@ -95,8 +95,8 @@ async def end_window_now(stack, job_id: bytes) -> None:
     try:
         job = uuid.UUID(bytes=job_id)
         await conn.execute("UPDATE metering.usage SET earning_release_at = clock_timestamp() "
-                           "WHERE job_id = $1 AND earning = 1 AND aggregate_id IS NULL", job)
+                           "WHERE job_id = $1 AND earning = 1 AND lease_id IS NULL", job)
         await conn.execute("UPDATE metering.clearing_aggregates SET release_at = clock_timestamp() WHERE earning = 1"
-                           " AND aggregate_id = (SELECT aggregate_id FROM metering.usage WHERE job_id = $1)", job)
+                           " AND aggregate_id = (SELECT aggregate_id FROM metering.usage_cleared WHERE job_id = $1)", job)
     finally:
         await conn.close()

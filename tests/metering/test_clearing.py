@@ -81,7 +81,7 @@ async def test_a_thousand_half_micro_jobs_charge_once_and_keep_the_fee(stack):
                                        WHERE lease_id = ANY($1::uuid[]))""",
             [uuid.UUID(bytes=lease), uuid.UUID(bytes=other)])
         assert fee == charged - earned  # the platform keeps every fraction the providers' floors leave
-        shares = await conn.fetchval("SELECT sum(provider_micros) FROM metering.usage WHERE lease_id = $1",
+        shares = await conn.fetchval("SELECT sum(provider_micros) FROM metering.usage_lines WHERE lease_id = $1",
                                      uuid.UUID(bytes=lease))
         assert shares == 450  # the per-job views sum exactly to the aggregate
     finally:

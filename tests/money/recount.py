@@ -48,7 +48,7 @@ async def recount(db_url: str, sent: dict[bytes, bytes], answered: set[bytes]) -
 async def _recount(conn, sent: dict[bytes, bytes], answered: set[bytes]) -> Recount:
     consumers = sorted({uuid.UUID(bytes=c) for c in sent.values()})
     rows = await conn.fetch(
-        "SELECT job_id, consumer_account_id, lease_id, window_id, cost_picos FROM metering.usage"
+        "SELECT job_id, consumer_account_id, lease_id, window_id, cost_picos FROM metering.usage_lines"
         " WHERE consumer_account_id = ANY($1::uuid[])", consumers)
     recorded = {r["job_id"].bytes: r for r in rows}
     assert len(recorded) == len(rows)

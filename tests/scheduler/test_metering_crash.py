@@ -62,7 +62,7 @@ async def test_usage_recorded_before_a_metering_crash_is_cleared_once_after_rest
         consumer = await stack.consumer(10**6)
         jobs = [await scheduler.Infer(echo(consumer)) for _ in range(5)]
         # Every answered job's record is durable already (no drain), on one lease not yet cleared.
-        rows = await conn.fetch("SELECT job_id, lease_id, cost_picos, window_id FROM metering.usage"
+        rows = await conn.fetch("SELECT job_id, lease_id, cost_picos, window_id FROM metering.usage_lines"
                                 " WHERE consumer_account_id = $1", uuid.UUID(bytes=consumer))
         assert {r["job_id"].bytes for r in rows} == {j.job_id for j in jobs}
         [lease_id] = {r["lease_id"] for r in rows}
@@ -91,7 +91,7 @@ async def test_usage_recorded_before_a_metering_crash_is_cleared_once_after_rest
         assert (lease["state"], lease["jobs"]) == (4, 5)  # CLEARED, with the 5 jobs it was closed with
         assert await conn.fetchval("SELECT count(*) FROM metering.clearing_leases WHERE lease_id = $1",
                                    lease_id) == 1
-        assert await conn.fetchval("SELECT count(DISTINCT window_id) FROM metering.usage WHERE lease_id = $1"
+        assert await conn.fetchval("SELECT count(DISTINCT window_id) FROM metering.usage_lines WHERE lease_id = $1"
                                    " AND window_id IS NOT NULL", lease_id) == 1
         posts = await conn.fetch("SELECT amount FROM ledger.transfers WHERE pending_id = $1 AND code = $2",
                                  lease_id, lpb.TRANSFER_CODE_LEASE)
