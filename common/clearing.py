@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ PICOS_MAX = 2**63 - 1
 ROOT_PREFIX_BYTES = 16  # what fits a transfer's user_data
 
 _RECORD = struct.Struct(">16s16s16s16s16sQQQQQQQB")
+_HEX32 = re.compile(r"[0-9a-fA-F]{32}")
 
 
 def llm_cost_picos(price_in_per_mtok: int, price_out_per_mtok: int, prompt_tokens: int, completion_tokens: int) -> int:
@@ -88,11 +90,8 @@ def node_bytes(node_id: str) -> bytes:
     bytes a record's facts carry; another name, by its SHA-256."""
     if not node_id:
         return b""
-    if len(node_id) == 32:
-        try:
-            return bytes.fromhex(node_id)
-        except ValueError:
-            pass
+    if _HEX32.fullmatch(node_id):
+        return bytes.fromhex(node_id)
     return hashlib.sha256(node_id.encode()).digest()[:16]
 
 
@@ -115,26 +114,6 @@ def facts_of_row(row) -> RecordFacts:
 
 def leaf(record: RecordFacts) -> bytes:
     return hashlib.sha256(b"\x00" + record.canonical()).digest()
-
-
-_ZERO16 = bytes(16)
-_sha256 = hashlib.sha256
-
-
-def keyed_leaf_of_row(row) -> tuple[bytes, bytes, bytes, int, bytes]:
-    """(job id, lease id, provider account id, cost_picos, leaf) of a usage
-    row: ``leaf(facts_of_row(row))`` without building the facts (clearing
-    hashes every record it settles; ``ledger verify`` keeps the plain path,
-    and a test holds the two equal)."""
-    job, lease, provider = row["job_id"].bytes, row["lease_id"], row["provider_account_id"]
-    lease = lease.bytes if lease is not None else b""
-    provider = provider.bytes if provider is not None else b""
-    picos = int(row["cost_picos"])
-    data = _RECORD.pack(
-        job, row["consumer_account_id"].bytes, provider or _ZERO16, node_bytes(row["node_id"]).rjust(16, b"\0"),
-        lease or _ZERO16, row["prompt_tokens"], row["completion_tokens"], row["requests"],
-        row["price_input_per_mtok"], row["price_output_per_mtok"], row["price_per_request"], picos, row["outcome"])
-    return job, lease, provider, picos, _sha256(b"\x00" + data).digest()
 
 
 def merkle_root(records: Iterable[RecordFacts]) -> bytes:

@@ -5,7 +5,6 @@ the record set changes."""
 from __future__ import annotations
 
 import dataclasses
-import uuid
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,9 +12,6 @@ from hypothesis import strategies as st
 from idlegrid.common.clearing import (
     PICOS_PER_MICRO,
     RecordFacts,
-    facts_of_row,
-    keyed_leaf_of_row,
-    leaf,
     llm_cost_picos,
     merkle_root,
     micros_ceil,
@@ -61,18 +57,3 @@ def test_the_root_commits_to_every_record_and_only_them():
     assert merkle_root(changed) != root  # a changed one
     assert len(root) == 32
 
-
-_ids = st.binary(min_size=16, max_size=16).filter(any).map(lambda b: uuid.UUID(bytes=b))
-_ints = st.integers(min_value=0, max_value=2**63 - 1)
-
-
-@given(job=_ids, consumer=_ids, provider=st.none() | _ids, lease=st.none() | _ids,
-       node=st.sampled_from(["", "n1", "f" * 32, "0123456789abcdef" * 2, "not hex" * 5]),
-       ints=st.lists(_ints, min_size=7, max_size=7), outcome=st.integers(min_value=1, max_value=3))
-def test_clearings_fast_leaf_is_the_leaf_that_verify_recomputes(job, consumer, provider, lease, node, ints, outcome):
-    row = {"job_id": job, "consumer_account_id": consumer, "provider_account_id": provider, "lease_id": lease,
-           "node_id": node, "outcome": outcome, **dict(zip(
-               ("prompt_tokens", "completion_tokens", "requests", "price_input_per_mtok", "price_output_per_mtok",
-                "price_per_request", "cost_picos"), ints, strict=True))}
-    f = facts_of_row(row)
-    assert keyed_leaf_of_row(row) == (f.job_id, f.lease_id, f.provider_account_id, f.cost_picos, leaf(f))

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 from idlegrid.common.clearing import (
     PICOS_PER_MICRO,
-    keyed_leaf_of_row,
     merkle_root_of_leaves,
     micros_ceil,
     provider_micros,
@@ -106,18 +105,20 @@ class WindowPlan:
 
 def plan(leases: list[tuple[bytes, bytes]], records: list) -> WindowPlan:
     """The window clearing ``leases`` ((lease id, consumer) each) with the
-    usage ``records`` (rows of metering.usage) reserved on them. Records are
-    sorted by job id once and each is hashed once (keyed_leaf_of_row: what
-    ``ledger verify`` recomputes with facts_of_row): every subset (a lease's,
-    a node's) is then already in job-id order for its root."""
+    usage ``records`` (clearing_store.RECORD_COLUMNS of metering.usage, each
+    with its Merkle leaf) reserved on them. Records are sorted by job id once:
+    every subset (a lease's, a node's) is then already in job-id order for
+    its root."""
     wid = window_id([lid for lid, _ in leases])
     by_lease = {lid: LeasePlan(lid, consumer) for lid, consumer in leases}
     lease_leaves: dict[bytes, list[bytes]] = defaultdict(list)
     groups: dict[tuple, AggregatePlan] = {}
     group_jobs: dict[tuple, list] = defaultdict(list)  # (job id, cost_picos, leaf), in job-id order
     all_leaves = []
-    keyed = sorted(((keyed_leaf_of_row(r), r) for r in records), key=lambda p: p[0][0])
-    for (job, lease, provider, picos, h), r in keyed:
+    keyed = sorted(((r["job_id"].bytes, r) for r in records), key=lambda p: p[0])
+    for job, r in keyed:
+        h, lease, provider, picos = r["leaf"], r["lease_id"].bytes, r["provider_account_id"], int(r["cost_picos"])
+        provider = provider.bytes if provider is not None else b""
         all_leaves.append(h)
         lp = by_lease[lease]
         lp.picos += picos
@@ -136,7 +137,7 @@ def plan(leases: list[tuple[bytes, bytes]], records: list) -> WindowPlan:
     for lp in by_lease.values():
         lp.charged = micros_ceil(lp.picos)
         lp.root = merkle_root_of_leaves(lease_leaves.get(lp.lease_id, []))
-    per_job: dict[bytes, tuple[bytes, int]] = dict.fromkeys((k[0] for k, _ in keyed), (b"", 0))
+    per_job: dict[bytes, tuple[bytes, int]] = dict.fromkeys((j for j, _ in keyed), (b"", 0))
     aggregates = []
     for key, ap in sorted(groups.items()):
         ap.amount = provider_micros(ap.picos, ap.fee_bps)

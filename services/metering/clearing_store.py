@@ -13,10 +13,25 @@ from idlegrid.metering.earning_states import Earning
 STORED, CLEARED = 1, 2
 _HELD, _POSTED = int(Earning.HELD), int(Earning.POSTED)
 
-RECORD_COLUMNS = (
-    "job_id, consumer_account_id, provider_account_id, node_id, lease_id, prompt_tokens, completion_tokens, "
-    "requests, price_input_per_mtok, price_output_per_mtok, price_per_request, cost_picos, outcome, fee_bps, "
-    "recorded_at")
+_ZERO16 = "'\\x00000000000000000000000000000000'::bytea"
+# A record's Merkle leaf, computed by PostgreSQL next to the row (C, on the
+# database's core) instead of by this process: exactly
+# idlegrid.common.clearing.leaf(facts_of_row(row)) -- SHA-256 of 0x00 and the
+# record's canonical bytes (five 16-byte ids, seven big-endian 64-bit
+# integers, the outcome's byte). ``ledger verify`` recomputes every leaf in
+# Python from the same row, and tests/metering/test_clearing_leaf.py holds
+# the two equal.
+LEAF_SQL = f"""sha256('\\x00'::bytea || uuid_send(job_id) || uuid_send(consumer_account_id)
+    || coalesce(uuid_send(provider_account_id), {_ZERO16})
+    || CASE WHEN node_id = '' THEN {_ZERO16}
+            WHEN node_id ~ '^[0-9a-fA-F]{{32}}$' THEN decode(node_id, 'hex')
+            ELSE substring(sha256(convert_to(node_id, 'UTF8')) FROM 1 FOR 16) END
+    || coalesce(uuid_send(lease_id), {_ZERO16})
+    || int8send(prompt_tokens) || int8send(completion_tokens) || int8send(requests)
+    || int8send(price_input_per_mtok) || int8send(price_output_per_mtok) || int8send(price_per_request)
+    || int8send(cost_picos) || substring(int2send(outcome) FROM 2))"""
+# What clearing_rules.plan reads of a record.
+RECORD_COLUMNS = f"job_id, lease_id, provider_account_id, cost_picos, node_id, fee_bps, recorded_at, {LEAF_SQL} AS leaf"
 
 
 def _u(b: bytes):
@@ -99,13 +114,10 @@ async def store_window(conn, p: WindowPlan, hold_s: int) -> None:
             wid, [_u(x.aggregate_id) for x in a], [x.node_id for x in a], [_u(x.provider) for x in a],
             [x.fee_bps for x in a], [x.jobs for x in a], [x.picos for x in a], [x.amount for x in a],
             [x.root for x in a], [x.recorded_from for x in a], hold_s)
-    jobs = list(p.per_job)
-    await conn.execute(
-        """INSERT INTO metering.usage_cleared (job_id, window_id, aggregate_id, provider_micros)
-           SELECT j, $1, nullif(a, '00000000-0000-0000-0000-000000000000'::uuid), s
-             FROM unnest($2::uuid[], $3::uuid[], $4::bigint[]) AS x(j, a, s)""",
-        wid, [_u(j) for j in jobs], [_u(p.per_job[j][0] or bytes(16)) for j in jobs],
-        [p.per_job[j][1] for j in jobs])
+    aggs = {a: _u(a) for a in {a for a, _ in p.per_job.values() if a}}
+    await conn.copy_records_to_table(
+        "usage_cleared", schema_name="metering", columns=("job_id", "window_id", "aggregate_id", "provider_micros"),
+        records=[(_u(j), wid, aggs.get(a), share) for j, (a, share) in p.per_job.items()])
 
 
 async def stored_windows(conn, limit: int) -> list[bytes]:
