@@ -2,10 +2,10 @@
 of the scheduler, metering and the ledger (issue 12). The killed process is
 restarted on its port; once every credit lease is cleared (a killed
 scheduler's leases only after use_until + its max job time + metering's
-slack, so the scheduler runs with a short max job time and the wait is
-long), the test's jobs are recounted against metering and the ledger
-(tests/money/recount.py says exactly what is asserted), the books are exact
-(check_books) and ``idlegrid ledger verify`` passes.
+slack, so the scheduler runs with a short max job time), the test's jobs are
+recounted against metering and the ledger (tests/money/recount.py says
+exactly what is asserted), the books are exact (check_books) and ``idlegrid
+ledger verify`` passes.
 
 The moments:
 - ``before``: as soon as a lease opened after the test armed the kill
@@ -16,11 +16,20 @@ The moments:
   durable, its lease not yet closed or cleared);
 - ``clearing`` (the ledger): while a clearing window is stored in metering
   but not yet applied by the ledger.
+
+The kills run first, one case after another on the module's fleet, each
+with its own consumers and load (``kill_phases``); then every test waits
+until every lease is cleared and recounts its own case. A crash's leases take
+metering's fixed delays to clear (30 s of slack after a killed scheduler's
+max job time; 60 s for a lease left OPENING by a metering or ledger
+crash), so those waits overlap instead of adding up, and a case's kill
+happens while earlier cases' leases are still being cleared.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import asyncpg
 import pytest
@@ -90,12 +99,9 @@ async def _kill_at(fleet, load: Load, kind: str, moment: str) -> None:
     load.on_answer = load.on_text = None
 
 
-CASES = [(kind, moment) for kind in ("scheduler", "metering", "ledger") for moment in ("before", "during", "after")]
-CASES.append(("ledger", "clearing"))
-
-
-@pytest.mark.parametrize(("kind", "moment"), CASES, ids=[f"{k}-{m}" for k, m in CASES])
-async def test_sigkill_bills_every_answered_job_once(fleet, kind, moment):
+async def _kill_case(fleet, kind: str, moment: str) -> Load:
+    """One case up to its recount: new consumers' load, the kill at
+    ``moment``, the restart, more answers; returns the finished load."""
     consumers = [await fleet.stack.consumer(CREDITS) for _ in range(2)]
     load = Load(fleet.children["scheduler"].addr, consumers)
     load.start()
@@ -108,7 +114,49 @@ async def test_sigkill_bills_every_answered_job_once(fleet, kind, moment):
         await load.answers(AFTER_RESTART_ANSWERS, what=f"answers after {kind} restarted")
     finally:
         await load.finish()
-    await leases_cleared(fleet.db_url, timeout_s=CLEARED_WAIT_S)
+    return load
+
+
+# Run in this order: the kills whose leases take longest to clear (a lease
+# left OPENING: 60 s) first, so the recounts wait least after the last kill.
+CASES = [("ledger", m) for m in ("before", "during", "after", "clearing")]
+CASES += [("metering", "before")] + [("scheduler", m) for m in ("before", "during", "after")]
+CASES += [("metering", m) for m in ("during", "after")]
+
+
+@dataclass
+class Killed:
+    """A case's kill phase: its finished load, or the error it failed with."""
+
+    load: Load | None = None
+    error: Exception | None = None
+
+
+@pytest.fixture(scope="module")
+async def kill_phases(fleet, request) -> dict[tuple[str, str], Killed]:
+    """The kill phase of every case selected in this module, in CASES order."""
+    selected = {(item.callspec.params["kind"], item.callspec.params["moment"])
+                for item in request.session.items
+                if item.module is request.module and hasattr(item, "callspec")}
+    done: dict[tuple[str, str], Killed] = {}
+    for kind, moment in (c for c in CASES if c in selected):
+        try:
+            done[(kind, moment)] = Killed(load=await _kill_case(fleet, kind, moment))
+        except Exception as e:  # noqa: BLE001 -- raised again by its own test
+            done[(kind, moment)] = Killed(error=e)
+            for child in fleet.children.values():  # the next case starts on a whole fleet
+                if child.proc is None or child.proc.poll() is not None:
+                    await child.start()
+    return done
+
+
+@pytest.mark.parametrize(("kind", "moment"), CASES, ids=[f"{k}-{m}" for k, m in CASES])
+async def test_sigkill_bills_every_answered_job_once(fleet, kill_phases, kind, moment):
+    killed = kill_phases[(kind, moment)]
+    if killed.error is not None:
+        raise killed.error
+    load = killed.load
+    await leases_cleared(fleet.db_url, timeout_s=CLEARED_WAIT_S)  # every case's, so the books are final
     got = await recount(fleet.db_url, load.sent, load.answered)
     assert got.answered >= WARM_ANSWERS + AFTER_RESTART_ANSWERS, (got, load.outcomes)
     print(kind, moment, got, dict(load.outcomes))  # shown with -s

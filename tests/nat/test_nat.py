@@ -9,6 +9,7 @@ from outside."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import ipaddress
@@ -124,8 +125,8 @@ async def behind_nat(ns, config, db_url, tmp_path_factory):
         yield RestStack(stack, admin_key, provider["account_id"], provider["provider_id"], provider_key,
                         node_id), node
     finally:
-        if node is not None:
-            node.stop()
+        if node is not None:  # off the event loop: the draining node calls the registry served on it
+            await asyncio.to_thread(node.stop)
         await stack.stop()
 
 

@@ -22,17 +22,24 @@ from tests.relay.support import ECHO_MODEL_NAME, echo_inputs, headers
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-async def slow_node(relay, registry):
-    """A node whose Triton generates one token per 200 ms (a Triton of its own)."""
+@pytest.fixture(scope="module")
+async def slow_triton():
+    """A Triton that generates one token per 200 ms, this module's own (the
+    option holds no state between requests, so its tests share it)."""
     triton = await asyncio.to_thread(POOL.own, llm_delay_ms=200)
+    yield triton
+    await asyncio.to_thread(triton.kill)
+
+
+@pytest.fixture
+async def slow_node(relay, registry, slow_triton):
+    """A node of its own (a test may stop it) in front of the slow Triton."""
     node_id, token = await registry.node()
-    link = await support.link_node([relay], node_id, token, triton.grpc_url)
+    link = await support.link_node([relay], node_id, token, slow_triton.grpc_url)
     await link.wait_linked()
     await registry.wait_ready(node_id)  # verified through the link: no canary call in flight
     yield link
     await link.stop()
-    await asyncio.to_thread(triton.kill)
 
 
 async def test_a_caller_who_leaves_cancels_the_triton_request(relay, slow_node):
