@@ -43,16 +43,33 @@ async def slow_node(relay, registry, slow_triton):
 
 
 async def test_a_caller_who_leaves_cancels_the_triton_request(relay, slow_node):
-    async with support.client(relay) as c:
+    """The caller cancels its call (as the scheduler does when its consumer
+    leaves) after two tokens of a long generation: the relay cancels the
+    call on the node at once, and the agent its Triton call."""
+    before = slow_node.cancelled_calls
+    request = kpb.ModelInferRequest(model_name=support.LLM_MODEL_NAME)
+    for i in support.llm_request("Count to one thousand:", 500)["inputs"]:
+        request.inputs.append(i._get_tensor())
+        request.raw_input_contents.append(i._get_content())
+    async with grpc.aio.insecure_channel(support.relay_addr(relay)) as ch:
+        method = ch.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer",
+                                  request_serializer=kpb.ModelInferRequest.SerializeToString,
+                                  response_deserializer=kpb.ModelStreamInferResponse.FromString)
+
+        async def requests():
+            yield request
+
+        call = method(requests(), metadata=tuple(headers(slow_node.node_id).items()))
         got = 0
-        async for _result, error in support.stream_llm(c, slow_node.node_id, "Count to one thousand:", 500):
-            assert error is None, error
+        async for reply in call:
+            assert not reply.error_message, reply.error_message
             got += 1
             if got == 2:
                 assert slow_node.in_flight == 1
-                break  # the caller leaves; 498 tokens (about 100 s) would follow
-    # The agent cancelled its Triton call: nothing in flight, long before the generation could end.
-    await eventually(lambda: slow_node.in_flight == 0 and slow_node.cancelled_calls >= 1,
+                break
+        call.cancel()  # the caller leaves; the generation would go on for up to 500 tokens (100 s)
+    # The relay's Cancel reached the agent while the call was live, and the agent ended its Triton call.
+    await eventually(lambda: slow_node.in_flight == 0 and slow_node.cancelled_calls > before,
                      what="the agent to cancel the Triton call")
     await eventually(lambda: not relay.hub.get(slow_node.node_id).calls, what="the relay to forget the call")
 
