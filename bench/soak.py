@@ -24,7 +24,8 @@ It exits 1 when lost_usage > 0, overspend_micros > 0 or verify fails.
 Usage is durable before the answer (issue 12): ``lost_usage_near_scheduler_kill``
 (answered < ``NEAR_KILL_S`` before a scheduler kill) must be 0 too. "Settled"
 = every lease cleared, its window on the ledger; a killed scheduler's leases
-clear after their window + ``MAX_JOB_S`` (its IDLEGRID_SCHEDULER_MAX_JOB_S).
+clear after their window + ``max_job_s`` (its IDLEGRID_SCHEDULER_MAX_JOB_S) +
+``lease_slack_s`` (metering's IDLEGRID_CLEARING_LEASE_SLACK_S).
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class SoakOptions:
     gap_s: tuple[float, float] = (2.0, 6.0)
     kills_max: int = 1000
     quiesce_scheduler: bool = False
+    max_job_s: int = MAX_JOB_S  # the scheduler's IDLEGRID_SCHEDULER_MAX_JOB_S
+    lease_slack_s: int = 30  # metering's IDLEGRID_CLEARING_LEASE_SLACK_S (a killed scheduler's leases wait it out)
     # Wait after each restart until the gateway answers again (recovery_s); off: kills overlap recoveries.
     serving_between_kills: bool = True  # kill the scheduler only with no request in flight (issue 12)
     db_url: str | None = None  # None: an embedded PostgreSQL in a fresh home
@@ -134,7 +137,8 @@ async def soak(opts: SoakOptions) -> dict:
     addrs = {n: f"127.0.0.1:{p}" for n, p in ports.items()}
     env = {"IDLEGRID_HOME": str(home), "IDLEGRID_DATABASE_URL": db_url, "IDLEGRID_SERVICE_TOKEN": TOKEN,
            "IDLEGRID_LOG_LEVEL": "warning", "IDLEGRID_LOG_FORMAT": "json", "IDLEGRID_SHUTDOWN_GRACE_S": "2",
-           "IDLEGRID_SCHEDULER_MAX_JOB_S": str(MAX_JOB_S),
+           "IDLEGRID_SCHEDULER_MAX_JOB_S": str(opts.max_job_s),
+           "IDLEGRID_CLEARING_LEASE_SLACK_S": str(opts.lease_slack_s),
            **{f"IDLEGRID_{n.upper()}_PORT": str(p) for n, p in ports.items()},
            **{f"IDLEGRID_{n.upper()}_ADDR": a for n, a in addrs.items()}}
     fleet = Fleet(home, env, addrs)

@@ -43,6 +43,8 @@ log = structlog.get_logger("metering.clearing")
 LOCK_KEY = 0x1D1E_C1EA  # the advisory lock of the clearing pass
 LEDGER_TIMEOUT_S = 30.0
 LEASES_MAX = 4_000  # ClearWindow's maximum of leases (and of aggregates)
+LEASE_SLACK_S, OPENING_S = int(leases_store.SLACK_S), int(leases_store.OPENING_S)  # the defaults
+OPENING_MIN_S = 15  # more than leases_desk.LEDGER_TIMEOUT_S: an OpenLease in flight is never cleared under it
 OPENING, REFUSED, CLEARED, VOIDED = 1, 5, 4, 6
 _S = lpb.OperationStatus
 _DONE = (_S.OPERATION_STATUS_OK, _S.OPERATION_STATUS_ALREADY_APPLIED)
@@ -50,15 +52,27 @@ _DONE = (_S.OPERATION_STATUS_OK, _S.OPERATION_STATUS_ALREADY_APPLIED)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClearingSettings:
-    """IDLEGRID_CLEARING_WINDOW_MS (default 1000): how often a window is cleared."""
+    """IDLEGRID_CLEARING_WINDOW_MS (default 1000): how often a window is
+    cleared. IDLEGRID_CLEARING_LEASE_SLACK_S (default 30): how long after a
+    lease's last use (use_until + its longest job) its scheduler's records
+    may still land, before an expired lease is cleared without them.
+    IDLEGRID_CLEARING_OPENING_S (default 60, at least 15: longer than
+    metering's ledger call to open a lease): how long a lease may stay
+    OPENING before it is settled as held or refused."""
 
     window_ms: int = 1_000
     leases_max: int = LEASES_MAX
+    lease_slack_s: int = LEASE_SLACK_S
+    opening_s: int = OPENING_S
 
     @classmethod
     def from_env(cls, env=None) -> ClearingSettings:
         env = os.environ if env is None else env
-        return cls(window_ms=env_int(env, "IDLEGRID_CLEARING_WINDOW_MS", 1_000, lo=10, hi=600_000))
+        return cls(window_ms=env_int(env, "IDLEGRID_CLEARING_WINDOW_MS", 1_000, lo=10, hi=600_000),
+                   lease_slack_s=env_int(env, "IDLEGRID_CLEARING_LEASE_SLACK_S", LEASE_SLACK_S, lo=1,
+                                         hi=3_600),
+                   opening_s=env_int(env, "IDLEGRID_CLEARING_OPENING_S", OPENING_S,
+                                     lo=OPENING_MIN_S, hi=3_600))
 
 
 class ClearingWorker(PassWorker):
@@ -95,7 +109,9 @@ class ClearingWorker(PassWorker):
     async def store_next(self, conn) -> WindowPlan | None:
         """Step 1: the next window stored (None: no lease is ready)."""
         async with conn.transaction():
-            ready = await leases_store.leases_to_clear(conn, datetime.now(UTC), limit=self._settings.leases_max)
+            ready = await leases_store.leases_to_clear(conn, datetime.now(UTC), limit=self._settings.leases_max,
+                                                       opening_s=self._settings.opening_s,
+                                                       slack_s=self._settings.lease_slack_s)
             ready = await store.lock_leases(conn, ready)
             if not ready:
                 return None

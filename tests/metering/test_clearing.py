@@ -179,3 +179,16 @@ async def test_a_suspended_nodes_aggregates_are_voided_with_exact_refunds(stack)
     s = await stack.metering.GetEarnings(pb.GetEarningsRequest(provider_account_id=a.provider))
     assert s.total.voided_micros == agg
     await _verify_ok(stack)
+
+
+def test_clearing_settings_from_the_environment():
+    from idlegrid.common.errors import ConfigError
+    from idlegrid.metering.clearing import ClearingSettings
+
+    assert ClearingSettings.from_env({}) == ClearingSettings(window_ms=1_000, lease_slack_s=30, opening_s=60)
+    got = ClearingSettings.from_env({"IDLEGRID_CLEARING_WINDOW_MS": "200", "IDLEGRID_CLEARING_LEASE_SLACK_S": "3",
+                                     "IDLEGRID_CLEARING_OPENING_S": "15"})
+    assert (got.window_ms, got.lease_slack_s, got.opening_s) == (200, 3, 15)
+    for name, value in (("IDLEGRID_CLEARING_OPENING_S", "14"), ("IDLEGRID_CLEARING_LEASE_SLACK_S", "0")):
+        with pytest.raises(ConfigError):  # an opening lease is never settled under its ledger call
+            ClearingSettings.from_env({name: value})

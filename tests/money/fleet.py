@@ -111,6 +111,7 @@ async def start_fleet(config, db_url: str, home: Path) -> Fleet:
            "IDLEGRID_LOG_FORMAT": "json", "IDLEGRID_LOG_LEVEL": "info", "IDLEGRID_SHUTDOWN_GRACE_S": "2",
            "IDLEGRID_EARNINGS_HOLD_S": "0", "IDLEGRID_EARNINGS_POLL_MS": "100",
            "IDLEGRID_CLEARING_WINDOW_MS": "200", "IDLEGRID_SCHEDULER_MAX_JOB_S": str(MAX_JOB_S),
+           "IDLEGRID_CLEARING_LEASE_SLACK_S": "3", "IDLEGRID_CLEARING_OPENING_S": "15",
            **{f"IDLEGRID_{k.upper()}_PORT": str(p) for k, p in ports.items()},
            **{f"IDLEGRID_{k.upper()}_ADDR": f"127.0.0.1:{p}" for k, p in ports.items()}}
     children = {k: Child(k, ports[k], env, home / f"{k}.log") for k in CHILDREN}

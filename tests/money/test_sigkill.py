@@ -20,10 +20,10 @@ The moments:
 The kills run first, one case after another on the module's fleet, each
 with its own consumers and load (``kill_phases``); then every test waits
 until every lease is cleared and recounts its own case. A crash's leases take
-metering's fixed delays to clear (30 s of slack after a killed scheduler's
-max job time; 60 s for a lease left OPENING by a metering or ledger
-crash), so those waits overlap instead of adding up, and a case's kill
-happens while earlier cases' leases are still being cleared.
+metering's delays to clear (the fleet's 3 s of slack after a killed
+scheduler's max job time; 15 s for a lease left OPENING by a metering or
+ledger crash), so those waits overlap instead of adding up, and a case's
+kill happens while earlier cases' leases are still being cleared.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from tests.money.recount import recount
 pytestmark = pytest.mark.slow
 
 CREDITS = 50_000_000  # per consumer: far more than the test spends
-CLEARED_WAIT_S = 300.0  # a bound: expired leases clear after use_until + max job time + slack (30 s), opening ones after 60 s
+CLEARED_WAIT_S = 300.0  # a bound: expired leases clear after use_until + max job time + slack, opening ones after 15 s
 WARM_ANSWERS = 6
 AFTER_RESTART_ANSWERS = 6
 
@@ -118,7 +118,7 @@ async def _kill_case(fleet, kind: str, moment: str) -> Load:
 
 
 # Run in this order: the kills whose leases take longest to clear (a lease
-# left OPENING: 60 s) first, so the recounts wait least after the last kill.
+# left OPENING: 15 s) first, so the recounts wait least after the last kill.
 CASES = [("ledger", m) for m in ("before", "during", "after", "clearing")]
 CASES += [("metering", "before")] + [("scheduler", m) for m in ("before", "during", "after")]
 CASES += [("metering", m) for m in ("during", "after")]

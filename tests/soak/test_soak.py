@@ -33,7 +33,8 @@ async def test_every_process_killed_once_loses_no_usage_and_no_money(pg_admin_ur
     # One round (the clients stop when it ends; duration_s only bounds it): each kind once, 1.5-3 s apart, recoveries overlapping the next kills (a node the scheduler
     # quarantined after a crash stays out for its quarantine, so waiting for each recovery would take minutes).
     opts = SoakOptions(duration_s=150, seed=SEED, clients=3, gap_s=(1.5, 3.0), kills_max=len(KINDS),
-                       serving_between_kills=False, quiesce_scheduler=True, db_url=db_url, home=tmp_path)
+                       serving_between_kills=False, quiesce_scheduler=True, db_url=db_url, home=tmp_path,
+                       max_job_s=20, lease_slack_s=5)  # a killed scheduler's leases clear ~25 s after their window
 
     result = await soak(opts)
 
