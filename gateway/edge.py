@@ -47,8 +47,10 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 def client_ip(scope: Scope, trusted: tuple[Network, ...]) -> str:
     """The address a request is counted under (see the module docstring)."""
     peer_text = (scope.get("client") or ("unknown", 0))[0]
+    if not trusted:  # nobody's X-Forwarded-For is believed: no need to parse the peer
+        return peer_text
     peer = _ip(peer_text)
-    if not trusted or peer is None or not any(peer in net for net in trusted):
+    if peer is None or not any(peer in net for net in trusted):
         return peer_text
     forwarded = b",".join(v for k, v in scope["headers"] if k == b"x-forwarded-for")
     if not forwarded or len(forwarded) > XFF_CHARS_MAX:

@@ -6,6 +6,7 @@ scheduler refuses a job id it has seen, and the retry gets a 409."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import uuid
 
@@ -18,10 +19,19 @@ KEY_CHARS_MAX = 128
 _KEY = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
 
 
+def random_uuid4() -> bytes:
+    """The 16 bytes of a fresh random UUID4: ``uuid.uuid4().bytes`` without
+    building a ``uuid.UUID`` (a few microseconds on every request)."""
+    b = bytearray(os.urandom(16))
+    b[6] = b[6] & 0x0F | 0x40  # version 4
+    b[8] = b[8] & 0x3F | 0x80  # RFC 4122 variant
+    return bytes(b)
+
+
 def job_id(request: Request, account_id: bytes) -> bytes:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
-        return uuid.uuid4().bytes
+        return random_uuid4()
     if not _KEY.match(key):
         raise bad_request(f"Idempotency-Key must be 1..{KEY_CHARS_MAX} printable ASCII characters without spaces",
                           param="Idempotency-Key", code="invalid_idempotency_key")
@@ -30,4 +40,8 @@ def job_id(request: Request, account_id: bytes) -> bytes:
 
 
 def job_uuid(job: bytes) -> str:
-    return str(uuid.UUID(bytes=job))
+    """``str(uuid.UUID(bytes=job))``, written out directly."""
+    h = job.hex()
+    if len(h) != 32:
+        raise ValueError("a job id is 16 bytes")
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

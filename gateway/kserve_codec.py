@@ -34,6 +34,7 @@ _DTYPES = {
 _BINARY_ONLY = {"BF16": 2}
 _REQUEST_FIELDS = {"id", "parameters", "inputs", "outputs"}
 _INPUT_FIELDS = {"name", "shape", "datatype", "parameters", "data"}
+_JSON = json.JSONEncoder(separators=(",", ":"))  # one encoder, not one per response
 
 
 @dataclass(slots=True)
@@ -89,24 +90,42 @@ def _shape(t: dict, param: str) -> list[int]:
     return shape
 
 
+def _json_values(data) -> tuple[list, set[type]]:
+    """The flat list of a tensor's JSON ``data`` and the types in it (JSON
+    values have exact types: a bool is never taken for an int)."""
+    if not isinstance(data, list):
+        return [data], {type(data)}
+    types = set(map(type, data))
+    if list in types:  # nested: flatten row-major
+        data = _flatten(data)
+        types = set(map(type, data))
+    return data, types
+
+
+_FLOAT_TYPES = frozenset({int, float})
+_INT_TYPES = frozenset({int})
+_BOOL_TYPES = frozenset({bool})
+_STR_TYPES = frozenset({str})
+
+
 def _json_contents(t: dict, datatype: str, count: int, param: str) -> bytes:
-    data = _flatten(t.get("data"))
+    data, types = _json_values(t.get("data"))
     if len(data) != count:
         raise bad_request(f"{param}: 'data' has {len(data)} elements, the shape needs {count}", param=param)
     if datatype == "BYTES":
-        if not all(isinstance(x, str) for x in data):
+        if not types <= _STR_TYPES:
             raise bad_request(f"{param}: BYTES data must be strings", param=param)
         return pack_bytes([x.encode() for x in data])
     if datatype in _BINARY_ONLY:
         raise bad_request(f"{param}: {datatype} tensors must be sent as binary data", param=param)
     dtype = _DTYPES[datatype]
     if datatype == "BOOL":
-        ok = all(isinstance(x, bool) for x in data)
+        ok = types <= _BOOL_TYPES
     elif dtype.kind == "f":
-        ok = all(isinstance(x, int | float) and not isinstance(x, bool) for x in data)
+        ok = types <= _FLOAT_TYPES
     else:
         info = np.iinfo(dtype)
-        ok = all(isinstance(x, int) and not isinstance(x, bool) and info.min <= x <= info.max for x in data)
+        ok = types <= _INT_TYPES and (not data or info.min <= min(data) and max(data) <= info.max)
     if not ok:
         raise bad_request(f"{param}: 'data' does not hold {datatype} values (or one is out of range)",
                           param=param)
@@ -231,7 +250,7 @@ def encode_response(model: str, version: str, body: InferBody, outputs: list[spb
     doc = {"model_name": model, "model_version": version, "outputs": out_json}
     if body.request_id:
         doc["id"] = body.request_id
-    head = json.dumps(doc, separators=(",", ":")).encode()
+    head = _JSON.encode(doc).encode()
     if not blobs:
         return head, None
     return head + b"".join(blobs), len(head)

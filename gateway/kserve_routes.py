@@ -94,7 +94,8 @@ async def infer(request: Request) -> Response:
         await catalog.synced(g.backends.nodes)
         _offers(request)
     job = job_id(request, rec.account_id)
-    note(request.scope, job_id=job_uuid(job), model=name)
+    job_text = job_uuid(job)
+    note(request.scope, job_id=job_text, model=name)
     req = spb.InferRequest(job_id=job, consumer_account_id=rec.account_id, model=name,
                            tensors=spb.TensorInput(inputs=body.inputs, outputs=body.outputs),
                            timeout_ms=g.settings.job_timeout_ms)
@@ -102,11 +103,12 @@ async def infer(request: Request) -> Response:
         req.provider.CopyFrom(provider)
     resp = await rpc(g.backends.scheduler.Infer(req, timeout=g.settings.job_timeout_s + JOB_MARGIN_S,
                                                 metadata=metadata(request)))
-    note(request.scope, cost_micros=resp.usage.cost_micros, node=resp.routing.node_id.hex())
+    cost, node = resp.usage.cost_micros, resp.routing.node_id.hex()
+    note(request.scope, cost_micros=cost, node=node)
     content, header_length = encode_response(name, version, body, list(resp.outputs))
-    headers = {"x-idlegrid-job-id": job_uuid(job), "x-idlegrid-cost-micros": str(resp.usage.cost_micros)}
-    if resp.routing.node_id:
-        headers["x-idlegrid-node"] = resp.routing.node_id.hex()
+    headers = {"x-idlegrid-job-id": job_text, "x-idlegrid-cost-micros": str(cost)}
+    if node:
+        headers["x-idlegrid-node"] = node
     if header_length is None:
         return Response(content, media_type="application/json", headers=headers)
     headers["Inference-Header-Content-Length"] = str(header_length)
@@ -114,13 +116,15 @@ async def infer(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
+    # No two paths here overlap, so the order only sets how many patterns a
+    # request is matched against: inference, the hot path, first.
     return [
+        Route("/v2/models/{model}/infer", infer, methods=["POST"]),
         Route("/v2", server_metadata, methods=["GET"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2/models/{model}", model_metadata, methods=["GET"]),
         Route("/v2/models/{model}/ready", model_ready, methods=["GET"]),
-        Route("/v2/models/{model}/infer", infer, methods=["POST"]),
         Route("/v2/models/{model}/versions/{version}", model_metadata, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/ready", model_ready, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/infer", infer, methods=["POST"]),

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+SERIES_CACHED_MAX = 4096  # (method, route, status) series whose children are kept at hand
 
 
 class Metrics:
@@ -34,10 +35,23 @@ class Metrics:
                                   registry=self.registry)
         self.refusals = Counter("idlegrid_gateway_edge_refusals", "Requests refused before any database work, "
                                 "by reason (ip_rate, key_concurrency)", ("reason",), registry=self.registry)
+        # labels() validates and locks on every call: each series' children are looked up once.
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def count_in_flight(self, read) -> None:
+        """The in-flight gauge reads ``read()`` when scraped (the middleware's
+        own counter), instead of being moved twice on every request."""
+        self.in_flight.set_function(read)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
+        key = (method, route, status)
+        children = self._series.get(key)
+        if children is None:
+            children = (self.requests.labels(method, route, str(status)), self.latency.labels(method, route))
+            if len(self._series) < SERIES_CACHED_MAX:
+                self._series[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 async def metrics_endpoint(request: Request) -> Response:

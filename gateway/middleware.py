@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from idlegrid.gateway.errors import ApiError
+from idlegrid.gateway.job_ids import random_uuid4
 from idlegrid.gateway.metrics import Metrics
 
 log = structlog.get_logger("gateway.http")
@@ -45,6 +45,7 @@ class GatewayMiddleware:
         self.metrics = metrics
         self.concurrency_max = concurrency_max
         self.in_flight = 0
+        metrics.count_in_flight(lambda: self.in_flight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,7 +57,7 @@ class GatewayMiddleware:
             if k == b"x-request-id":
                 candidate = v.decode("latin-1")
                 rid = candidate if _REQUEST_ID.match(candidate) else None
-        rid = rid or uuid.uuid4().hex
+        rid = rid or random_uuid4().hex()
         notes = scope.setdefault(NOTES_KEY, {})
         notes["request_id"] = rid
         structlog.contextvars.clear_contextvars()
@@ -72,7 +73,6 @@ class GatewayMiddleware:
             await send(message)
 
         self.in_flight += 1
-        self.metrics.in_flight.inc()
         try:
             if self.in_flight > self.concurrency_max:
                 await self.error(send_wrapper, scope, ApiError(
@@ -89,7 +89,6 @@ class GatewayMiddleware:
             for callback in scope.pop(FINISH_KEY, ()):
                 callback()
             self.in_flight -= 1
-            self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - start
             route = scope.get("route")
             route_path = getattr(route, "path", None) or "unmatched"

@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from idlegrid.gateway.errors import ApiError
 from idlegrid.gateway.kserve_codec import decode_request, encode_response, pack_bytes, unpack_bytes
@@ -78,3 +80,44 @@ def test_malformed_bodies_are_400(body, header):
     with pytest.raises(ApiError) as e:
         decode_request(body, header)
     assert e.value.status == 400 and e.value.message
+
+
+_JSON_SCALARS = st.one_of(st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+                          st.floats(min_value=-1e30, max_value=1e30), st.text(max_size=3), st.none())
+
+
+def _fits(datatype: str, x) -> bool:
+    """The per-element rule for JSON tensor data, written out plainly."""
+    if datatype == "BYTES":
+        return isinstance(x, str)
+    if datatype == "BOOL":
+        return isinstance(x, bool)
+    if isinstance(x, bool):
+        return False
+    if datatype.startswith("FP"):
+        return isinstance(x, int | float)
+    info = np.iinfo(np.dtype(datatype.replace("UINT", "uint").replace("INT", "int").lower()))
+    return isinstance(x, int) and info.min <= x <= info.max
+
+
+@settings(max_examples=300, deadline=None)
+@given(datatype=st.sampled_from(["BOOL", "INT8", "UINT8", "INT32", "UINT64", "INT64", "FP32", "FP64", "BYTES"]),
+       data=st.lists(_JSON_SCALARS, max_size=6), nest=st.booleans())
+def test_json_data_is_taken_exactly_when_every_element_fits_the_datatype(datatype, data, nest):
+    """The datatype check over a whole tensor accepts what the element-by-element
+    rule accepts, no more (a bool is never a number), nested rows included."""
+    sent = [data[:2], data[2:]] if nest else data
+    raw = json.dumps({"inputs": [{"name": "I", "shape": [len(data)], "datatype": datatype, "data": sent}]}).encode()
+    if all(_fits(datatype, x) for x in data):
+        contents = decode_request(raw, None).inputs[0].contents
+        if datatype == "BYTES":
+            assert unpack_bytes(contents) == [x.encode() for x in data]
+        else:
+            want = np.array(data, dtype=np.dtype("?") if datatype == "BOOL" else
+                            {"INT8": "<i1", "UINT8": "<u1", "INT32": "<i4", "UINT64": "<u8", "INT64": "<i8",
+                             "FP32": "<f4", "FP64": "<f8"}[datatype])
+            assert contents == want.tobytes()
+    else:
+        with pytest.raises(ApiError) as e:
+            decode_request(raw, None)
+        assert e.value.status == 400
