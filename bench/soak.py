@@ -3,10 +3,8 @@ separate processes on loopback (ledger, metering, registry, relay,
 scheduler, gateway, and a demo node: agent + demo Triton, joined through
 the relay) on one PostgreSQL, while a few clients send mixed traffic to the
 gateway (bench/soak_traffic.py) and a seeded chaos loop SIGKILLs and
-restarts each process in turn (bench/chaos.py). It stops by itself.
-
-Afterwards, with everything running again and every usage record settled,
-it prints:
+restarts each process in turn (bench/chaos.py). It stops by itself. Then,
+with everything running again and every usage record settled, it prints:
 
 - ``answered``: requests that got a complete, successful answer;
 - ``billed``: answered jobs whose usage record is settled with a cost > 0;
@@ -15,12 +13,10 @@ it prints:
   topped up, plus any account past its debits-must-not-exceed-credits bound
   (must be 0);
 - ``verify_ok``: ``idlegrid ledger verify`` exited 0 (must be true);
-- ``p50_ms`` / ``p99_ms`` of answered requests, ``kills`` per process kind,
-  ``duration_s``, and the details (outcomes per request kind, recovery
-  times, jobs lost within a few seconds of a scheduler kill).
+- ``p50_ms`` / ``p99_ms``, ``kills`` per process kind, ``duration_s``, and the
+  details (outcomes per request kind, recovery times, jobs lost near a kill).
 
 It exits 1 when lost_usage > 0, overspend_micros > 0 or verify fails.
-
 Usage is durable before the answer (issue 12): ``lost_usage_near_scheduler_kill``
 (answered < ``NEAR_KILL_S`` before a scheduler kill) must be 0 too. "Settled"
 = every lease cleared, its window on the ledger; a killed scheduler's leases
