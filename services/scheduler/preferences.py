@@ -22,6 +22,7 @@ from idlegrid.scheduler.v1 import scheduler_pb2 as spb
 
 IDS_MAX = 64  # in each of order, only and ignore (scheduler.proto)
 ID_BYTES = 16
+_SORTS = frozenset(spb.ProviderSort.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,7 @@ def allow_fallbacks(p: spb.ProviderPreferences) -> bool:
 
 def check(p: spb.ProviderPreferences) -> None:
     """The limits of scheduler.proto."""
-    if p.sort not in spb.ProviderSort.values():
+    if p.sort not in _SORTS:
         raise InvalidArgument("provider.sort is not a known sort")
     for name in ("order", "only", "ignore"):
         ids = getattr(p, name)

@@ -2,12 +2,16 @@
 
 A job's record is written through metering.RecordUsageBatch before its
 final chunk (or unary answer) is sent: concurrent jobs' records are
-coalesced into batches (a batch leaves at once when no batch is on its way,
-else as soon as one returns: at most BATCHES_IN_FLIGHT_MAX on the wire, each
-at most BATCH_MAX records with distinct job ids), and metering
-group-commits them. A write is retried (it is idempotent by job id) until
-the job's deadline; a record that cannot be made durable by then fails its
-job: no answer, and it is not billed.
+coalesced into batches of at most BATCH_MAX records with distinct job ids,
+and metering group-commits them. A batch leaves at once when none is on its
+way; while one is, new records wait for it to return and leave together in
+the next (self-clocked group commit: few large calls instead of many small
+ones, which is most of what a record costs metering and the scheduler),
+unless BATCH_MORE_MIN records wait or the oldest has waited HOLD_MAX_S: then
+another leaves, at most BATCHES_IN_FLIGHT_MAX on the wire. A write is
+retried (it is idempotent by job id) until the job's deadline; a record
+that cannot be made durable by then fails its job: no answer, and it is not
+billed.
 
 A given-up record of a job on a lease is then voided: in its place the
 scheduler writes (retrying, idempotently) a zero-cost FAILED record with the
@@ -56,6 +60,10 @@ log = structlog.get_logger("scheduler.recording")
 RECORDS_IN_FLIGHT_MAX = 10_000
 BATCH_MAX = 1_000  # RecordUsageBatch's bound
 BATCHES_IN_FLIGHT_MAX = 4
+# With a batch on its way, another leaves only once this many records wait, or the oldest has waited
+# this long (a slow call does not hold the others back for long).
+BATCH_MORE_MIN = 100
+HOLD_MAX_S = 0.05
 RECORD_TIMEOUT_S = 10.0  # one RecordUsageBatch call
 RETRY_DELAY_S = 0.1  # doubled after each failed try, at most RETRY_DELAY_MAX_S
 RETRY_DELAY_MAX_S = 2.0
@@ -87,6 +95,7 @@ class _Pending:
     solo: bool = False  # to be sent alone (a batch it was in was refused)
     void: bool = False  # the void of a given-up record (see the module's docstring)
     code: grpc.StatusCode | None = None
+    queued_at: float = 0.0  # monotonic seconds: first queued (a retry keeps it, so it is due at once)
 
 
 def void_of(record: mpb.UsageRecord) -> mpb.UsageRecord:
@@ -108,6 +117,7 @@ class UsageRecorder:
         self._slots = 0  # admitted jobs whose record is not yet written
         self._queue: deque[_Pending] = deque()
         self._sending = 0
+        self._hold: asyncio.TimerHandle | None = None  # pumps again when the oldest waiting record is due
         self._tasks: set[asyncio.Task] = set()
         self._waiting: set[asyncio.Future] = set()
         self.batches = 0  # RecordUsageBatch calls (figures)
@@ -141,7 +151,7 @@ class UsageRecorder:
         fut = asyncio.get_running_loop().create_future()
         self._waiting.add(fut)
         fut.add_done_callback(self._waiting.discard)
-        self._queue.append(_Pending(record, deadline, fut, job, out, on_done))
+        self._queue.append(_Pending(record, deadline, fut, job, out, on_done, queued_at=time.monotonic()))
         self._pump()
         return fut
 
@@ -154,6 +164,8 @@ class UsageRecorder:
 
     def _pump(self) -> None:
         while self._queue and self._sending < BATCHES_IN_FLIGHT_MAX:
+            if self._sending and not self._more_due():
+                return
             batch = self._take()
             if not batch:
                 return
@@ -161,6 +173,22 @@ class UsageRecorder:
             task = asyncio.get_running_loop().create_task(self._send(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _more_due(self) -> bool:
+        """With a batch on its way: whether another leaves now (else a timer
+        pumps again when the oldest waiting record is due)."""
+        if len(self._queue) >= BATCH_MORE_MIN:
+            return True
+        wait_s = self._queue[0].queued_at + HOLD_MAX_S - time.monotonic()
+        if wait_s <= 0:
+            return True
+        if self._hold is None:
+            self._hold = asyncio.get_running_loop().call_later(wait_s, self._held)
+        return False
+
+    def _held(self) -> None:
+        self._hold = None
+        self._pump()
 
     def _take(self) -> list[_Pending]:
         """The next batch: distinct job ids, a refused batch's records alone."""
@@ -250,8 +278,9 @@ class UsageRecorder:
         fut = asyncio.get_running_loop().create_future()
         self._waiting.add(fut)
         fut.add_done_callback(self._waiting.discard)
-        self._queue.append(_Pending(void_of(p.record), time.monotonic() + VOID_FOR_S, fut, None, None, p.on_done,
-                                    void=True))
+        now = time.monotonic()
+        self._queue.append(_Pending(void_of(p.record), now + VOID_FOR_S, fut, None, None, p.on_done, void=True,
+                                    queued_at=now))
 
     def _offer(self, record: mpb.UsageRecord, job: Job | None, out: Outcome | None) -> None:
         if self.spot_checks is None or job is None or out is None:
