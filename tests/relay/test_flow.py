@@ -42,24 +42,30 @@ async def slow_node(relay, registry, slow_triton):
     await link.stop()
 
 
+def _raw_llm_stream(ch, node_id: bytes, prompt: str, max_tokens: int):
+    """A raw ModelStreamInfer call on ``ch`` (the test holds the call: it can
+    cancel it, or stop reading it)."""
+    request = kpb.ModelInferRequest(model_name=support.LLM_MODEL_NAME)
+    for i in support.llm_request(prompt, max_tokens)["inputs"]:
+        request.inputs.append(i._get_tensor())
+        request.raw_input_contents.append(i._get_content())
+    method = ch.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer",
+                              request_serializer=kpb.ModelInferRequest.SerializeToString,
+                              response_deserializer=kpb.ModelStreamInferResponse.FromString)
+
+    async def requests():
+        yield request
+
+    return method(requests(), metadata=tuple(headers(node_id).items()))
+
+
 async def test_a_caller_who_leaves_cancels_the_triton_request(relay, slow_node):
     """The caller cancels its call (as the scheduler does when its consumer
     leaves) after two tokens of a long generation: the relay cancels the
     call on the node at once, and the agent its Triton call."""
     before = slow_node.cancelled_calls
-    request = kpb.ModelInferRequest(model_name=support.LLM_MODEL_NAME)
-    for i in support.llm_request("Count to one thousand:", 500)["inputs"]:
-        request.inputs.append(i._get_tensor())
-        request.raw_input_contents.append(i._get_content())
     async with grpc.aio.insecure_channel(support.relay_addr(relay)) as ch:
-        method = ch.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer",
-                                  request_serializer=kpb.ModelInferRequest.SerializeToString,
-                                  response_deserializer=kpb.ModelStreamInferResponse.FromString)
-
-        async def requests():
-            yield request
-
-        call = method(requests(), metadata=tuple(headers(slow_node.node_id).items()))
+        call = _raw_llm_stream(ch, slow_node.node_id, "Count to one thousand:", 500)
         got = 0
         async for reply in call:
             assert not reply.error_message, reply.error_message
@@ -109,21 +115,9 @@ async def test_a_slow_consumer_holds_the_relay_to_the_window(config, relay, node
     """The caller stops reading (a tiny HTTP/2 window on its side): the relay
     buffers the call's window of replies and no more, the agent waits for
     credit, and the stream completes once the caller reads again."""
-    request = kpb.ModelInferRequest()
-    for i in support.llm_request("Count from one to one thousand:", 300)["inputs"]:
-        request.inputs.append(i._get_tensor())
-        request.raw_input_contents.append(i._get_content())
-    request.model_name = support.LLM_MODEL_NAME
     options = [("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
     async with grpc.aio.insecure_channel(support.relay_addr(relay), options=options) as ch:
-        method = ch.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer",
-                                  request_serializer=kpb.ModelInferRequest.SerializeToString,
-                                  response_deserializer=kpb.ModelStreamInferResponse.FromString)
-
-        async def requests():
-            yield request
-
-        call = method(requests(), metadata=tuple(headers(node.node_id).items()))
+        call = _raw_llm_stream(ch, node.node_id, "Count from one to one thousand:", 300)
         window = support.SETTINGS.window_replies
 
         def stalled():
