@@ -21,6 +21,7 @@ import structlog
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
 from idlegrid.metering.clearing_rules import refunds
 from idlegrid.metering.earning_states import Earning
+from idlegrid.metering.earnings_store import VOID_TARGETS
 
 log = structlog.get_logger("metering.earnings")
 
@@ -45,12 +46,7 @@ async def claim_voids(conn, limit: int, *, suspended: dict[str, str], node_id: s
     """Held aggregates of nodes marked void (any record up to the mark) or
     ``suspended`` now; of ``node_id`` only, when given."""
     return await conn.fetch(
-        f"""WITH targets AS (
-              SELECT node_id, max(voided_through) AS through, max(reason) AS reason FROM (
-                SELECT node_id, voided_through, reason FROM metering.earning_voids
-                UNION ALL
-                SELECT n, 'infinity'::timestamptz, r FROM unnest($3::text[], $4::text[]) AS x(n, r)) AS t
-              WHERE $2::text IS NULL OR node_id = $2 GROUP BY node_id)
+        f"""{VOID_TARGETS}
             SELECT a.aggregate_id, a.amount_micros, a.fee_bps, a.jobs, t.reason FROM targets t
               JOIN metering.clearing_aggregates a ON a.node_id = t.node_id AND a.earning = {_HELD}
                    AND a.recorded_from <= t.through

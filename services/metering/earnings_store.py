@@ -28,6 +28,18 @@ async def mark_voided(conn, node_ids: list[str], reasons: list[str], source: str
         node_ids, reasons, source, REASON_LEN_MAX)
 
 
+# The nodes whose held earnings are to be voided, and up to when: marked
+# (metering.earning_voids) or suspended now ($3 nodes, $4 reasons: every
+# job); only node $2 when it is not NULL. (Per-job earnings and clearing
+# aggregates are claimed from it alike.)
+VOID_TARGETS = """WITH targets AS (
+              SELECT node_id, max(voided_through) AS through, max(reason) AS reason FROM (
+                SELECT node_id, voided_through, reason FROM metering.earning_voids
+                UNION ALL
+                SELECT n, 'infinity'::timestamptz, r FROM unnest($3::text[], $4::text[]) AS x(n, r)) AS t
+              WHERE $2::text IS NULL OR node_id = $2 GROUP BY node_id)"""
+
+
 async def claim_voids(conn, limit: int, *, suspended: dict[str, str] | None = None,
                       node_id: str | None = None) -> list:
     """Held earnings to void, locked for this worker (others skip them): of a
@@ -36,12 +48,7 @@ async def claim_voids(conn, limit: int, *, suspended: dict[str, str] | None = No
     from the nodes, through the index of held earnings by node."""
     suspended = suspended or {}
     return await conn.fetch(
-        f"""WITH targets AS (
-              SELECT node_id, max(voided_through) AS through, max(reason) AS reason FROM (
-                SELECT node_id, voided_through, reason FROM metering.earning_voids
-                UNION ALL
-                SELECT n, 'infinity'::timestamptz, r FROM unnest($3::text[], $4::text[]) AS x(n, r)) AS t
-              WHERE $2::text IS NULL OR node_id = $2 GROUP BY node_id)
+        f"""{VOID_TARGETS}
             SELECT u.job_id, u.provider_micros, t.reason FROM targets t
               JOIN metering.usage u ON u.node_id = t.node_id AND u.earning = {_HELD} AND u.recorded_at <= t.through
                    AND u.lease_id IS NULL
