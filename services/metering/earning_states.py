@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from idlegrid.ledger.v1 import ledger_pb2 as lpb
 from idlegrid.metering.v1 import metering_pb2 as pb
 
 
@@ -55,3 +56,18 @@ def at_settlement(provider_micros: int, hold_s: int) -> Earning:
     if provider_micros <= 0:
         return Earning.NONE
     return Earning.HELD if hold_s > 0 else Earning.POSTED
+
+
+_S = lpb.OperationStatus
+_DONE = (_S.OPERATION_STATUS_OK, _S.OPERATION_STATUS_ALREADY_APPLIED)
+
+
+def proven_by_ledger(res: lpb.OperationResponse, wanted: Earning) -> Earning | None:
+    """The final state the ledger's answer to a release or void (of a job's
+    earning or of an aggregate) proves, or None (leave it HELD)."""
+    if res.status in _DONE:
+        return wanted
+    if res.status == _S.OPERATION_STATUS_HOLD_ALREADY_RESOLVED and res.results:
+        posted = res.results[0] == lpb.CREATE_TRANSFER_RESULT_PENDING_TRANSFER_ALREADY_POSTED
+        return Earning.RELEASED if posted else Earning.VOIDED
+    return None

@@ -34,15 +34,13 @@ from idlegrid.ledger.v1 import ledger_pb2 as lpb
 from idlegrid.metering import earning_states
 from idlegrid.metering import earnings_aggregates as aggregates
 from idlegrid.metering import earnings_store as store
-from idlegrid.metering.earning_states import Earning
+from idlegrid.metering.earning_states import Earning, proven_by_ledger
 from idlegrid.metering.settings import MeteringSettings
 from idlegrid.metering.suspensions import Suspensions
 
 log = structlog.get_logger("metering.earnings")
 
 LEDGER_TIMEOUT_S = 10.0
-_S = lpb.OperationStatus
-_DONE = (_S.OPERATION_STATUS_OK, _S.OPERATION_STATUS_ALREADY_APPLIED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,16 +53,6 @@ class Pass:
     released: int = 0
     full: bool = False
     failed: bool = False  # the ledger did not answer: the rows stay HELD
-
-
-def _final(res: lpb.OperationResponse, wanted: Earning) -> Earning | None:
-    """The state the ledger's answer proves, or None (leave it HELD)."""
-    if res.status in _DONE:
-        return wanted
-    if res.status == _S.OPERATION_STATUS_HOLD_ALREADY_RESOLVED and res.results:
-        posted = res.results[0] == lpb.CREATE_TRANSFER_RESULT_PENDING_TRANSFER_ALREADY_POSTED
-        return Earning.RELEASED if posted else Earning.VOIDED
-    return None
 
 
 class EarningsWorker(PassWorker):
@@ -171,7 +159,7 @@ class EarningsWorker(PassWorker):
     async def _resolve(conn, rows, results: list[lpb.OperationResponse], wanted: Earning,
                        notes: list[str]) -> list[Earning | None]:
         """Records what the ledger answered; a row it did not end stays HELD."""
-        out = [_final(x, wanted) for x in results]
+        out = [proven_by_ledger(x, wanted) for x in results]
         ended = [(r["job_id"], s, n) for r, s, n in zip(rows, out, notes, strict=True) if s is not None]
         for r, x, s in zip(rows, results, out, strict=True):
             if s is None:

@@ -20,15 +20,13 @@ import structlog
 
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
 from idlegrid.metering.clearing_rules import refunds
-from idlegrid.metering.earning_states import Earning
+from idlegrid.metering.earning_states import Earning, proven_by_ledger
 from idlegrid.metering.earnings_store import VOID_TARGETS
 
 log = structlog.get_logger("metering.earnings")
 
 LEDGER_TIMEOUT_S = 10.0
 _HELD = int(Earning.HELD)
-_S = lpb.OperationStatus
-_DONE = (_S.OPERATION_STATUS_OK, _S.OPERATION_STATUS_ALREADY_APPLIED)
 
 
 async def claim_releases(conn, limit: int, suspended: list[str]) -> list:
@@ -83,15 +81,6 @@ async def resolve(conn, aggregate_ids: list, states: list[Earning], notes: list[
             WHERE a.aggregate_id = x.id AND a.earning = {_HELD}""", *args)
 
 
-def _final(res: lpb.OperationResponse, wanted: Earning) -> Earning | None:
-    if res.status in _DONE:
-        return wanted
-    if res.status == _S.OPERATION_STATUS_HOLD_ALREADY_RESOLVED and res.results:
-        posted = res.results[0] == lpb.CREATE_TRANSFER_RESULT_PENDING_TRANSFER_ALREADY_POSTED
-        return Earning.RELEASED if posted else Earning.VOIDED
-    return None
-
-
 async def release(conn, ledger, limit: int, suspended: list[str]) -> tuple[int, bool, bool]:
     """(aggregates released, batch full, ledger failed)."""
     rows = await claim_releases(conn, limit, suspended)
@@ -135,7 +124,7 @@ async def void(conn, ledger, limit: int, *, suspended: dict[str, str], node_id: 
 
 
 async def _record(conn, rows, results: list[lpb.OperationResponse], wanted: Earning) -> list[Earning | None]:
-    out = [_final(x, wanted) for x in results]
+    out = [proven_by_ledger(x, wanted) for x in results]
     ended = [(r, s) for r, s in zip(rows, out, strict=True) if s is not None]
     for r, x, s in zip(rows, results, out, strict=True):
         if s is None:
