@@ -44,16 +44,23 @@ class RunningServer:
     health: health.aio.HealthServicer
     services: tuple[str, ...]
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Run once the server takes no new calls, before the grace: end streams that never end by themselves.
+    on_stopping: list[Callable[[], None]] = field(default_factory=list)
     parts: dict[str, object] = field(default_factory=dict)  # service internals, for tests and tools
     grace_s: float = GRACE_S
     node_port: int | None = None  # under mTLS: the port for node agents (no client certificate)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stops taking calls (health NOT_SERVING first, so balancers drain us),
-        lets in-flight calls finish within ``grace_s``, then runs on_stop hooks."""
+        ends the endless streams (on_stopping), lets in-flight calls finish
+        within ``grace_s``, then runs on_stop hooks."""
         for svc in ("", *self.services):
             await self.health.set(svc, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.stop(self.grace_s if grace_s is None else grace_s)
+        stopping = asyncio.create_task(self.server.stop(self.grace_s if grace_s is None else grace_s))
+        await asyncio.sleep(0)  # the server has stopped taking calls
+        for end in self.on_stopping:
+            end()
+        await stopping
         for hook in reversed(self.on_stop):
             await hook()
         log.info("server.stopped", service=self.name)

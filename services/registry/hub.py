@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from idlegrid.common.errors import ResourceExhausted
+from idlegrid.common.errors import ResourceExhausted, Unavailable
 from idlegrid.registry.v1 import registry_pb2 as pb
 
 SNAPSHOT_CHUNK_MAX = 1_000
@@ -28,7 +28,7 @@ class Subscription:
     closes it: a slow watcher never slows the registry; it reconnects and
     resumes or takes a fresh snapshot."""
 
-    __slots__ = ("_items", "_wake", "_max", "overflowed", "wants_load")
+    __slots__ = ("_items", "_wake", "_max", "overflowed", "wants_load", "closed")
 
     def __init__(self, *, queue_max: int, wants_load: bool) -> None:
         self._items: deque[pb.WatchNodesResponse] = deque()
@@ -36,6 +36,11 @@ class Subscription:
         self._max = queue_max
         self.overflowed = False
         self.wants_load = wants_load
+        self.closed = False  # the registry is stopping
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
 
     def offer(self, message: pb.WatchNodesResponse) -> None:
         if self.overflowed:
@@ -49,6 +54,8 @@ class Subscription:
 
     async def next(self) -> pb.WatchNodesResponse:
         while not self._items:
+            if self.closed:
+                raise Unavailable("the registry is stopping; resume with the last revision received")
             if self.overflowed:
                 raise ResourceExhausted("watcher fell too far behind; resume with the last revision received")
             self._wake.clear()
@@ -70,6 +77,7 @@ class WatchHub:
         self._watchers_max = watchers_max
         self._snapshot_reuse_s = snapshot_reuse_s
         self._snapshot: tuple[int, float, list[pb.WatchNodesResponse]] | None = None
+        self._closed = False
 
     @property
     def watchers(self) -> int:
@@ -102,6 +110,8 @@ class WatchHub:
         """A new subscription and what it must be sent first: the buffered changes
         after ``resume_revision`` when they are all still here, else a
         snapshot (in chunks) at the current revision."""
+        if self._closed:
+            raise Unavailable("the registry is stopping; watch another replica")
         if len(self._watchers) >= self._watchers_max:
             raise ResourceExhausted(f"too many watchers (at most {self._watchers_max})")
         first = self._replay(resume_epoch, resume_revision)
@@ -125,6 +135,14 @@ class WatchHub:
 
     def unsubscribe(self, w: Subscription) -> None:
         self._watchers.discard(w)
+
+    def close(self) -> None:
+        """Ends every watch (UNAVAILABLE, once its queue is sent): a stopping
+        registry does not wait out its grace for streams that never end; the
+        watchers resume on another replica."""
+        self._closed = True
+        for w in self._watchers:
+            w.close()
 
     def _replay(self, epoch: bytes, revision: int) -> list[pb.WatchNodesResponse] | None:
         if epoch != self.epoch or revision > self.revision:

@@ -77,6 +77,7 @@ async def start(config: Config, *, port: int | None = None, database_url: str | 
         node_port=config.node_port("registry"),  # under mTLS: node agents have no certificate
         quiet_methods=(f"/{SERVICE_NAME}/Heartbeat", f"/{SERVICE_NAME}/WatchNodes"),
     )
+    running.on_stopping.append(registry.hub.close)  # watches never end by themselves
     running.on_stop.append(pool.close)
     running.on_stop.append(registry.close)
     return RunningRegistry(running, registry)
