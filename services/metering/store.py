@@ -47,29 +47,61 @@ async def insert_many(conn, rows: list[tuple], *, whole_rows: bool) -> list:
     return await conn.fetch(_INSERT_MANY + ("*" if whole_rows else "job_id"), *columns)
 
 
+# Records that are all new, stored whole or not at all. Each lease of the
+# input is locked FOR KEY SHARE as in _INSERT_MANY; when one of them takes no
+# records (or not for that consumer) nothing is inserted, and a job id that is
+# stored already fails the statement (unique violation): either way nothing
+# is written and the caller takes the careful path (insert_many).
+_PAIRS = "SELECT DISTINCT lease_id, consumer_account_id FROM input WHERE lease_id IS NOT NULL"
+_TAKING = (
+    f"""SELECT l.lease_id, l.consumer_account_id FROM metering.leases l
+         WHERE l.lease_id IN (SELECT lease_id FROM pairs)
+           AND l.state IN ({int(LeaseState.OPEN)}, {int(LeaseState.CLOSED)}) FOR KEY SHARE""")
+_INSERT_ALL = (
+    f"""WITH input AS (SELECT * FROM unnest({_UNNEST}) AS t({', '.join(COLUMNS)})),
+         pairs AS ({_PAIRS}),
+         taking AS ({_TAKING})
+       INSERT INTO metering.usage ({', '.join(COLUMNS)}, settlement)
+       SELECT i.*, {_PENDING} FROM input i
+        WHERE (SELECT count(*) FROM pairs) = (SELECT count(*) FROM pairs JOIN taking USING (lease_id, consumer_account_id))
+       RETURNING job_id""")
 _LEASES_TAKING = (
     f"""SELECT lease_id, consumer_account_id FROM metering.leases
          WHERE lease_id = ANY($1::uuid[]) AND state IN ({int(LeaseState.OPEN)}, {int(LeaseState.CLOSED)})
            FOR KEY SHARE""")
+COPY_ROWS_MIN = 64  # from this many rows a binary COPY costs less than one statement's arrays
 
 
-async def copy_new(conn, rows: list[tuple]) -> list | None:
-    """The fast way to store records that are all new: one binary COPY (no
-    per-row statement work) of the rows whose lease takes records, under FOR
-    KEY SHARE of those leases as in insert_many; returns the stored rows'
-    job ids (as insert_many's rows), or None -- nothing written -- when one
-    of the job ids is already stored (the caller then uses insert_many)."""
-    leases = {r[LEASE_AT] for r in rows if r[LEASE_AT] is not None}
-    taking = {(r["lease_id"], r["consumer_account_id"]) for r in await conn.fetch(_LEASES_TAKING, list(leases))
-              } if leases else set()
-    take = [r for r in rows if r[LEASE_AT] is None or (r[LEASE_AT], r[1]) in taking]
-    if take:
+async def store_new(conn, rows: list[tuple]) -> bool:
+    """The fast way to store records that are all new (the usual case), on a
+    connection outside any transaction: True when every row is stored and
+    committed; False when nothing was written, because a job id is stored
+    already or a lease takes no records (the caller then uses insert_many).
+
+    A few rows go in one statement, which is its own transaction: one round
+    trip. Many go by binary COPY (no per-row statement work) in a
+    transaction that first locks their leases."""
+    if len(rows) < COPY_ROWS_MIN:
         try:
-            async with conn.transaction():  # a savepoint: a conflict takes back only the COPY
-                await conn.copy_records_to_table("usage", schema_name="metering", columns=COLUMNS, records=take)
+            stored = await conn.fetch(_INSERT_ALL, *[list(c) for c in zip(*rows, strict=True)])
         except asyncpg.UniqueViolationError:
-            return None
-    return [{"job_id": r[0]} for r in take]
+            return False
+        return len(stored) == len(rows)
+    pairs = {(r[LEASE_AT], r[1]) for r in rows if r[LEASE_AT] is not None}
+    try:
+        async with conn.transaction():
+            if pairs:
+                found = await conn.fetch(_LEASES_TAKING, list({lease for lease, _ in pairs}))
+                if not pairs <= {(r["lease_id"], r["consumer_account_id"]) for r in found}:
+                    raise _NotAllTaking
+            await conn.copy_records_to_table("usage", schema_name="metering", columns=COLUMNS, records=rows)
+    except (asyncpg.UniqueViolationError, _NotAllTaking):
+        return False
+    return True
+
+
+class _NotAllTaking(Exception):
+    """A lease of the rows takes no records: roll back, store nothing."""
 
 
 async def get_many(conn, job_ids: list) -> list:

@@ -1,8 +1,12 @@
 """Group commit of usage records: RecordUsage and RecordUsageBatch calls wait
-in a bounded queue; one writer drains them into one transaction -- a binary
-COPY when every record is new (the usual case), else a single INSERT ...
-SELECT FROM unnest(...) ON CONFLICT -- and answers each call when its records
-are durable (committed).
+in a bounded queue; one writer drains them into one commit and answers each
+call when its records are durable (committed).
+
+The writer keeps a connection of its own, so a commit costs no pool
+round trips. When every record is new (the usual case) a batch is one
+statement, its own transaction (a few records), or one binary COPY (many);
+else (a retried job id, a lease that takes no records) a transaction with a
+single INSERT ... SELECT FROM unnest(...) ON CONFLICT sorts the calls out.
 
 Each call is all or nothing: a call whose record conflicts with a stored one
 (ABORTED), or whose lease takes no records (FAILED_PRECONDITION), has its new
@@ -13,6 +17,7 @@ so the second sees the first's row (created=false, or a conflict)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +38,8 @@ log = structlog.get_logger("metering.usage_writer")
 
 RECORDS_PER_COMMIT_MAX = 4_000
 QUEUE_RECORDS_MAX = 100_000
+RELEASE_TIMEOUT_S = 5.0
+KEEP_CONN_POOL_MIN = 3  # a smaller pool is not left one connection short
 
 
 @dataclass(slots=True)
@@ -58,6 +65,8 @@ class UsageWriter:
         self._max = records_per_commit_max
         self._queue_max = queue_records_max
         self._task: asyncio.Task | None = None
+        self._conn = None  # the writer's own connection, taken from the pool when first needed
+        self._keep_conn = pool.get_max_size() >= KEEP_CONN_POOL_MIN  # else give it back after each commit
         self.commits = 0  # transactions committed (for tests and benchmarks)
         self.records = 0  # records stored
 
@@ -73,6 +82,7 @@ class UsageWriter:
             await asyncio.gather(self._task, return_exceptions=True)
         self._fail(list(self._queue), Unavailable("metering is shutting down; retry with the same job ids"))
         self._queue.clear()
+        await self._drop_connection()
 
     async def record(self, rows: list[tuple], *, whole_rows: bool = False) -> list:
         """Stores ``rows`` in the next commit; returns, per row, whether it was
@@ -118,15 +128,19 @@ class UsageWriter:
             calls = self._take()
             try:
                 answers = await self._commit(calls)
+                if not self._keep_conn:
+                    await self._drop_connection()
             except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as e:
                 log.error("usage.batch_failed", error=str(e), calls=len(calls))
                 self._fail(calls, Unavailable("metering could not store usage; retry with the same job ids"))
+                await self._drop_connection()  # the next batch starts on a fresh one
             except asyncio.CancelledError:
                 self._fail(calls, Unavailable("metering is shutting down; retry with the same job ids"))
                 raise
             except Exception as e:  # a bug: fail this batch loudly, keep serving the next ones
                 log.critical("usage.batch_crashed", error=repr(e), exc_info=e)
                 self._fail(calls, IdlegridError("metering internal error; nothing was stored"))
+                await self._drop_connection()
             else:
                 for call, answer in zip(calls, answers, strict=True):
                     if call.future.done():
@@ -142,22 +156,32 @@ class UsageWriter:
             if not call.future.done():
                 call.future.set_exception(err)
 
+    async def _connection(self):
+        if self._conn is None:
+            self._conn = await self._pool.acquire()
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        """Gives the connection back (the pool resets it, or replaces a broken one)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pool.release(conn), RELEASE_TIMEOUT_S)
+
     async def _commit(self, calls: list[_Call]) -> list:
         rows = [r for call in calls for r in call.rows]
         whole = any(call.whole_rows for call in calls)
-        async with self._pool.acquire() as conn, conn.transaction():
-            inserted = None if whole else await store.copy_new(conn, rows)
-            if inserted is None:  # a call wants its stored rows, or a job id is stored already
-                inserted = await store.insert_many(conn, rows, whole_rows=whole)
-            all_new = len(inserted) == len(rows) and not whole
-            if not all_new:
-                answers, new, undo = await self._sort_out(conn, calls, rows, inserted)
-        self.commits += 1
-        if all_new:  # the usual case: every record is new, no row to look at
+        conn = await self._connection()
+        if not whole and await store.store_new(conn, rows):  # the usual case: every record is new
+            self.commits += 1
             self.records += len(rows)
             if self._on_created is not None:
                 self._on_created(any(r[usage.LEASE_AT] is None for r in rows))
             return [[True] * len(call.rows) for call in calls]
+        async with conn.transaction():  # a call wants its stored rows, a job id is stored, or a lease is shut
+            inserted = await store.insert_many(conn, rows, whole_rows=whole)
+            answers, new, undo = await self._sort_out(conn, calls, rows, inserted)
+        self.commits += 1
         created = len(new) - len(undo)
         self.records += created
         if created and self._on_created is not None:

@@ -16,7 +16,7 @@ from asyncpg.pgproto import pgproto
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from idlegrid.ledger.v1 import ledger_pb2 as lpb
-from idlegrid.metering import usage
+from idlegrid.metering import store, usage
 from idlegrid.metering.leases import LeaseState
 from idlegrid.metering.v1 import metering_pb2 as pb
 from tests.harness import eventually
@@ -224,3 +224,33 @@ async def test_calls_queued_together_commit_together_and_fail_alone(stack, db):
     assert type(out[-1]).__name__ == "Conflict"
     assert await _stored(db, [rows[0][0].bytes for rows in good]) == 50
     assert await _stored(db, [clash[0][0].bytes]) == 0
+
+
+@pytest.mark.parametrize("good_n", [3, store.COPY_ROWS_MIN + 10])  # one statement, or one COPY
+async def test_both_fast_ways_store_all_new_records_or_nothing(stack, db, good_n):
+    """A batch of new records is stored in one go (one statement when small,
+    a COPY when large); a stored job id or a lease shut in the same batch
+    writes nothing that way, and the careful path then refuses those calls
+    alone."""
+    writer = stack.metering_srv.parts["usage_writer"]
+    consumer = os.urandom(16)
+    lease = await _open_lease_row(db, consumer)
+    shut = await _open_lease_row(db, consumer, LeaseState.CLEARED)
+    done = _record(consumer, lease=lease, picos=5)
+    await stack.metering.RecordUsage(pb.RecordUsageRequest(record=done))
+
+    def good():
+        return [[usage.validate(_record(consumer, lease=lease, picos=i + 1), 1000)] for i in range(good_n)]
+
+    first = good()
+    before = writer.commits
+    assert await writer.record([r for call in first for r in call]) == [True] * good_n
+    assert writer.commits - before == 1
+    for odd in ([usage.validate(done, 1000)], [usage.validate(_record(consumer, lease=shut, picos=5), 1000)]):
+        calls = good()
+        out = await asyncio.gather(*(writer.record(rows) for rows in [*calls, odd]), return_exceptions=True)
+        assert out[:-1] == [[True]] * good_n
+        retried = odd[0][0].bytes == done.job_id
+        assert out[-1] == [False] if retried else type(out[-1]).__name__ == "FailedPrecondition"
+        assert await _stored(db, [rows[0][0].bytes for rows in calls]) == good_n
+    assert await _stored(db, [rows[0][0].bytes for rows in first]) == good_n
