@@ -78,23 +78,25 @@ async def _setup(ledger) -> tuple[list[bytes], bytes]:
     return consumers, provider
 
 
-async def _drive(metering, consumers, provider, rounds: int, per_lease: int, conn) -> dict:
+async def _drive(meterings: list, consumers, provider, rounds: int, per_lease: int, conn) -> dict:
     until = _ts(datetime.now(UTC) + timedelta(minutes=30))
     replica = os.urandom(16)
     leases = [(os.urandom(16), c) for _ in range(rounds) for c in consumers]
-    for lid, c in leases:
-        r = await metering.OpenLease(pb.OpenLeaseRequest(lease_id=lid, consumer_account_id=c, amount_min=1,
+    for k, (lid, c) in enumerate(leases):
+        r = await meterings[k % len(meterings)].OpenLease(pb.OpenLeaseRequest(lease_id=lid, consumer_account_id=c, amount_min=1,
                                                          amount_max=10**9, use_until=until, max_job_s=60,
                                                          replica_id=replica))
         assert r.amount > 0, r
     # The schedulers' side (building records) is not metering's work: built before the clock starts.
-    plans = [(lid, [pb.RecordUsageBatchRequest(records=recs[i:i + BATCH]) for i in range(0, per_lease, BATCH)])
+    # A lease's calls go to one replica (a scheduler keeps its connection); leases alternate between them.
+    plans = [(meterings[k % len(meterings)], lid,
+              [pb.RecordUsageBatchRequest(records=recs[i:i + BATCH]) for i in range(0, per_lease, BATCH)])
              for k, (lid, c) in enumerate(leases) for recs in [_records(lid, c, provider, per_lease, k)]]
     queue = iter(plans)
     jobs = len(leases) * per_lease
 
     async def scheduler():
-        for lid, batches in queue:
+        for metering, lid, batches in queue:
             for b in batches:
                 await metering.RecordUsageBatch(b)
             await metering.CloseLease(pb.CloseLeaseRequest(lease_id=lid, jobs=per_lease))
@@ -123,6 +125,7 @@ async def run(args, config) -> int:
     home = Path(tempfile.mkdtemp(prefix="idlegrid-bench-clearing-"))
     db_url = await asyncio.to_thread(db.embedded_url, home)
     await migrate_all(db_url)
+    replicas = max(1, getattr(args, "replicas", 1))
     ports = {n: free_port() for n in ("ledger", "metering", "registry")}
     env = {"IDLEGRID_HOME": str(home), "IDLEGRID_DATABASE_URL": db_url, "IDLEGRID_SERVICE_TOKEN": TOKEN,
            "IDLEGRID_LOG_LEVEL": "warning", "IDLEGRID_LOG_FORMAT": "json",
@@ -134,19 +137,30 @@ async def run(args, config) -> int:
         for name in ("ledger", "metering"):  # no registry: metering takes no node as suspended
             procs.append(spawn([name, "serve"], env=env, log_path=home / f"{name}.log"))
             await wait_healthy(f"127.0.0.1:{ports[name]}", proc=procs[-1], timeout_s=120)
-        async with open_channel(f"127.0.0.1:{ports['ledger']}", token=None) as lch, \
-                open_channel(f"127.0.0.1:{ports['metering']}", token=None) as mch:
+        metering_ports = [ports["metering"]]
+        for i in range(1, replicas):  # more metering replicas on the same database, as in production
+            metering_ports.append(free_port())
+            procs.append(spawn(["metering", "serve"], env={**env, "IDLEGRID_METERING_PORT": str(metering_ports[-1])},
+                               log_path=home / f"metering-{i}.log"))
+            await wait_healthy(f"127.0.0.1:{metering_ports[-1]}", proc=procs[-1], timeout_s=120)
+        channels = [open_channel(f"127.0.0.1:{p}", token=None) for p in metering_ports]
+        try:
+            lch = open_channel(f"127.0.0.1:{ports['ledger']}", token=None)
+            channels.append(lch)
             ledger = with_token(ledger_pb2_grpc.LedgerServiceStub(lch), TOKEN)
-            metering = with_token(metering_pb2_grpc.MeteringServiceStub(mch), TOKEN)
+            meterings = [with_token(metering_pb2_grpc.MeteringServiceStub(ch), TOKEN) for ch in channels[:-1]]
             consumers, provider = await _setup(ledger)
-            await _drive(metering, consumers[:2], provider, 1, 200, conn)  # warm-up
+            await _drive(meterings, consumers[:2 * replicas], provider, 1, 200, conn)  # warm-up
             before = await conn.fetchval("SELECT count(*) FROM ledger.transfers")
             aggs_before = await conn.fetchval("SELECT count(*) FROM metering.clearing_aggregates WHERE earning = 1")
-            f = await _drive(metering, consumers, provider, rounds, per_lease, conn)
+            f = await _drive(meterings, consumers, provider, rounds, per_lease, conn)
             ops = await conn.fetchval("SELECT count(*) FROM ledger.transfers") - before
             releases = await conn.fetchval(
                 "SELECT count(*) FROM metering.clearing_aggregates WHERE earning = 1") - aggs_before
             windows = await conn.fetchval("SELECT count(*) FROM metering.clearing_windows")
+        finally:
+            for ch in channels:
+                await ch.close()
     finally:
         await conn.close()
         for p in procs:
@@ -159,7 +173,7 @@ async def run(args, config) -> int:
         "record_per_s": round(f["jobs"] / f["record_s"]),
         "clear_tail_s": round(f["clear_s"], 3),
         "jobs": f["jobs"], "leases": f["leases"], "ledger_transfers": ops, "held_aggregates": releases,
-        "windows_total": windows, "cpu_count": os.cpu_count(),
+        "windows_total": windows, "metering_replicas": replicas, "cpu_count": os.cpu_count(),
     }
     report("clearing bench (ledger + metering + embedded PostgreSQL on this machine, no Triton)", result,
            as_json=args.json)

@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration-s", type=float, help="soak: seconds of traffic and chaos (default 120; 20 with --quick)")
     p.add_argument("--seed", type=int, help="soak: seed of the chaos schedule and the traffic mix (default 13); "
                                             "trust: seed of the corpus and the simulation (default 11)")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="clearing: metering replicas sharing the load (production runs 2; default 1)")
     p.set_defaults(func=_bench)
 
 
