@@ -12,11 +12,18 @@ from idlegrid.common.config import Config
 from idlegrid.common.errors import IdlegridError
 
 
+def _on_uvloop(args: argparse.Namespace) -> bool:
+    """Plain asyncio for the gRPC services on purpose: grpc.aio servers ran at
+    about half their throughput on uvloop here (measured with a trivial
+    servicer). uvloop for what serves no gRPC: the benchmark clients, and the
+    gateway (HTTP in, grpc.aio clients out), which needs less CPU per request
+    on it (see ``idlegrid bench gateway``)."""
+    return args.command == "bench" or (args.command == "gateway" and getattr(args, "gateway_command", "") == "serve")
+
+
 def _run(coro_fn: Callable, args: argparse.Namespace, config: Config) -> int:
-    # Plain asyncio on purpose: grpc.aio servers ran at about half their
-    # throughput on uvloop here (measured with a trivial servicer).
     runner = asyncio.run
-    if args.command == "bench":  # benchmark clients only: they gain from uvloop
+    if _on_uvloop(args):
         import uvloop
 
         runner = uvloop.run

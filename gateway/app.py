@@ -1,4 +1,4 @@
-"""The Starlette application: every route, the outer middleware (request id,
+"""The Starlette application: every route, the one middleware (request id,
 limits, metrics, the canonical log line) and the error handlers that turn
 every failure into one clear HTTP answer."""
 
@@ -22,7 +22,7 @@ from idlegrid.gateway import (
     provider_routes,
 )
 from idlegrid.gateway.context import Gateway
-from idlegrid.gateway.edge import EdgeMiddleware
+from idlegrid.gateway.edge import IpGate
 from idlegrid.gateway.errors import ApiError
 from idlegrid.gateway.metrics import metrics_endpoint
 from idlegrid.gateway.middleware import GatewayMiddleware
@@ -74,9 +74,9 @@ def routes() -> list[Route]:
 def create_app(gw: Gateway) -> Starlette:
     app = Starlette(
         routes=routes(),
-        middleware=[Middleware(GatewayMiddleware, metrics=gw.metrics, concurrency_max=gw.settings.concurrency_max),
-                    Middleware(EdgeMiddleware, limiter=gw.ip_limiter, trusted=gw.settings.trusted_proxies,
-                               metrics=gw.metrics)],
+        middleware=[Middleware(GatewayMiddleware, metrics=gw.metrics, concurrency_max=gw.settings.concurrency_max,
+                               gate=IpGate(limiter=gw.ip_limiter, trusted=gw.settings.trusted_proxies,
+                                           metrics=gw.metrics))],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
     )
     app.state.gw = gw

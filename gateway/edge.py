@@ -25,11 +25,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from idlegrid.gateway.errors import ApiError
 from idlegrid.gateway.metrics import Metrics
-from idlegrid.gateway.middleware import GatewayMiddleware, on_finish
+from idlegrid.gateway.middleware import on_finish
 from idlegrid.gateway.settings import Network
 
 UNCOUNTED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -94,26 +94,26 @@ class IpLimiter:
         return len(self._buckets)
 
 
-class EdgeMiddleware:
-    """Counts every request but the probes against its client IP."""
+class IpGate:
+    """Counts every request but the probes against its client IP; the
+    gateway's middleware (idlegrid.gateway.middleware) asks it first."""
 
-    def __init__(self, app: ASGIApp, *, limiter: IpLimiter, trusted: tuple[Network, ...], metrics: Metrics) -> None:
-        self.app = app
+    def __init__(self, *, limiter: IpLimiter, trusted: tuple[Network, ...], metrics: Metrics) -> None:
         self.limiter = limiter
         self.trusted = trusted
         self.metrics = metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("path") not in UNCOUNTED_PATHS:
-            wait_s = self.limiter.take(client_ip(scope, self.trusted))
-            if wait_s > 0:
-                self.metrics.refusals.labels("ip_rate").inc()
-                await GatewayMiddleware.error(send, scope, ApiError(
-                    429, f"too many requests from this address; retry in {wait_s:.3f} s",
-                    code="ip_rate_limit_exceeded", headers={"Retry-After": str(max(1, math.ceil(wait_s))),
-                                                            "retry-after-ms": str(math.ceil(wait_s * 1000))}))
-                return
-        await self.app(scope, receive, send)
+    def refusal(self, scope: Scope) -> ApiError | None:
+        """The 429 to answer, or None when the request may go on."""
+        if scope["path"] in UNCOUNTED_PATHS:
+            return None
+        wait_s = self.limiter.take(client_ip(scope, self.trusted))
+        if wait_s <= 0:
+            return None
+        self.metrics.refusals.labels("ip_rate").inc()
+        return ApiError(429, f"too many requests from this address; retry in {wait_s:.3f} s",
+                        code="ip_rate_limit_exceeded", headers={"Retry-After": str(max(1, math.ceil(wait_s))),
+                                                                "retry-after-ms": str(math.ceil(wait_s * 1000))})
 
 
 class KeySlots:

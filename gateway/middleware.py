@@ -1,16 +1,22 @@
-"""The outermost layer of every request: a request id, a bound on requests in
-flight, metrics, one canonical log line, and a last-resort 500 that names the
-request id and nothing else. Never logs headers or bodies (keys live there).
+"""The one middleware of every request: a request id, a bound on requests in
+flight, the per-IP limit at the edge (idlegrid.gateway.edge), metrics, one
+canonical log line, and a last-resort 500 that names the request id and
+nothing else. Never logs headers or bodies (keys live there).
+
+One layer, not one per concern: each ASGI layer costs a call and a closure
+on every request and on every message of its response.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from typing import Protocol
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from idlegrid.common.interceptors import log_field
 from idlegrid.gateway.errors import ApiError
 from idlegrid.gateway.job_ids import random_uuid4
 from idlegrid.gateway.metrics import Metrics
@@ -21,6 +27,12 @@ REQUEST_ID_HEADER = "x-request-id"
 NOTES_KEY = "idlegrid.notes"
 FINISH_KEY = "idlegrid.on_finish"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_REQUEST_ID_HEADER = REQUEST_ID_HEADER.encode()
+_REQUEST_ID_FIELD = log_field("request_id")
+
+
+class Gate(Protocol):
+    def refusal(self, scope: Scope) -> ApiError | None: ...
 
 
 def note(scope: Scope, **fields) -> None:
@@ -40,10 +52,13 @@ def request_id(scope: Scope) -> str:
 
 
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, concurrency_max: int) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, concurrency_max: int, gate: Gate) -> None:
+        """``gate``: asked before the app, after the bound on requests in
+        flight (the per-IP limit, idlegrid.gateway.edge.IpGate)."""
         self.app = app
         self.metrics = metrics
         self.concurrency_max = concurrency_max
+        self.gate = gate
         self.in_flight = 0
         metrics.count_in_flight(lambda: self.in_flight)
 
@@ -54,16 +69,17 @@ class GatewayMiddleware:
         start = time.perf_counter()
         rid = None
         for k, v in scope["headers"]:
-            if k == b"x-request-id":
+            if k == _REQUEST_ID_HEADER:
                 candidate = v.decode("latin-1")
                 rid = candidate if _REQUEST_ID.match(candidate) else None
         rid = rid or random_uuid4().hex()
         notes = scope.setdefault(NOTES_KEY, {})
         notes["request_id"] = rid
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=rid)
+        # uvicorn runs each request in a task of its own, in a copy of the
+        # server's context: nothing bound by another request is there to clear.
+        _REQUEST_ID_FIELD.set(rid)
         status = 0
-        rid_header = (REQUEST_ID_HEADER.encode(), rid.encode())
+        rid_header = (_REQUEST_ID_HEADER, rid.encode())
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -75,11 +91,14 @@ class GatewayMiddleware:
         self.in_flight += 1
         try:
             if self.in_flight > self.concurrency_max:
-                await self.error(send_wrapper, scope, ApiError(
-                    503, "the gateway is at its limit of requests in flight; try again", code="overloaded",
-                    headers={"Retry-After": "1"}))
+                refusal = ApiError(503, "the gateway is at its limit of requests in flight; try again",
+                                   code="overloaded", headers={"Retry-After": "1"})
             else:
+                refusal = self.gate.refusal(scope)
+            if refusal is None:
                 await self.app(scope, receive, send_wrapper)
+            else:
+                await self.error(send_wrapper, scope, refusal)
         except Exception:  # noqa: BLE001 - a bug: logged here, never shown to the client
             log.error("http.unhandled", exc_info=True, path=scope.get("path"))
             if status == 0:
