@@ -18,7 +18,7 @@ from idlegrid.node.agent import AgentOptions, NodeAgent
 from idlegrid.registry.v1 import registry_pb2 as rpb
 from idlegrid.registry.v1.registry_pb2 import NODE_STATE_READY as READY
 from tests.harness.polling import eventually
-from tests.harness.tritons import POOL
+from tests.harness.tritons import POOL, STATELESS_OPTIONS
 
 
 @dataclass
@@ -34,23 +34,27 @@ class Node:
 
 
 async def add_node(stack, name: str, *, node_config: config_file.NodeConfig | None = None,
-                   provider_token: str | None = None, direct: bool = False, **triton_options) -> Node:
+                   provider_token: str | None = None, direct: bool = False, own_triton: bool = False,
+                   **triton_options) -> Node:
     """Starts an agent for ``name`` under the stack's provider (or
     ``provider_token``) and waits until it is READY and routable.
 
     ``triton_options`` are start_demo_triton's. With none but ``models``, the
     node serves those models of the session's shared Triton (its config prices
-    only them). A special mode (``fail_after``, ``llm_delay_ms``, ...) gets a
-    Triton of its own, which the test may kill.
+    only them). Options without state (``llm_delay_ms``, ``llm_extra_tokens``,
+    ...: tritons.STATELESS_OPTIONS) get the session's shared Triton for those
+    options; a mode with state (``fail_after``, ``cheat``, ...) or
+    ``own_triton`` gets a Triton of its own, which the test may kill.
     ``node_config``: the agent's prices and labels (default: the demo's,
     labelled ``node=name``, for the models served). ``direct``: register the
     Triton's endpoint instead of joining through the relay (the registry
     must allow direct endpoints)."""
-    own = bool(set(triton_options) - {"models"})
+    special = {k: v for k, v in triton_options.items() if k != "models"}
+    own = own_triton or bool(set(special) - STATELESS_OPTIONS)
     if own:
         triton = await asyncio.to_thread(POOL.own, **triton_options)
     else:
-        triton = await asyncio.to_thread(POOL.shared)
+        triton = await asyncio.to_thread(POOL.shared, **special)
     if node_config is None:
         demo = await asyncio.to_thread(demo_node.node_config)
         served = triton_options.get("models", tuple(demo.models))

@@ -22,7 +22,7 @@ import pytest
 # Options that change what a Triton does on every request, never with use:
 # a shared instance behaves the same for its second user as for its first.
 STATELESS_OPTIONS = frozenset({"models", "llm_delay_ms", "fail", "n_threads", "llm_extra_tokens"})
-SHARED_MAX = 4  # distinct shared instances alive at once (each holds a model in memory)
+SHARED_MAX = 6  # distinct shared instances alive at once (each holds a model in memory)
 
 
 def _start(**options):

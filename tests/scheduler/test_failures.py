@@ -64,7 +64,7 @@ async def test_a_job_that_fails_on_one_node_is_retried_on_another_and_charged_on
 
 
 async def test_a_node_killed_mid_stream_bills_only_the_delivered_tokens(stack):
-    node = await stack.add_node("doomed", models=("smollm2-135m-instruct",), llm_delay_ms=150)
+    node = await stack.add_node("doomed", models=("smollm2-135m-instruct",), llm_delay_ms=150, own_triton=True)
     consumer = await stack.consumer(10**9)
     req = chat(consumer, "Tell me a long story.", max_tokens=100, node="doomed")
     texts, final = [], None
@@ -89,8 +89,8 @@ async def test_a_node_killed_mid_stream_bills_only_the_delivered_tokens(stack):
 async def test_a_slow_node_past_the_deadline_charges_only_what_was_streamed(stack):
     # Two slow nodes: the demo model finishes a unary generation even after
     # its caller left, so the streamed job gets a node of its own.
-    await stack.add_node("slow", models=("smollm2-135m-instruct",), llm_delay_ms=400)
-    await stack.add_node("slow-stream", models=("smollm2-135m-instruct",), llm_delay_ms=400)
+    await stack.add_node("slow", models=("smollm2-135m-instruct",), llm_delay_ms=400, own_triton=True)
+    await stack.add_node("slow-stream", models=("smollm2-135m-instruct",), llm_delay_ms=400, own_triton=True)
     consumer = await stack.consumer(10**9)
     unary = chat(consumer, "Tell me a long story.", max_tokens=100, node="slow", timeout_ms=1500)
     with pytest.raises(grpc.aio.AioRpcError) as e:
