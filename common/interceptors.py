@@ -22,7 +22,6 @@ per call)."""
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import itertools
 import os
 import time
@@ -36,19 +35,12 @@ from google.protobuf import descriptor_pool
 from idlegrid.common import identities
 from idlegrid.common.auth import AUTH_KEY
 from idlegrid.common.errors import REASON_KEY, IdlegridError
+from idlegrid.common.logs import log_field
 
 log = structlog.get_logger("rpc")
 
 REQUEST_ID_KEY = "x-request-id"
 REQUEST_ID_CHARS_MAX = 128
-
-
-def log_field(name: str) -> contextvars.ContextVar:
-    """structlog's own context variable behind the bound log field ``name``,
-    to set directly on hot paths (binding through structlog costs a dict and
-    a lookup per field; clearing, a walk over the whole context). Setting it
-    to Ellipsis unbinds the field."""
-    return contextvars.Context().run(structlog.contextvars.bind_contextvars, **{name: ...})[name].var
 
 
 _REQUEST_ID, _CALLER = log_field("request_id"), log_field("caller")

@@ -16,7 +16,7 @@ from typing import Protocol
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from idlegrid.common.interceptors import log_field
+from idlegrid.common.logs import log_field
 from idlegrid.gateway.errors import ApiError
 from idlegrid.gateway.job_ids import random_uuid4
 from idlegrid.gateway.metrics import Metrics
