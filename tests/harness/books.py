@@ -27,19 +27,23 @@ from tests.harness.polling import eventually
 
 DMNEC = lpb.ACCOUNT_FLAG_DEBITS_MUST_NOT_EXCEED_CREDITS
 SETTLE_WAIT_S = 60.0  # a bound on the wait, never a threshold
+READY_TIMEOUT_S = 60.0  # a bound on a ledger that does not come back, never a threshold
 PENDING, SETTLED, RELEASED = (mpb.SETTLEMENT_STATE_PENDING, mpb.SETTLEMENT_STATE_SETTLED,
                               mpb.SETTLEMENT_STATE_RELEASED)
 HELD, VOIDED = mpb.EARNING_STATE_HELD, mpb.EARNING_STATE_VOIDED
 
 
 async def consumer(ledger, credits: int) -> bytes:
-    """A new consumer account (no overdraft) topped up with ``credits``."""
+    """A new consumer account (no overdraft) topped up with ``credits``. The
+    calls wait for the ledger to be reachable (a test may just have restarted
+    it, and the channel may be waiting out its reconnect backoff)."""
     acct = os.urandom(16)
+    ready = {"wait_for_ready": True, "timeout": READY_TIMEOUT_S}
     r = await ledger.CreateAccounts(lpb.CreateAccountsRequest(accounts=[
-        lpb.Account(id=acct, ledger=1, kind=lpb.ACCOUNT_KIND_CONSUMER, flags=DMNEC)]))
+        lpb.Account(id=acct, ledger=1, kind=lpb.ACCOUNT_KIND_CONSUMER, flags=DMNEC)]), **ready)
     assert list(r.results) == [0]
     if credits:
-        t = await ledger.TopUp(lpb.TopUpRequest(account_id=acct, amount=credits, idempotency_key=acct.hex()))
+        t = await ledger.TopUp(lpb.TopUpRequest(account_id=acct, amount=credits, idempotency_key=acct.hex()), **ready)
         assert t.status == lpb.OPERATION_STATUS_OK
     return acct
 
