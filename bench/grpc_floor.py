@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -23,23 +25,29 @@ def _rss_mb() -> float:
     return 0.0
 
 
-async def _idle(request_iterator, context):
-    async for _ in request_iterator:
-        pass
-    return
-    yield b""  # a stream handler
+def _server(ports, done, options) -> None:
+    started = 0
 
+    async def idle(request_iterator, context):
+        nonlocal started
+        started += 1
+        async for _ in request_iterator:
+            pass
+        return
+        yield b""  # a stream handler
 
-def _server(ports, done) -> None:
     async def main() -> None:
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=options)
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("idlegrid.bench.Floor", {
-            "Idle": grpc.stream_stream_rpc_method_handler(_idle)}),))
+            "Idle": grpc.stream_stream_rpc_method_handler(idle)}),))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         await asyncio.sleep(0.5)
         ports.put((port, _rss_mb()))
-        await asyncio.to_thread(done.get)
+        opened = await asyncio.to_thread(done.get)
+        deadline = asyncio.get_running_loop().time() + 60
+        while started < opened and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110 - counted by handlers
+            await asyncio.sleep(0.05)  # every stream reached its handler, as every relay link has
         ports.put(_rss_mb())
         await server.stop(0)
 
@@ -67,19 +75,20 @@ def _clients(port: int, n: int, per_channel: int, ready, stop) -> None:
     asyncio.run(main())
 
 
-def rss_mb_per_1k_streams(n: int, streams_per_channel: int) -> float:
-    """The bare server's RSS growth per 1,000 idle streams (blocking)."""
+def rss_mb_per_1k_streams(n: int, streams_per_channel: int, *, options: Sequence[tuple[str, Any]] = ()) -> float:
+    """The bare server's RSS growth per 1,000 idle streams (blocking);
+    ``options``: its grpc server options."""
     ctx = multiprocessing.get_context("spawn")
     ports, done, ready, stop = ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Queue()
-    server = ctx.Process(target=_server, args=(ports, done), daemon=True)
+    server = ctx.Process(target=_server, args=(ports, done, list(options)), daemon=True)
     server.start()
     port, before = ports.get(timeout=60)
     clients = ctx.Process(target=_clients, args=(port, n, streams_per_channel, ready, stop), daemon=True)
     clients.start()
     try:
         opened = ready.get(timeout=300)
-        done.put(1)
-        after = ports.get(timeout=60)
+        done.put(opened)
+        after = ports.get(timeout=120)
     finally:
         stop.put(1)
         clients.join(30)

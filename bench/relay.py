@@ -120,7 +120,7 @@ class IdleLinks:
 
     @staticmethod
     async def _pong(call, q: asyncio.Queue) -> None:
-        async for down in call:
+        while (down := await call.read()) is not grpc.aio.EOF:  # (read() took the first: no async for)
             if down.WhichOneof("event") == "ping":
                 q.put_nowait(pb.LinkUp(pong=pb.Pong(nonce=down.ping.nonce)))
 

@@ -29,6 +29,7 @@ import grpc
 import structlog
 
 from idlegrid.common.config import Config
+from idlegrid.node.link_up import END, FEATURES, end_message, outgoing, reply_message
 from idlegrid.relay.v1 import relay_pb2 as pb
 
 log = structlog.get_logger("node.link")
@@ -39,7 +40,6 @@ UNARY_METHODS = frozenset({"ServerLive", "ServerReady", "ModelReady", "ModelMeta
 STREAM_METHODS = frozenset({"ModelStreamInfer"})
 AGENT_VERSION = "idlegrid-agent/0.1.0"
 MESSAGE_BYTES_MAX = 64 * 1024 * 1024
-END_MESSAGE_CHARS_MAX = 1024
 _OPTIONS = (
     ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
     ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
@@ -53,16 +53,17 @@ _TRITON_OPTIONS = (("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
 
 
 class _NodeCall:
-    """One call being served: its task, the credit left and further inputs."""
+    """One call being served: its task, the credit left and, for a stream,
+    its further inputs (a unary call needs neither queue nor event)."""
 
     __slots__ = ("call_id", "task", "credit", "more", "inputs")
 
-    def __init__(self, call_id: int, window: int, inputs_max: int) -> None:
+    def __init__(self, call_id: int, window: int, inputs_max: int, *, stream: bool) -> None:
         self.call_id = call_id
         self.task: asyncio.Task | None = None
         self.credit = max(1, window)
-        self.more = asyncio.Event()
-        self.inputs: asyncio.Queue[bytes | None] = asyncio.Queue(inputs_max)
+        self.more: asyncio.Event | None = asyncio.Event() if stream else None
+        self.inputs: asyncio.Queue[bytes | None] | None = asyncio.Queue(inputs_max) if stream else None
 
 
 class NodeLink:
@@ -99,9 +100,11 @@ class NodeLink:
         self.failures = 0         # link attempts that failed, and the last one's gRPC code
         self.last_error = ""
         self._calls: dict[int, _NodeCall] = {}
-        self._out: asyncio.Queue[pb.LinkUp | None] | None = None
+        self._out: asyncio.Queue[pb.LinkUp] | None = None
         self._task: asyncio.Task | None = None
         self._triton: grpc.aio.Channel | None = None
+        self._rpcs: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}  # Triton's unary methods, made once
+        self._reply_last = self._batch_up = False  # what the relay holding the link takes (its Welcome)
         self._stopping = False
 
     @property
@@ -115,6 +118,7 @@ class NodeLink:
     async def start(self) -> None:
         self._stopping = False
         self._triton = grpc.aio.insecure_channel(self.triton_url, options=_TRITON_OPTIONS)
+        self._rpcs = {m: self._triton.unary_unary(KSERVE + m) for m in UNARY_METHODS}
         self._task = asyncio.create_task(self._run(), name="node-link")
 
     async def stop(self) -> None:
@@ -127,6 +131,7 @@ class NodeLink:
         if self._triton is not None:
             await self._triton.close()
             self._triton = None
+            self._rpcs = {}
 
     async def wait_linked(self, timeout_s: float = 30.0) -> None:
         async with asyncio.timeout(timeout_s):
@@ -181,18 +186,16 @@ class NodeLink:
         return grpc.aio.insecure_channel(addr, options=_OPTIONS)
 
     async def _session(self, addr: str) -> None:
-        out: asyncio.Queue[pb.LinkUp | None] = asyncio.Queue(self.calls_max * 64 + 64)
-        out.put_nowait(pb.LinkUp(hello=pb.Hello(node_id=self.node_id, agent_version=self.agent_version[:64])))
+        out: asyncio.Queue[pb.LinkUp] = asyncio.Queue(self.calls_max * 64 + 64)
+        out.put_nowait(pb.LinkUp(hello=pb.Hello(node_id=self.node_id, agent_version=self.agent_version[:64],
+                                                features=FEATURES)))
         self._out = out
-
-        async def requests():
-            while (msg := await out.get()) is not None:
-                yield msg
-
+        self._reply_last = self._batch_up = False  # until this relay's Welcome says otherwise
         async with self._channel(addr) as channel:
             link = channel.stream_stream(LINK_METHOD, request_serializer=pb.LinkUp.SerializeToString,
                                          response_deserializer=pb.LinkDown.FromString)
-            stream = link(requests(), metadata=(("authorization", f"Bearer {self.node_token}"),))
+            stream = link(outgoing(out, lambda: self._batch_up),
+                          metadata=(("authorization", f"Bearer {self.node_token}"),))
             try:
                 async for down in stream:
                     self._set_linked(True, addr)  # the relay speaks only once the registry attached us
@@ -201,7 +204,7 @@ class NodeLink:
                 self._out = None
                 while True:  # end the request generator before the call goes
                     try:
-                        out.put_nowait(None)
+                        out.put_nowait(END)
                         break
                     except asyncio.QueueFull:
                         out.get_nowait()
@@ -213,7 +216,7 @@ class NodeLink:
             self._begin(down.call)
         elif kind == "input":
             c = self._calls.get(down.input.call_id)
-            if c is not None:
+            if c is not None and c.inputs is not None:  # (a unary call takes no inputs)
                 try:
                     if down.input.payload:
                         c.inputs.put_nowait(down.input.payload)
@@ -221,10 +224,10 @@ class NodeLink:
                         c.inputs.put_nowait(None)
                 except asyncio.QueueFull:
                     c.task.cancel()
-                    self._send_nowait(_end(c.call_id, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many inputs"))
+                    self._send_nowait(end_message(c.call_id, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many inputs"))
         elif kind == "credit":
             c = self._calls.get(down.credit.call_id)
-            if c is not None:
+            if c is not None and c.more is not None:
                 c.credit += down.credit.replies
                 c.more.set()
         elif kind == "cancel":
@@ -234,6 +237,13 @@ class NodeLink:
                 c.task.cancel()
         elif kind == "ping":
             self._send_nowait(pb.LinkUp(pong=pb.Pong(nonce=down.ping.nonce)))
+        elif kind == "batch":
+            for event in down.batch.events:
+                if event.WhichOneof("event") != "batch":
+                    self._on_down(event)
+        elif kind == "welcome":
+            features = down.welcome.features
+            self._reply_last, self._batch_up = pb.FEATURE_REPLY_LAST in features, pb.FEATURE_BATCH in features
 
     def _send_nowait(self, msg: pb.LinkUp) -> None:
         if self._out is not None:
@@ -244,7 +254,10 @@ class NodeLink:
         out = self._out
         if out is None:
             raise asyncio.CancelledError  # the link is gone: so is the call
-        await out.put(msg)
+        if out.full():
+            await out.put(msg)
+        else:
+            out.put_nowait(msg)
 
     def _cancel_all(self) -> None:
         calls, self._calls = self._calls, {}
@@ -258,32 +271,40 @@ class NodeLink:
     def _begin(self, call: pb.Call) -> None:
         method = call.method
         if method not in UNARY_METHODS and method not in STREAM_METHODS:
-            self._send_nowait(_end(call.call_id, grpc.StatusCode.PERMISSION_DENIED, f"{method} is not served"))
+            self._send_nowait(end_message(call.call_id, grpc.StatusCode.PERMISSION_DENIED, f"{method} is not served"))
             return
         if len(self._calls) >= self.calls_max or call.call_id in self._calls:
-            self._send_nowait(_end(call.call_id, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                   f"the node serves {self.calls_max} calls at once"))
+            self._send_nowait(end_message(call.call_id, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                          f"the node serves {self.calls_max} calls at once"))
             return
-        c = _NodeCall(call.call_id, call.window, self.inputs_per_call_max)
-        if method in STREAM_METHODS and call.input_done:
+        stream = method in STREAM_METHODS
+        c = _NodeCall(call.call_id, call.window, self.inputs_per_call_max, stream=stream)
+        if stream and call.input_done:
             c.inputs.put_nowait(None)
         self._calls[call.call_id] = c
-        serve = self._unary if method in UNARY_METHODS else self._stream
-        c.task = asyncio.create_task(self._serve(c, serve(c, call)))
+        c.task = asyncio.create_task(self._serve(c, call, stream))
 
-    async def _serve(self, c: _NodeCall, work) -> None:
+    async def _serve(self, c: _NodeCall, call: pb.Call, stream: bool) -> None:
         try:
-            await work
-            await self._send(_end(c.call_id, grpc.StatusCode.OK, ""))
+            if stream:
+                await self._stream(c, call)
+            else:
+                reply = await self._rpcs[call.method](call.payload, timeout=self._timeout_s(call))
+                if self._reply_last:  # one message: the reply ends the call
+                    self.replies_sent += 1
+                    await self._send(reply_message(c.call_id, reply, last=True))
+                    return
+                await self._reply(c, reply)
+            await self._send(end_message(c.call_id, grpc.StatusCode.OK, ""))
         except asyncio.CancelledError:
             pass  # cancelled by the relay, or the link dropped: nobody waits for an End
         except grpc.aio.AioRpcError as e:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._send(_end(c.call_id, e.code(), e.details() or ""))
+                await self._send(end_message(c.call_id, e.code(), e.details() or ""))
         except Exception as e:  # noqa: BLE001 - the caller gets INTERNAL, never a trace
             log.error("node.link_call_failed", exc_info=e)
             with contextlib.suppress(asyncio.CancelledError):
-                await self._send(_end(c.call_id, grpc.StatusCode.INTERNAL, "the node failed the call"))
+                await self._send(end_message(c.call_id, grpc.StatusCode.INTERNAL, "the node failed the call"))
         finally:
             if self._calls.get(c.call_id) is c:
                 del self._calls[c.call_id]
@@ -291,11 +312,6 @@ class NodeLink:
     @staticmethod
     def _timeout_s(call: pb.Call) -> float | None:
         return call.timeout_ms / 1000 if call.timeout_ms else None
-
-    async def _unary(self, c: _NodeCall, call: pb.Call) -> None:
-        rpc = self._triton.unary_unary(KSERVE + call.method)
-        reply = await rpc(call.payload, timeout=self._timeout_s(call))
-        await self._reply(c, reply)
 
     async def _stream(self, c: _NodeCall, call: pb.Call) -> None:
         async def requests():
@@ -321,8 +337,4 @@ class NodeLink:
                 self.waiting_credit -= 1
         c.credit -= 1
         self.replies_sent += 1
-        await self._send(pb.LinkUp(reply=pb.Reply(call_id=c.call_id, payload=payload)))
-
-
-def _end(call_id: int, code: grpc.StatusCode, message: str) -> pb.LinkUp:
-    return pb.LinkUp(end=pb.End(call_id=call_id, code=code.value[0], message=message[:END_MESSAGE_CHARS_MAX]))
+        await self._send(reply_message(c.call_id, payload))

@@ -182,6 +182,7 @@ def forwarder_adder(forwarder: Forwarder):
         refused = {m for m in _all_methods() if m not in handlers}
         handlers.update({name: grpc.unary_unary_rpc_method_handler(getattr(wrapped, name)) for name in refused})
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(KSERVE_SERVICE, handlers),))
+        server.add_registered_method_handlers(KSERVE_SERVICE, handlers)  # matched in grpc core, not per call
 
     return add
 

@@ -2,9 +2,10 @@
 
 A link is one agent's Link stream. Calls for the node become per-call
 streams on it: the relay sends Call (and Input, Credit, Cancel) down, the
-agent sends Reply and End up. Each call buffers at most its window of
-replies; a node that sends past its window or past a bound fails that call
-and the call is cancelled on the node.
+agent sends Reply and End up (a unary success: one Reply marked ``last``;
+several events may travel as one batch, see relay.wire). Each call buffers
+at most its window of replies; a node that sends past its window or past a
+bound fails that call and the call is cancelled on the node.
 
 Link lifecycle (one direction only)::
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -26,6 +28,7 @@ import structlog
 from idlegrid.common.errors import ResourceExhausted, Unavailable
 from idlegrid.relay.settings import RelaySettings
 from idlegrid.relay.v1 import relay_pb2 as pb
+from idlegrid.relay.wire import batched
 
 log = structlog.get_logger("relay.hub")
 
@@ -40,6 +43,12 @@ class End:
     message: str = ""
 
 
+END_OK = End(grpc.StatusCode.OK)
+# Pings go out in chunks, a short pause apart (calls are not held up behind one large burst).
+PING_CHUNK = 256
+PING_PAUSE_S = 0.005
+
+
 def status_code(value: int) -> grpc.StatusCode:
     return _CODES.get(value, grpc.StatusCode.UNKNOWN)
 
@@ -49,7 +58,7 @@ class RelayCall:
     ``window``), then its End."""
 
     __slots__ = ("call_id", "window", "replies_max", "reply_bytes_max", "replies", "reply_bytes",
-                 "items", "ended", "_ready")
+                 "items", "ended", "_waiter")
 
     def __init__(self, call_id: int, *, window: int, replies_max: int, reply_bytes_max: int) -> None:
         self.call_id = call_id
@@ -60,7 +69,7 @@ class RelayCall:
         self.reply_bytes = 0
         self.items: deque[bytes | End] = deque()
         self.ended = False
-        self._ready = asyncio.Event()
+        self._waiter: asyncio.Future | None = None  # the caller waiting in next(), if any
 
     def on_reply(self, payload: bytes) -> str | None:
         """Queues a reply; returns why the call must fail instead (a bound or
@@ -74,7 +83,7 @@ class RelayCall:
         if len(self.items) >= self.window:
             return f"the node sent past its window of {self.window} replies"
         self.items.append(payload)
-        self._ready.set()
+        self._wake()
         return None
 
     def end(self, end: End, *, drop_replies: bool = False) -> None:
@@ -84,45 +93,95 @@ class RelayCall:
         if drop_replies:
             self.items.clear()
         self.items.append(end)
-        self._ready.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def next(self) -> bytes | End:
         while not self.items:
-            self._ready.clear()
-            await self._ready.wait()
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
         return self.items.popleft()
 
 
 class Link:
-    """One agent's link: the messages queued to it and its calls."""
+    """One agent's link: the messages queued to it and its calls.
 
-    def __init__(self, node_id: bytes, link_id: bytes, settings: RelaySettings) -> None:
+    An idle link holds no task of its own: the Link handler waits on the
+    agent's next message, and a writer task runs only while messages are
+    queued to the agent (``write`` sends one down the stream)."""
+
+    __slots__ = ("node_id", "link_id", "settings", "out", "calls", "closed", "close_reason", "last_seen",
+                 "buffered_high", "batch", "_next_id", "_write", "_writer", "_sending", "_room", "_on_close")
+
+    def __init__(self, node_id: bytes, link_id: bytes, settings: RelaySettings, *,
+                 write: Callable[[pb.LinkDown], Awaitable[None]] | None = None,
+                 on_close: Callable[[], None] | None = None, batch: bool = False) -> None:
+        """``write``: sends one message to the agent (the stream's
+        context.write); ``on_close``: wakes the Link handler; ``batch``: the
+        agent takes DownBatch (its Hello lists FEATURE_BATCH)."""
         self.node_id = node_id
         self.link_id = link_id
         self.settings = settings
-        self.out: asyncio.Queue[pb.LinkDown | None] = asyncio.Queue(settings.link_queue_max)
+        self.out: list[pb.LinkDown] = []  # queued to the agent (a list: an idle link's is 56 bytes)
         self.calls: dict[int, RelayCall] = {}
         self.closed = False
         self.close_reason = ""
         self.last_seen = time.monotonic()
         self.buffered_high = 0  # the most replies ever buffered for one call (tests, the bench)
+        self.batch = batch
         self._next_id = 1
+        self._write = write
+        self._writer: asyncio.Task | None = None
+        self._sending = 0  # taken from ``out`` by the writer, not yet written
+        self._room: asyncio.Event | None = None  # made when a sender waits for room in the queue
+        self._on_close = on_close
 
     # -- relay -> agent
     def send_nowait(self, msg: pb.LinkDown) -> None:
         """Queues a small control message; an agent that stopped reading is cut off."""
         if self.closed:
             return
-        try:
-            self.out.put_nowait(msg)
-        except asyncio.QueueFull:
+        if len(self.out) + self._sending >= self.settings.link_queue_max:
             self.close("the agent stopped reading its link")
+            return
+        self.out.append(msg)
+        if self._writer is None and self._write is not None:
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
 
     async def send(self, msg: pb.LinkDown) -> None:
         """Queues a message, waiting while the agent's queue is full."""
+        while not self.closed and len(self.out) + self._sending >= self.settings.link_queue_max:
+            if self._room is None:
+                self._room = asyncio.Event()
+            self._room.clear()
+            await self._room.wait()
         if self.closed:
             raise Unavailable("the node's link dropped")
-        await self.out.put(msg)
+        self.send_nowait(msg)
+
+    async def _drain(self) -> None:
+        """The writer: sends what is queued, then ends (a new one starts with
+        the next message)."""
+        try:
+            while self.out and not self.closed:
+                msgs, self.out = self.out, []
+                self._sending = len(msgs)
+                for msg, events in (batched(msgs) if self.batch and len(msgs) > 1 else ((m, 1) for m in msgs)):
+                    await self._write(msg)
+                    self._sending -= events
+                    if self._room is not None:
+                        self._room.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the stream broke: the link is gone
+            self.close(f"the link broke: {type(e).__name__}")
+        finally:
+            self._writer = None
+            self._sending = 0
 
     def open_call(self, method: str, payload: bytes, *, timeout_ms: int, window: int, input_done: bool,
                   replies_max: int, reply_bytes_max: int) -> RelayCall:
@@ -133,9 +192,11 @@ class Link:
         call = RelayCall(self._next_id, window=window, replies_max=replies_max, reply_bytes_max=reply_bytes_max)
         self._next_id += 1
         self.calls[call.call_id] = call
-        self.send_nowait(pb.LinkDown(call=pb.Call(
-            call_id=call.call_id, method=method, payload=payload, timeout_ms=timeout_ms, window=window,
-            reply_bytes_max=reply_bytes_max, input_done=input_done)))
+        msg = pb.LinkDown()
+        c = msg.call  # filled in place: the payload is copied once, not again into the envelope
+        c.call_id, c.method, c.payload, c.timeout_ms = call.call_id, method, payload, timeout_ms
+        c.window, c.reply_bytes_max, c.input_done = window, reply_bytes_max, input_done
+        self.send_nowait(msg)
         if self.closed:  # the queue was full
             self.calls.pop(call.call_id, None)
             raise Unavailable("the node's link dropped")
@@ -153,20 +214,32 @@ class Link:
         self.last_seen = time.monotonic()
         kind = msg.WhichOneof("event")
         if kind == "reply":
-            call = self.calls.get(msg.reply.call_id)
+            reply = msg.reply
+            call = self.calls.get(reply.call_id)
             if call is None or call.ended:
                 return  # cancelled here; the node has not seen the Cancel yet
-            why = call.on_reply(msg.reply.payload)
+            why = call.on_reply(reply.payload)
             if why is not None:
                 self.calls.pop(call.call_id, None)
                 call.end(End(grpc.StatusCode.RESOURCE_EXHAUSTED, why), drop_replies=True)
                 self.send_nowait(pb.LinkDown(cancel=pb.Cancel(call_id=call.call_id)))
+                return
+            if reply.last:  # the call's last reply, and it ended OK: no End follows
+                del self.calls[call.call_id]
+                call.end(END_OK)
             elif len(call.items) > self.buffered_high:
                 self.buffered_high = len(call.items)
         elif kind == "end":
             call = self.calls.pop(msg.end.call_id, None)
             if call is not None:
                 call.end(End(status_code(msg.end.code), msg.end.message[:1024]))
+        elif kind == "batch":
+            for event in msg.batch.events:
+                if event.WhichOneof("event") == "batch":
+                    self.close("a batch inside a batch")
+                if self.closed:
+                    return
+                self.on_up(event)
         elif kind == "hello":
             self.close("a second Hello on the link")
 
@@ -178,12 +251,13 @@ class Link:
         calls, self.calls = self.calls, {}
         for call in calls.values():
             call.end(End(grpc.StatusCode.UNAVAILABLE, f"the node's link dropped: {reason}"))
-        while True:  # wake the writer: it ends the stream
-            try:
-                self.out.put_nowait(None)
-                return
-            except asyncio.QueueFull:
-                self.out.get_nowait()
+        self.out.clear()
+        if self._room is not None:
+            self._room.set()
+        if self._writer is not None and self._writer is not asyncio.current_task():
+            self._writer.cancel()
+        if self._on_close is not None:
+            self._on_close()  # the handler ends the stream
 
 
 class Hub:
@@ -237,12 +311,18 @@ class Hub:
         timeout_s = self.settings.pong_timeout_ms / 1000
         while True:
             await asyncio.sleep(interval_s)
-            now = time.monotonic()
             self._nonce += 1
             ping = pb.LinkDown(ping=pb.Ping(nonce=self._nonce))
-            for link in list(self.links.values()):
-                if now - link.last_seen > timeout_s:
-                    log.warning("relay.link_silent", node_id=link.node_id.hex())
-                    link.close("the agent stopped answering pings")
-                else:
-                    link.send_nowait(ping)
+            links = list(self.links.values())
+            for start in range(0, len(links), PING_CHUNK):
+                if start:  # the last chunk's writes finish first: no burst of 10,000 writers at once
+                    await asyncio.sleep(PING_PAUSE_S)
+                now = time.monotonic()
+                for link in links[start:start + PING_CHUNK]:
+                    if link.closed:
+                        continue
+                    if now - link.last_seen > timeout_s:
+                        log.warning("relay.link_silent", node_id=link.node_id.hex())
+                        link.close("the agent stopped answering pings")
+                    else:
+                        link.send_nowait(ping)

@@ -18,11 +18,9 @@ from idlegrid.common.identities import RELAY, accepted, allowed
 from idlegrid.registry.v1 import registry_pb2_grpc
 from idlegrid.relay.forward import Forwarder, ensure_descriptor, forwarder_adder
 from idlegrid.relay.hub import Hub
-from idlegrid.relay.linker import LinkServicer
+from idlegrid.relay.linker import SERVICE_NAME, LinkServicer, link_adder
 from idlegrid.relay.settings import FORWARDED_STREAM, FORWARDED_UNARY, KSERVE_SERVICE, RelaySettings
-from idlegrid.relay.v1 import relay_pb2_grpc
 
-SERVICE_NAME = "idlegrid.relay.v1.RelayService"
 LINK_METHOD = f"/{SERVICE_NAME}/Link"
 
 log = structlog.get_logger("relay")
@@ -74,7 +72,7 @@ async def start(config: Config, *, port: int | None = None, registry_addr: str |
     forwarded = tuple(f"/{KSERVE_SERVICE}/{m}" for m in (*FORWARDED_UNARY, *FORWARDED_STREAM))
     running = await server.start(
         "relay",
-        [server.Registration(relay_pb2_grpc.add_RelayServiceServicer_to_server, linker, SERVICE_NAME),
+        [server.Registration(link_adder(linker), linker, SERVICE_NAME),
          server.Registration(forwarder_adder(forwarder), forwarder, KSERVE_SERVICE)],
         config=config, port=config.ports["relay"] if port is None else port, host=host,
         guard=guard, open_methods=(LINK_METHOD,), quiet_methods=forwarded,

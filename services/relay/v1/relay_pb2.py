@@ -24,35 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1didlegrid/relay/v1/relay.proto\x12\x11idlegrid.relay.v1\"\xb7\x01\n\x06LinkUp\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.idlegrid.relay.v1.HelloH\x00\x12)\n\x05reply\x18\x02 \x01(\x0b\x32\x18.idlegrid.relay.v1.ReplyH\x00\x12%\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x16.idlegrid.relay.v1.EndH\x00\x12\'\n\x04pong\x18\x04 \x01(\x0b\x32\x17.idlegrid.relay.v1.PongH\x00\x42\x07\n\x05\x65vent\"/\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\x0c\x12\x15\n\ragent_version\x18\x02 \x01(\t\")\n\x05Reply\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"5\n\x03\x45nd\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x15\n\x04Pong\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\xea\x01\n\x08LinkDown\x12\'\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x17.idlegrid.relay.v1.CallH\x00\x12)\n\x05input\x18\x02 \x01(\x0b\x32\x18.idlegrid.relay.v1.InputH\x00\x12+\n\x06\x63redit\x18\x03 \x01(\x0b\x32\x19.idlegrid.relay.v1.CreditH\x00\x12+\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x19.idlegrid.relay.v1.CancelH\x00\x12\'\n\x04ping\x18\x05 \x01(\x0b\x32\x17.idlegrid.relay.v1.PingH\x00\x42\x07\n\x05\x65vent\"\x89\x01\n\x04\x43\x61ll\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\x12\x0e\n\x06window\x18\x05 \x01(\r\x12\x17\n\x0freply_bytes_max\x18\x06 \x01(\x04\x12\x12\n\ninput_done\x18\x07 \x01(\x08\"7\n\x05Input\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\"*\n\x06\x43redit\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x0f\n\x07replies\x18\x02 \x01(\r\"\x19\n\x06\x43\x61ncel\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\x04\x32R\n\x0cRelayService\x12\x42\n\x04Link\x12\x19.idlegrid.relay.v1.LinkUp\x1a\x1b.idlegrid.relay.v1.LinkDown(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1didlegrid/relay/v1/relay.proto\x12\x11idlegrid.relay.v1\"\xe4\x01\n\x06LinkUp\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.idlegrid.relay.v1.HelloH\x00\x12)\n\x05reply\x18\x02 \x01(\x0b\x32\x18.idlegrid.relay.v1.ReplyH\x00\x12%\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x16.idlegrid.relay.v1.EndH\x00\x12\'\n\x04pong\x18\x04 \x01(\x0b\x32\x17.idlegrid.relay.v1.PongH\x00\x12+\n\x05\x62\x61tch\x18\x05 \x01(\x0b\x32\x1a.idlegrid.relay.v1.UpBatchH\x00\x42\x07\n\x05\x65vent\"4\n\x07UpBatch\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.idlegrid.relay.v1.LinkUp\"]\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\x0c\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12,\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0e\x32\x1a.idlegrid.relay.v1.Feature\"7\n\x05Reply\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x0c\n\x04last\x18\x03 \x01(\x08\"5\n\x03\x45nd\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x15\n\x04Pong\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\xc8\x02\n\x08LinkDown\x12\'\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x17.idlegrid.relay.v1.CallH\x00\x12)\n\x05input\x18\x02 \x01(\x0b\x32\x18.idlegrid.relay.v1.InputH\x00\x12+\n\x06\x63redit\x18\x03 \x01(\x0b\x32\x19.idlegrid.relay.v1.CreditH\x00\x12+\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x19.idlegrid.relay.v1.CancelH\x00\x12\'\n\x04ping\x18\x05 \x01(\x0b\x32\x17.idlegrid.relay.v1.PingH\x00\x12-\n\x07welcome\x18\x06 \x01(\x0b\x32\x1a.idlegrid.relay.v1.WelcomeH\x00\x12-\n\x05\x62\x61tch\x18\x07 \x01(\x0b\x32\x1c.idlegrid.relay.v1.DownBatchH\x00\x42\x07\n\x05\x65vent\"8\n\tDownBatch\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.idlegrid.relay.v1.LinkDown\"7\n\x07Welcome\x12,\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0e\x32\x1a.idlegrid.relay.v1.Feature\"\x89\x01\n\x04\x43\x61ll\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\x12\x0e\n\x06window\x18\x05 \x01(\r\x12\x17\n\x0freply_bytes_max\x18\x06 \x01(\x04\x12\x12\n\ninput_done\x18\x07 \x01(\x08\"7\n\x05Input\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\"*\n\x06\x43redit\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x0f\n\x07replies\x18\x02 \x01(\r\"\x19\n\x06\x43\x61ncel\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\x04*M\n\x07\x46\x65\x61ture\x12\x17\n\x13\x46\x45\x41TURE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46\x45\x41TURE_REPLY_LAST\x10\x01\x12\x11\n\rFEATURE_BATCH\x10\x02\x32R\n\x0cRelayService\x12\x42\n\x04Link\x12\x19.idlegrid.relay.v1.LinkUp\x1a\x1b.idlegrid.relay.v1.LinkDown(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'idlegrid.relay.v1.relay_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_FEATURE']._serialized_start=1304
+  _globals['_FEATURE']._serialized_end=1381
   _globals['_LINKUP']._serialized_start=53
-  _globals['_LINKUP']._serialized_end=236
-  _globals['_HELLO']._serialized_start=238
-  _globals['_HELLO']._serialized_end=285
-  _globals['_REPLY']._serialized_start=287
-  _globals['_REPLY']._serialized_end=328
-  _globals['_END']._serialized_start=330
-  _globals['_END']._serialized_end=383
-  _globals['_PONG']._serialized_start=385
-  _globals['_PONG']._serialized_end=406
-  _globals['_LINKDOWN']._serialized_start=409
-  _globals['_LINKDOWN']._serialized_end=643
-  _globals['_CALL']._serialized_start=646
-  _globals['_CALL']._serialized_end=783
-  _globals['_INPUT']._serialized_start=785
-  _globals['_INPUT']._serialized_end=840
-  _globals['_CREDIT']._serialized_start=842
-  _globals['_CREDIT']._serialized_end=884
-  _globals['_CANCEL']._serialized_start=886
-  _globals['_CANCEL']._serialized_end=911
-  _globals['_PING']._serialized_start=913
-  _globals['_PING']._serialized_end=934
-  _globals['_RELAYSERVICE']._serialized_start=936
-  _globals['_RELAYSERVICE']._serialized_end=1018
+  _globals['_LINKUP']._serialized_end=281
+  _globals['_UPBATCH']._serialized_start=283
+  _globals['_UPBATCH']._serialized_end=335
+  _globals['_HELLO']._serialized_start=337
+  _globals['_HELLO']._serialized_end=430
+  _globals['_REPLY']._serialized_start=432
+  _globals['_REPLY']._serialized_end=487
+  _globals['_END']._serialized_start=489
+  _globals['_END']._serialized_end=542
+  _globals['_PONG']._serialized_start=544
+  _globals['_PONG']._serialized_end=565
+  _globals['_LINKDOWN']._serialized_start=568
+  _globals['_LINKDOWN']._serialized_end=896
+  _globals['_DOWNBATCH']._serialized_start=898
+  _globals['_DOWNBATCH']._serialized_end=954
+  _globals['_WELCOME']._serialized_start=956
+  _globals['_WELCOME']._serialized_end=1011
+  _globals['_CALL']._serialized_start=1014
+  _globals['_CALL']._serialized_end=1151
+  _globals['_INPUT']._serialized_start=1153
+  _globals['_INPUT']._serialized_end=1208
+  _globals['_CREDIT']._serialized_start=1210
+  _globals['_CREDIT']._serialized_end=1252
+  _globals['_CANCEL']._serialized_start=1254
+  _globals['_CANCEL']._serialized_end=1279
+  _globals['_PING']._serialized_start=1281
+  _globals['_PING']._serialized_end=1302
+  _globals['_RELAYSERVICE']._serialized_start=1383
+  _globals['_RELAYSERVICE']._serialized_end=1465
 # @@protoc_insertion_point(module_scope)

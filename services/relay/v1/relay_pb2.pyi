@@ -3,8 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -16,6 +19,27 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _Feature:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FeatureEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Feature.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FEATURE_UNSPECIFIED: _Feature.ValueType  # 0
+    FEATURE_REPLY_LAST: _Feature.ValueType  # 1
+    """Reply.last: a call's last reply may end it OK"""
+    FEATURE_BATCH: _Feature.ValueType  # 2
+    """UpBatch / DownBatch: several events in one message"""
+
+class Feature(_Feature, metaclass=_FeatureEnumTypeWrapper): ...
+
+FEATURE_UNSPECIFIED: Feature.ValueType  # 0
+FEATURE_REPLY_LAST: Feature.ValueType  # 1
+"""Reply.last: a call's last reply may end it OK"""
+FEATURE_BATCH: Feature.ValueType  # 2
+"""UpBatch / DownBatch: several events in one message"""
+Global___Feature: _TypeAlias = Feature  # noqa: Y015
+
 @_typing.final
 class LinkUp(_message.Message):
     """------------------------------------------------------------ agent -> relay"""
@@ -26,6 +50,7 @@ class LinkUp(_message.Message):
     REPLY_FIELD_NUMBER: _builtins.int
     END_FIELD_NUMBER: _builtins.int
     PONG_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello:
         """first message, exactly once"""
@@ -36,6 +61,10 @@ class LinkUp(_message.Message):
     def end(self) -> Global___End: ...
     @_builtins.property
     def pong(self) -> Global___Pong: ...
+    @_builtins.property
+    def batch(self) -> Global___UpBatch:
+        """only to a relay whose Welcome lists FEATURE_BATCH"""
+
     def __init__(
         self,
         *,
@@ -43,16 +72,42 @@ class LinkUp(_message.Message):
         reply: Global___Reply | None = ...,
         end: Global___End | None = ...,
         pong: Global___Pong | None = ...,
+        batch: Global___UpBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "event", b"event", "hello", b"hello", "pong", b"pong", "reply", b"reply"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "end", b"end", "event", b"event", "hello", b"hello", "pong", b"pong", "reply", b"reply"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "event", b"event", "hello", b"hello", "pong", b"pong", "reply", b"reply"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "end", b"end", "event", b"event", "hello", b"hello", "pong", b"pong", "reply", b"reply"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["hello", "reply", "end", "pong"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["hello", "reply", "end", "pong", "batch"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___LinkUp: _TypeAlias = LinkUp  # noqa: Y015
+
+@_typing.final
+class UpBatch(_message.Message):
+    """Several events in one message (fewer stream writes under load): none of
+    them a Hello or a batch; at most 64 events and about 1 MiB (a larger event
+    travels alone).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___LinkUp]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___LinkUp] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpBatch: _TypeAlias = UpBatch  # noqa: Y015
 
 @_typing.final
 class Hello(_message.Message):
@@ -60,19 +115,25 @@ class Hello(_message.Message):
 
     NODE_ID_FIELD_NUMBER: _builtins.int
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
     node_id: _builtins.bytes
     """16 bytes; must be the node the token belongs to"""
     agent_version: _builtins.str
     """<= 64 chars"""
+    @_builtins.property
+    def features(self) -> _containers.RepeatedScalarFieldContainer[Global___Feature.ValueType]:
+        """what this agent understands beyond the base protocol"""
+
     def __init__(
         self,
         *,
         node_id: _builtins.bytes = ...,
         agent_version: _builtins.str = ...,
+        features: _abc.Iterable[Global___Feature.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "features", b"features", "node_id", b"node_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -88,17 +149,25 @@ class Reply(_message.Message):
 
     CALL_ID_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
     call_id: _builtins.int
     payload: _builtins.bytes
+    last: _builtins.bool
+    """This reply is the call's last message and the call ended OK: no End
+    follows (a unary success is one message). An agent sets it only on a
+    link whose Welcome lists FEATURE_REPLY_LAST; a relay accepts Reply + End
+    from any agent.
+    """
     def __init__(
         self,
         *,
         call_id: _builtins.int = ...,
         payload: _builtins.bytes = ...,
+        last: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "payload", b"payload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "last", b"last", "payload", b"payload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -106,8 +175,9 @@ Global___Reply: _TypeAlias = Reply  # noqa: Y015
 
 @_typing.final
 class End(_message.Message):
-    """The end of a call on the node: code 0 (OK) after its last Reply, or the
-    gRPC status code and message of the node's error.
+    """The end of a call on the node: code 0 (OK) after its last Reply (unless
+    that Reply said `last`), or the gRPC status code and message of the
+    node's error.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -164,6 +234,8 @@ class LinkDown(_message.Message):
     CREDIT_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
     PING_FIELD_NUMBER: _builtins.int
+    WELCOME_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def call(self) -> Global___Call: ...
     @_builtins.property
@@ -174,6 +246,14 @@ class LinkDown(_message.Message):
     def cancel(self) -> Global___Cancel: ...
     @_builtins.property
     def ping(self) -> Global___Ping: ...
+    @_builtins.property
+    def welcome(self) -> Global___Welcome:
+        """first message, exactly once (older relays send Ping instead)"""
+
+    @_builtins.property
+    def batch(self) -> Global___DownBatch:
+        """only to an agent whose Hello lists FEATURE_BATCH"""
+
     def __init__(
         self,
         *,
@@ -182,16 +262,66 @@ class LinkDown(_message.Message):
         credit: Global___Credit | None = ...,
         cancel: Global___Cancel | None = ...,
         ping: Global___Ping | None = ...,
+        welcome: Global___Welcome | None = ...,
+        batch: Global___DownBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "cancel", b"cancel", "credit", b"credit", "event", b"event", "input", b"input", "ping", b"ping"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "call", b"call", "cancel", b"cancel", "credit", b"credit", "event", b"event", "input", b"input", "ping", b"ping", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "cancel", b"cancel", "credit", b"credit", "event", b"event", "input", b"input", "ping", b"ping"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "call", b"call", "cancel", b"cancel", "credit", b"credit", "event", b"event", "input", b"input", "ping", b"ping", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["call", "input", "credit", "cancel", "ping"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["call", "input", "credit", "cancel", "ping", "welcome", "batch"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___LinkDown: _TypeAlias = LinkDown  # noqa: Y015
+
+@_typing.final
+class DownBatch(_message.Message):
+    """Several events in one message, bounded as UpBatch: none a Welcome or a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___LinkDown]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___LinkDown] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownBatch: _TypeAlias = DownBatch  # noqa: Y015
+
+@_typing.final
+class Welcome(_message.Message):
+    """The link is attached (the registry knows it): what this relay understands
+    beyond the base protocol. Each side uses a feature only when the other
+    listed it (the relay here, the agent in Hello); a side that lists nothing
+    speaks the base protocol.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def features(self) -> _containers.RepeatedScalarFieldContainer[Global___Feature.ValueType]: ...
+    def __init__(
+        self,
+        *,
+        features: _abc.Iterable[Global___Feature.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Welcome: _TypeAlias = Welcome  # noqa: Y015
 
 @_typing.final
 class Call(_message.Message):
