@@ -63,10 +63,22 @@ def new_request_id() -> str:
 try:  # the exception grpc.aio raises from context.abort()
     from grpc._cython.cygrpc import AbortError as _AbortError
 
-    _ABORT: tuple[type[BaseException], ...] = (_AbortError,)
+    ABORT: tuple[type[BaseException], ...] = (_AbortError,)
 except ImportError:  # pragma: no cover
-    _ABORT = ()
-_PASS_THROUGH = (*_ABORT, asyncio.CancelledError, GeneratorExit)
+    ABORT = ()
+_PASS_THROUGH = (*ABORT, asyncio.CancelledError, GeneratorExit)
+
+
+async def abort_with(method: str, context, exc: BaseException) -> None:
+    """Ends the call with ``exc``'s status: a domain error's code, message and
+    reason; anything else INTERNAL, logged here, never shown to the caller.
+    (What the policy does for every method; for a handler registered without
+    it, such as the relay's Link.)"""
+    if isinstance(exc, IdlegridError):
+        context.set_trailing_metadata(((REASON_KEY, exc.reason),))
+        await context.abort(exc.code, exc.message)
+    log.error("rpc.unhandled", method=method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
 class _Unknown(Exception):
@@ -158,11 +170,7 @@ class RpcPolicy:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid service credential")
         if isinstance(exc, _Denied):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this caller may not call this method")
-        if isinstance(exc, IdlegridError):
-            context.set_trailing_metadata(((REASON_KEY, exc.reason),))
-            await context.abort(exc.code, exc.message)
-        log.error("rpc.unhandled", method=method, exc_info=exc)
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        await abort_with(method, context, exc)
 
     def _allowed(self, method: str) -> frozenset[str] | None:
         if self._guard is None or method in self._open:

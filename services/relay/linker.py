@@ -16,14 +16,8 @@ import grpc
 import structlog
 
 from idlegrid.common.auth import AUTH_KEY
-from idlegrid.common.errors import (
-    REASON_KEY,
-    IdlegridError,
-    InvalidArgument,
-    Unauthenticated,
-    Unavailable,
-    from_rpc_error,
-)
+from idlegrid.common.errors import InvalidArgument, Unauthenticated, Unavailable, from_rpc_error
+from idlegrid.common.interceptors import ABORT, abort_with
 from idlegrid.common.node_link import NODE_TOKEN_HEADER
 from idlegrid.registry.v1 import registry_pb2 as rpb
 from idlegrid.relay.hub import Hub, Link
@@ -35,6 +29,7 @@ log = structlog.get_logger("relay.link")
 NODE_ID_BYTES = 16
 AGENT_VERSION_CHARS_MAX = 64
 SERVICE_NAME = "idlegrid.relay.v1.RelayService"
+LINK_METHOD = f"/{SERVICE_NAME}/Link"
 DETACHES_MAX = 10_000  # DetachLink calls in flight (the registry is down: they pile up, bounded)
 
 
@@ -95,13 +90,15 @@ class LinkServicer:
         self._detaches: set[asyncio.Task] = set()
 
     async def Link(self, request_iterator, context):  # noqa: N802 - gRPC method name
-        """Registered without the shared policy wrapper (see link_adder): it
-        maps its own errors, and an idle link costs one task, this one."""
+        """Registered without the shared policy wrapper (see link_adder), so
+        that an idle link costs one task, this one; its errors end the call
+        as the policy ends any other (interceptors.abort_with)."""
         try:
             await self._serve(request_iterator, context)
-        except IdlegridError as e:
-            context.set_trailing_metadata(((REASON_KEY, e.reason),))
-            await context.abort(e.code, e.message)
+        except (asyncio.CancelledError, *ABORT):
+            raise
+        except Exception as e:  # noqa: BLE001 - mapped, never leaked
+            await abort_with(LINK_METHOD, context, e)
 
     async def _serve(self, request_iterator, context) -> None:
         token = node_token(context)

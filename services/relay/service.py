@@ -18,10 +18,8 @@ from idlegrid.common.identities import RELAY, accepted, allowed
 from idlegrid.registry.v1 import registry_pb2_grpc
 from idlegrid.relay.forward import Forwarder, ensure_descriptor, forwarder_adder
 from idlegrid.relay.hub import Hub
-from idlegrid.relay.linker import SERVICE_NAME, LinkServicer, link_adder
+from idlegrid.relay.linker import LINK_METHOD, SERVICE_NAME, LinkServicer, link_adder
 from idlegrid.relay.settings import FORWARDED_STREAM, FORWARDED_UNARY, KSERVE_SERVICE, RelaySettings
-
-LINK_METHOD = f"/{SERVICE_NAME}/Link"
 
 log = structlog.get_logger("relay")
 
