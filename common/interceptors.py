@@ -154,7 +154,9 @@ class RpcPolicy:
             (log.debug if quiet else log.info)("rpc", method=method, status="OK", duration_ms=duration_ms)
             return
         if code is None:
-            code = grpc.StatusCode.CANCELLED if isinstance(exc, asyncio.CancelledError) else grpc.StatusCode.UNKNOWN
+            # GeneratorExit: grpc closed a stream handler whose caller left
+            left = isinstance(exc, (asyncio.CancelledError, GeneratorExit))
+            code = grpc.StatusCode.CANCELLED if left else grpc.StatusCode.UNKNOWN
         status = code.name
         if status == "OK":
             (log.debug if quiet else log.info)("rpc", method=method, status=status, duration_ms=duration_ms)
