@@ -17,6 +17,7 @@ from idlegrid.metering.states import Settlement
 from idlegrid.metering.usage import COLUMNS, LEASE_AT, SQL_TYPES
 
 _PENDING, _SETTLED = int(Settlement.PENDING), int(Settlement.SETTLED)
+_TAKING_STATES = f"({int(LeaseState.OPEN)}, {int(LeaseState.CLOSED)})"  # a lease in these takes records
 
 # Many records in one statement: one array per column, unnested. A record
 # reserved on a lease is inserted only while its lease takes records (OPEN or
@@ -29,7 +30,7 @@ _INSERT_MANY = (
          open_leases AS (
            SELECT lease_id, consumer_account_id FROM metering.leases
             WHERE lease_id IN (SELECT lease_id FROM input WHERE lease_id IS NOT NULL)
-              AND state IN ({int(LeaseState.OPEN)}, {int(LeaseState.CLOSED)})
+              AND state IN {_TAKING_STATES}
               FOR KEY SHARE)
        INSERT INTO metering.usage ({', '.join(COLUMNS)}, settlement)
        SELECT i.*, {_PENDING} FROM input i
@@ -56,7 +57,7 @@ _PAIRS = "SELECT DISTINCT lease_id, consumer_account_id FROM input WHERE lease_i
 _TAKING = (
     f"""SELECT l.lease_id, l.consumer_account_id FROM metering.leases l
          WHERE l.lease_id IN (SELECT lease_id FROM pairs)
-           AND l.state IN ({int(LeaseState.OPEN)}, {int(LeaseState.CLOSED)}) FOR KEY SHARE""")
+           AND l.state IN {_TAKING_STATES} FOR KEY SHARE""")
 _INSERT_ALL = (
     f"""WITH input AS (SELECT * FROM unnest({_UNNEST}) AS t({', '.join(COLUMNS)})),
          pairs AS ({_PAIRS}),
@@ -67,7 +68,7 @@ _INSERT_ALL = (
        RETURNING job_id""")
 _LEASES_TAKING = (
     f"""SELECT lease_id, consumer_account_id FROM metering.leases
-         WHERE lease_id = ANY($1::uuid[]) AND state IN ({int(LeaseState.OPEN)}, {int(LeaseState.CLOSED)})
+         WHERE lease_id = ANY($1::uuid[]) AND state IN {_TAKING_STATES}
            FOR KEY SHARE""")
 COPY_ROWS_MIN = 64  # from this many rows a binary COPY costs less than one statement's arrays
 
