@@ -3,8 +3,8 @@ direct ``tritonclient`` call to the same Triton model, and requests/s at
 concurrency 32, with reservation and settlement on.
 
 Everything runs on this machine: PostgreSQL (embedded), the ledger, metering,
-registry and scheduler each in its own process, a demo Triton serving the
-``echo`` model, and the clients in this process."""
+registry, relay, scheduler and the node agent each in its own process, a
+demo Triton serving the ``echo`` model, and the clients in this process."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import tritonclient.grpc.aio as tc
 from tritonclient.grpc import InferInput
 
 from idlegrid.bench.kit import (
+    agent_process,
     free_port,
     latencies_ms,
     p50_p99_ms,
@@ -59,11 +60,11 @@ async def start_services(home: Path, names: list[str]) -> tuple[dict[str, str], 
     return {n: f"127.0.0.1:{p}" for n, p in ports.items()}, procs
 
 
-async def register_demo_node(addrs: dict[str, str], triton, models: tuple[str, ...]):
-    """A provider account, a registry provider, and a node agent for ``triton``."""
+async def demo_node_options(addrs: dict[str, str], triton, models: tuple[str, ...]):
+    """A provider account and a registry provider; returns the options of a
+    node agent for ``triton`` that joins as that provider."""
     from idlegrid.cli import demo_node
-    from idlegrid.node.agent import AgentOptions, NodeAgent
-    from idlegrid.registry.v1.registry_pb2 import NODE_STATE_READY as READY
+    from idlegrid.node.agent import AgentOptions
 
     async with open_channel(addrs["ledger"], token=TOKEN) as lch, open_channel(addrs["registry"], token=TOKEN) as rch:
         ledger = ledger_pb2_grpc.LedgerServiceStub(lch)
@@ -77,12 +78,9 @@ async def register_demo_node(addrs: dict[str, str], triton, models: tuple[str, .
     import dataclasses
 
     cfg = dataclasses.replace(cfg, models={k: v for k, v in cfg.models.items() if k in models})
-    agent = NodeAgent(AgentOptions(registry_addr=addrs["registry"], provider_token=prov.provider_token,
-                                   triton_url=triton.grpc_url, metrics_url=triton.metrics_url, node_config=cfg,
-                                   relay_addrs=(addrs["relay"],)))
-    await agent.start()
-    await agent.wait_for(READY, timeout_s=120)
-    return agent
+    return AgentOptions(registry_addr=addrs["registry"], provider_token=prov.provider_token,
+                        triton_url=triton.grpc_url, metrics_url=triton.metrics_url, node_config=cfg,
+                        relay_addrs=(addrs["relay"],))
 
 
 async def new_consumer(ledger_addr: str, credits: int) -> bytes:
@@ -104,38 +102,12 @@ async def run(args, config) -> int:
     os.environ.pop("IDLEGRID_DATABASE_URL", None)
     triton = await asyncio.to_thread(start_demo_triton, models=("echo",))
     procs: list = []
-    agent = None
     try:
         addrs, procs = await start_services(home, ["ledger", "metering", "registry", "relay", "scheduler"])
-        agent = await register_demo_node(addrs, triton, ("echo",))
-        consumer = await new_consumer(addrs["ledger"], 10**12)
-        data = np.asarray([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
-        direct = tc.InferenceServerClient(url=triton.grpc_url)
-        inp = InferInput("INPUT0", list(data.shape), "FP32")
-        inp.set_data_from_numpy(data)
-
-        async def call_direct():
-            await direct.infer("echo", [inp])
-
-        async with open_channel(addrs["scheduler"], token=None) as ch:
-            sched = with_token(scheduler_pb2_grpc.SchedulerServiceStub(ch), TOKEN)
-            tensor = spb.Tensor(name="INPUT0", datatype="FP32", shape=list(data.shape), contents=data.tobytes())
-
-            async def call_scheduler():
-                await sched.Infer(spb.InferRequest(
-                    job_id=os.urandom(16), consumer_account_id=consumer, model="echo",
-                    tensors=spb.TensorInput(inputs=[tensor])))
-
-            for fn in (call_direct, call_scheduler):  # warm-up: connections, caches
-                await latencies_ms(fn, 50)
-            d_lat = await latencies_ms(call_direct, n_lat)
-            s_lat = await latencies_ms(call_scheduler, n_lat)
-            d_rps = await throughput(call_direct, n_rps, concurrency=CONCURRENCY)
-            s_rps = await throughput(call_scheduler, n_rps, concurrency=CONCURRENCY)
-        await direct.close()
+        options = await demo_node_options(addrs, triton, ("echo",))
+        async with agent_process(options, log_path=home / "agent.log"):
+            d_lat, s_lat, d_rps, s_rps = await _measure(addrs, triton, n_lat, n_rps)
     finally:
-        if agent is not None:
-            await agent.stop()
         for p in reversed(procs):
             p.terminate()
         for p in procs:
@@ -153,3 +125,33 @@ async def run(args, config) -> int:
     report("dispatch bench (scheduler path with reservation and settlement vs direct tritonclient)", result,
            as_json=args.json)
     return 0
+
+
+async def _measure(addrs: dict[str, str], triton, n_lat: int, n_rps: int):
+    """Latencies and requests/s, direct to Triton and through the scheduler."""
+    consumer = await new_consumer(addrs["ledger"], 10**12)
+    data = np.asarray([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
+    direct = tc.InferenceServerClient(url=triton.grpc_url)
+    inp = InferInput("INPUT0", list(data.shape), "FP32")
+    inp.set_data_from_numpy(data)
+
+    async def call_direct():
+        await direct.infer("echo", [inp])
+
+    async with open_channel(addrs["scheduler"], token=None) as ch:
+        sched = with_token(scheduler_pb2_grpc.SchedulerServiceStub(ch), TOKEN)
+        tensor = spb.Tensor(name="INPUT0", datatype="FP32", shape=list(data.shape), contents=data.tobytes())
+
+        async def call_scheduler():
+            await sched.Infer(spb.InferRequest(
+                job_id=os.urandom(16), consumer_account_id=consumer, model="echo",
+                tensors=spb.TensorInput(inputs=[tensor])))
+
+        for fn in (call_direct, call_scheduler):  # warm-up: connections, caches
+            await latencies_ms(fn, 50)
+        d_lat = await latencies_ms(call_direct, n_lat)
+        s_lat = await latencies_ms(call_scheduler, n_lat)
+        d_rps = await throughput(call_direct, n_rps, concurrency=CONCURRENCY)
+        s_rps = await throughput(call_scheduler, n_rps, concurrency=CONCURRENCY)
+    await direct.close()
+    return d_lat, s_lat, d_rps, s_rps

@@ -4,7 +4,8 @@ Triton directly.
 The whole stack runs on this machine on a fresh embedded PostgreSQL: ledger,
 metering, registry, scheduler and gateway each in its own process (as in
 production), the demo Triton serving the ``echo`` model, and a node agent
-that registers it. The same small tensor request is then sent
+that registers it (its own process too, as on a provider's machine). The
+same small tensor request is then sent
 
 - directly to Triton with ``tritonclient.grpc.aio`` (the baseline), and
 - to the scheduler's gRPC Infer (ledger hold, Triton, metering record), and
@@ -32,6 +33,7 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc import InferInput
 
 from idlegrid.bench.kit import (
+    agent_process,
     free_port,
     latencies_ms,
     p50_p99_ms,
@@ -154,9 +156,8 @@ async def run(args, config) -> int:
     from idlegrid.common import db
     from idlegrid.demo import start_demo_triton
     from idlegrid.gateway.keys import create_key
-    from idlegrid.node.agent import AgentOptions, NodeAgent
+    from idlegrid.node.agent import AgentOptions
     from idlegrid.node.config_file import ModelPricing, NodeConfig
-    from idlegrid.registry.v1.registry_pb2 import NODE_STATE_READY as READY
 
     n_latency, n_rps = (300, 2000) if args.quick else (2000, 10000)
     home = Path(tempfile.mkdtemp(prefix="idlegrid-bench-gateway-"))
@@ -167,7 +168,7 @@ async def run(args, config) -> int:
            "IDLEGRID_LOG_LEVEL": "warning", "IDLEGRID_LOG_FORMAT": "json",
            **{f"IDLEGRID_{n.upper()}_PORT": str(p) for n, p in ports.items()},
            **{f"IDLEGRID_{n.upper()}_ADDR": f"127.0.0.1:{p}" for n, p in ports.items()}}
-    procs, agent, triton, pool = [], None, None, None
+    procs, triton, pool = [], None, None
     triton_start = asyncio.create_task(asyncio.to_thread(start_demo_triton, models=("echo",)))
     try:
         procs.append(spawn(["ledger", "serve"], env=env, log_path=home / "ledger.log"))
@@ -187,19 +188,16 @@ async def run(args, config) -> int:
         _, admin_key = await create_key(pool, scope="admin")
         provider_token, key, account = await _setup_accounts(url, admin_key)
         triton = await triton_start
-        agent = NodeAgent(AgentOptions(
+        options = AgentOptions(
             registry_addr=f"127.0.0.1:{ports['registry']}", provider_token=provider_token,
             triton_url=triton.grpc_url, metrics_url=triton.metrics_url, relay_addrs=(f"127.0.0.1:{ports['relay']}",),
-            node_config=NodeConfig(models={"echo": ModelPricing(name="echo", kind="tensor", price_per_request=1)})))
-        await agent.start()
-        await agent.wait_for(READY, timeout_s=120)
-        await _wait_model(url, key)
-        async with open_channel(f"127.0.0.1:{ports['scheduler']}", token=TOKEN) as ch:
-            result = await _measure(url, key, triton.grpc_url, scheduler_pb2_grpc.SchedulerServiceStub(ch), account,
-                                    n_latency, n_rps)
+            node_config=NodeConfig(models={"echo": ModelPricing(name="echo", kind="tensor", price_per_request=1)}))
+        async with agent_process(options, log_path=home / "agent.log"):
+            await _wait_model(url, key)
+            async with open_channel(f"127.0.0.1:{ports['scheduler']}", token=TOKEN) as ch:
+                result = await _measure(url, key, triton.grpc_url, scheduler_pb2_grpc.SchedulerServiceStub(ch),
+                                        account, n_latency, n_rps)
     finally:
-        if agent is not None:
-            await agent.stop()
         for p in reversed(procs):
             p.terminate()
         for p in reversed(procs):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -37,6 +39,46 @@ def spawn(args: list[str], *, env: dict[str, str], log_path: Path) -> subprocess
         prefix += ["-m", "cProfile", "-o", str(Path(profile_dir) / f"{args[0]}.prof")]
     return subprocess.Popen([*prefix, "-m", "idlegrid.cli.main", *args], env={**os.environ, **env},
                             stdout=log, stderr=subprocess.STDOUT)
+
+
+def _agent_main(options, ready, log_path: str) -> None:
+    """A node agent in a child process, as on a provider's machine."""
+    from idlegrid.common import logs
+    from idlegrid.node.agent import NodeAgent
+    from idlegrid.registry.v1.registry_pb2 import NODE_STATE_READY
+
+    with open(log_path, "a") as out:  # noqa: PTH123
+        logs.configure(fmt="json", level="warning", stream=out)
+
+        async def main() -> None:
+            agent = NodeAgent(options)
+            await agent.start()
+            await agent.wait_for(NODE_STATE_READY, timeout_s=120)
+            ready.set()
+            await asyncio.Event().wait()
+
+        asyncio.run(main())
+
+
+@contextlib.asynccontextmanager
+async def agent_process(options, *, log_path: Path, timeout_s: float = 120.0):
+    """Runs a NodeAgent for ``options`` (AgentOptions) in its own process
+    until the block ends; yields once the node is READY. The agent lives on
+    the provider's machine, so a bench that ran it in the callers' process
+    would charge the callers' event loop with the agent's work."""
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_agent_main, args=(options, ready, str(log_path)), daemon=True)
+    proc.start()
+    try:
+        if not await asyncio.to_thread(ready.wait, timeout_s):
+            raise RuntimeError(f"the bench's node agent did not become READY (its log: {log_path})")
+        yield proc
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.join, 30)
+        if proc.is_alive():
+            proc.kill()
 
 
 async def wait_healthy(addr: str, *, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
