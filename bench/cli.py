@@ -14,6 +14,7 @@ BENCHES = {
     "soak": "idlegrid.bench.soak",
     "trust": "idlegrid.bench.trust",
     "clearing": "idlegrid.bench.clearing",
+    "hops": "idlegrid.bench.hops",
 }
 
 
