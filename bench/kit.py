@@ -44,6 +44,7 @@ def spawn(args: list[str], *, env: dict[str, str], log_path: Path) -> subprocess
 def _agent_main(options, ready, log_path: str) -> None:
     """A node agent in a child process, as on a provider's machine."""
     from idlegrid.common import logs
+    from idlegrid.common.server import settle_heap
     from idlegrid.node.agent import NodeAgent
     from idlegrid.registry.v1.registry_pb2 import NODE_STATE_READY
 
@@ -54,6 +55,7 @@ def _agent_main(options, ready, log_path: str) -> None:
             agent = NodeAgent(options)
             await agent.start()
             await agent.wait_for(NODE_STATE_READY, timeout_s=120)
+            settle_heap()  # as `idlegrid node start` does
             ready.set()
             await asyncio.Event().wait()
 

@@ -5,6 +5,7 @@ plaintext or TLS, and graceful shutdown on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ MESSAGE_BYTES_MAX = 64 * 1024 * 1024
 STREAMS_MAX = 1000
 CONNECTION_AGE_MS = 300_000
 CONNECTION_AGE_GRACE_MS = 660_000
+GC_YOUNG_THRESHOLD = 7000  # objects allocated between collections of the youngest generation (Python's default: 700)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +156,22 @@ async def wait_for_signal() -> None:
             loop.remove_signal_handler(sig)
 
 
+def settle_heap() -> None:
+    """For a serving process, once it has started: what start-up made
+    (modules, protobuf descriptors, tokenizers, the app) leaves the garbage
+    collector's view (``gc.freeze``), so that a full collection scans only
+    what requests made instead of the whole heap, tens of milliseconds each
+    that land on some request's latency; and the youngest generation is
+    collected ten times less often (a request makes a few hundred objects,
+    nearly all freed by reference counting before any collection)."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 async def serve_until_signal(running: RunningServer) -> None:
+    settle_heap()
     await wait_for_signal()
     log.info("server.stopping", service=running.name)
     await running.stop()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ from idlegrid.ledger.v1 import ledger_pb2 as lpb
 MIGRATIONS = Path(__file__).parent / "migrations"
 STARTUP_TIMEOUT_S = 30.0
 BACKLOG = 2048
-GC_YOUNG_THRESHOLD = 7000  # objects allocated between collections of the youngest generation (Python's default: 700)
 
 log = structlog.get_logger("gateway")
 
@@ -188,23 +186,9 @@ async def start(config: Config, *, port: int | None = None, host: str | None = N
     return RunningGateway(port=bound, host=host, gw=gw, _server=srv, _task=task, _sock=sock)
 
 
-def settle_heap() -> None:
-    """For a process that is only a gateway, once it has started: what start-up
-    made (modules, protobuf descriptors, the app) leaves the garbage
-    collector's view (``gc.freeze``), so that a full collection scans only
-    what requests made instead of the whole heap, tens of milliseconds each
-    that land on some request's latency; and the youngest generation is
-    collected ten times less often (a request makes a few hundred objects,
-    nearly all freed by reference counting before any collection)."""
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
-
-
 async def serve(config: Config, settings: GatewaySettings | None = None) -> None:
     running = await start(config, settings=settings)
-    settle_heap()
+    server.settle_heap()
     await server.wait_for_signal()
     log.info("gateway.stopping")
     await running.stop()
