@@ -85,7 +85,7 @@ def _read_node_id(path: Path) -> bytes | None:
 
 
 async def _start(args, config: Config) -> int:
-    from idlegrid.common.server import settle_heap, wait_for_signal
+    from idlegrid.common.server import wait_for_signal
     from idlegrid.node import config_file
     from idlegrid.node.agent import AgentOptions, NodeAgent, VerificationFailed
     from idlegrid.registry.v1 import registry_pb2 as pb
@@ -121,7 +121,6 @@ async def _start(args, config: Config) -> int:
         id_file.write_text(f"{uuid.UUID(bytes=agent.node_id)}\n")
         log.info("node.started", node_id=str(uuid.UUID(bytes=agent.node_id)), triton=triton_url,
                  relay=",".join(relay_addrs) or "(direct)")
-        settle_heap()
         stop = asyncio.create_task(wait_for_signal())
         ready = asyncio.create_task(agent.wait_for(pb.NODE_STATE_READY, timeout_s=None))
         await asyncio.wait({stop, ready}, return_when=asyncio.FIRST_COMPLETED)

@@ -143,13 +143,17 @@ async def start(
                          grace_s=config.shutdown_grace_s, node_port=node_bound)
 
 
-async def wait_for_signal() -> None:
-    """Returns on the first SIGTERM or SIGINT."""
+async def wait_for_signal(*, settle: bool = True) -> None:
+    """Returns on the first SIGTERM or SIGINT. ``settle``: a serving process
+    that has started settles its heap (settle_heap) once the handlers are
+    in place, so that a signal during the collection is not lost."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        if settle:
+            settle_heap()
         await stop.wait()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -171,7 +175,6 @@ def settle_heap() -> None:
 
 
 async def serve_until_signal(running: RunningServer) -> None:
-    settle_heap()
     await wait_for_signal()
     log.info("server.stopping", service=running.name)
     await running.stop()

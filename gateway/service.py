@@ -188,7 +188,6 @@ async def start(config: Config, *, port: int | None = None, host: str | None = N
 
 async def serve(config: Config, settings: GatewaySettings | None = None) -> None:
     running = await start(config, settings=settings)
-    server.settle_heap()
     await server.wait_for_signal()
     log.info("gateway.stopping")
     await running.stop()

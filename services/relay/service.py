@@ -95,7 +95,6 @@ async def serve(config: Config, settings: RelaySettings | None = None) -> None:
     closes every link at once (agents move to another replica) before the
     server stops, instead of holding idle links for the whole grace period."""
     running = await start(config, settings=settings)
-    server.settle_heap()
     await server.wait_for_signal()
     log.info("relay.stopping", relay_id=running.relay_id, links=len(running.hub.links))
     await running.stop()
